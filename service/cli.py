@@ -1,0 +1,136 @@
+"""The `decouple` command line (see CONTRACT.md).
+
+Each subcommand's work lives beside what it drives (`service.db`, `service.api`, `service.client`,
+`workers.worker`, `workers.demo`); this module only parses arguments and turns the project's own
+errors into a one-line message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+class CliError(Exception):
+    """An error the user can act on; printed as one line, exit status 2."""
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from service.db import upgrade_to_head
+
+    rev = upgrade_to_head()
+    print(f"database is at revision {rev}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from service.api import serve
+
+    serve(host=args.host, port=args.port)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from workers.worker import run_worker
+
+    return run_worker(once=args.once, ray_address=args.ray_address)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from workers.demo import run_demo
+
+    return run_demo(out=args.out, quick=args.quick)
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from service.client import submit
+
+    return submit(args.spec, wait=args.wait, api_url=args.api_url, token=args.token)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from service.client import status
+
+    return status(args.id, api_url=args.api_url, token=args.token)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from service.client import report
+
+    return report(args.id, as_json=args.json, html=args.html, api_url=args.api_url, token=args.token)
+
+
+def _cmd_token_create(args: argparse.Namespace) -> int:
+    from service.tokens import create_token_cli
+
+    return create_token_cli(args.name, admin=args.admin)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="decouple",
+        description="Can the learning rate and weight decay of an optimizer be tuned separately?",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the built-in demo study end to end (SQLite + local Ray)")
+    p.add_argument("--out", default="demo-report", help="folder for report.html (default ./demo-report)")
+    p.add_argument("--quick", action="store_true", help="a small grid, for smoke tests")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("serve", help="run the REST API (uvicorn)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("migrate", help="bring the database schema to the latest revision")
+    p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("worker", help="claim queued studies and run them on Ray")
+    p.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: RAY_ADDRESS, else a local one)")
+    p.set_defaults(func=_cmd_worker)
+
+    client_args = argparse.ArgumentParser(add_help=False)
+    client_args.add_argument("--api-url", default=None, help="default: DECOUPLE_API_URL")
+    client_args.add_argument("--token", default=None, help="default: DECOUPLE_TOKEN")
+
+    p = sub.add_parser("submit", parents=[client_args], help="post a JSON or YAML study spec to the API")
+    p.add_argument("spec", help="path to the spec file")
+    p.add_argument("--wait", action="store_true", help="show progress until done, then the table")
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("status", parents=[client_args], help="a study's progress")
+    p.add_argument("id")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("report", parents=[client_args], help="a study's separability report")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true", help="print the report JSON")
+    p.add_argument("--html", default=None, metavar="FILE", help="write the report page to FILE")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("token", help="API tokens")
+    tsub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    t = tsub.add_parser("create", help="print a new API token once (stored hashed)")
+    t.add_argument("name")
+    t.add_argument("--admin", action="store_true")
+    t.set_defaults(func=_cmd_token_create)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"decouple: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("decouple: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""The five optimizer variants of Loshchilov & Hutter (ICLR 2019), written once.
+
+Every variant is the same chain of three links, as in optax::
+
+    [L2: g <- g + lam*theta]  ->  base direction u (SGD momentum or Adam)  ->  theta <- theta*(1 - c) - a_t*u
+
+and the variants differ only in *where the decay sits and what scales it*:
+
+============  ======  ==========  ============================================  =====================
+name          base    decay       update (a = base lr, eta_t = schedule value)  convention
+============  ======  ==========  ============================================  =====================
+sgd           sgd     l2          g += lam*th; b = beta*b + g; th -= eta*a*b    L2, through momentum
+sgdw          sgd     schedule    b = beta*b + g; th -= eta*a*b + eta*lam*th    paper, Algorithm 1
+adam          adam    l2          g += lam*th, then Adam                        L2, through Adam's
+                                                                                 preconditioner
+adamw         adam    schedule    th -= eta*(a*mhat/(sqrt(vhat)+eps) + lam*th)  paper, Algorithm 2
+adamw_torch   adam    lr          th *= 1 - a*eta*lam, then Adam                torch.optim.AdamW
+============  ======  ==========  ============================================  =====================
+
+So c = eta_t*lam for the paper's decoupled decay (scaled by the schedule, *not* by the learning
+rate) and c = a*eta_t*lam for PyTorch's (multiplied by the learning rate); lam_paper = a*lam_torch.
+The decay always uses theta before the step. Momentum is in PyTorch's form (the buffer sums raw
+gradients and a*eta_t multiplies it when applied).
+
+The schedule multiplier eta_t of a parameter group is ``group["lr"] / group["lr_at_build"]``, so any
+``torch.optim.lr_scheduler`` drives both the step size and, for ``sgdw`` and ``adamw``, the decay.
+
+:func:`apply_update` is the one implementation of the chain. It takes the learning rate, decay and
+schedule value as Python floats *or* as tensors that broadcast against the parameter, which is how
+the packed trainer (``workers.packed``) runs K configurations at once with exactly these rules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+Number = float | torch.Tensor
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One optimizer: its base direction and where its weight decay sits."""
+
+    name: str
+    base: Literal["sgd", "adam"]
+    decay: Literal["l2", "schedule", "lr"]
+    title: str
+    decay_convention: str
+    rule: str
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("sgd", "sgd", "l2", "SGD with momentum + L2",
+                "L2: decay added to the gradient, so it goes through momentum",
+                "g <- g + wd*theta; b <- momentum*b + g; theta <- theta - eta_t*lr*b"),
+        Variant("sgdw", "sgd", "schedule", "SGDW (paper, Algorithm 1)",
+                "decoupled; scaled by the schedule, not by lr",
+                "b <- momentum*b + g; theta <- theta - eta_t*lr*b - eta_t*wd*theta"),
+        Variant("adam", "adam", "l2", "Adam + L2",
+                "L2: decay added to the gradient, so it goes through Adam's preconditioner",
+                "g <- g + wd*theta, then Adam"),
+        Variant("adamw", "adam", "schedule", "AdamW (paper, Algorithm 2)",
+                "decoupled; scaled by the schedule, not by lr",
+                "theta <- theta - eta_t*(lr*mhat/(sqrt(vhat)+eps) + wd*theta)"),
+        Variant("adamw_torch", "adam", "lr", "AdamW as in torch.optim.AdamW",
+                "decoupled from the preconditioner but multiplied by lr (PyTorch, optax, Keras)",
+                "theta <- theta*(1 - lr*eta_t*wd), then Adam"),
+    )
+}
+
+OPTIMIZER_NAMES: tuple[str, ...] = tuple(VARIANTS)
+DECAY_ON = ("all", "weights", "invariant")
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"Unknown optimizer: {name!r} (expected one of {', '.join(OPTIMIZER_NAMES)})"
+        ) from None
+
+
+def check_hyperparameters(lr: float, weight_decay: float) -> None:
+    """Reject values no optimizer can run with, naming the value (as torch.optim does)."""
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+
+def _axpy_(p: torch.Tensor, u: torch.Tensor, scale: Number) -> None:
+    """p <- p - scale*u, with scale a float or a broadcastable tensor."""
+    if isinstance(scale, torch.Tensor):
+        p.addcmul_(u, scale, value=-1.0)
+    else:
+        p.add_(u, alpha=-scale)
+
+
+def apply_update(
+    variant: Variant,
+    p: torch.Tensor,
+    grad: torch.Tensor,
+    state: dict[str, Any],
+    *,
+    lr: Number,
+    weight_decay: Number,
+    eta: Number,
+    momentum: float = 0.9,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> None:
+    """One step of ``variant`` on ``p`` in place.
+
+    ``lr`` is the current step size a*eta_t (what a scheduler leaves in ``group["lr"]``),
+    ``eta`` the schedule value eta_t alone, ``weight_decay`` lam. Each may be a tensor that
+    broadcasts against ``p`` (one value per packed configuration).
+    """
+    g = grad
+    if variant.decay == "l2":
+        g = g.add(p * weight_decay) if isinstance(weight_decay, torch.Tensor) else g.add(p, alpha=weight_decay)
+
+    if variant.base == "sgd":
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = state["momentum_buffer"] = g.detach().clone()
+        else:
+            buf.mul_(momentum).add_(g)
+        direction = buf
+    else:
+        beta1, beta2 = betas
+        if "exp_avg" not in state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        step = state["step"]
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.lerp_(g, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        bias1 = 1 - beta1**step
+        bias2_sqrt = math.sqrt(1 - beta2**step)
+        denom = (exp_avg_sq.sqrt() / bias2_sqrt).add_(eps)
+        direction = exp_avg / denom / bias1 if isinstance(lr, torch.Tensor) else None
+        if direction is None:
+            # Scalar path written as torch.optim.Adam does it, so the two agree to the last bit.
+            if variant.decay != "l2":
+                p.mul_(1 - _decay_factor(variant, lr, weight_decay, eta))
+            p.addcdiv_(exp_avg, denom, value=-lr / bias1)
+            return
+
+    if variant.decay != "l2":
+        c = _decay_factor(variant, lr, weight_decay, eta)
+        p.mul_(1 - c)
+    _axpy_(p, direction, lr)
+
+
+def _decay_factor(variant: Variant, lr: Number, weight_decay: Number, eta: Number) -> Number:
+    """c in theta <- theta*(1 - c): eta_t*lam (paper) or a*eta_t*lam (PyTorch)."""
+    if variant.decay == "schedule":
+        return eta * weight_decay
+    return lr * weight_decay
+
+
+class DecayChainOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` running one of the five variants (see the module docstring)."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        variant: Variant,
+        lr: float,
+        weight_decay: float,
+        momentum: float = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        check_hyperparameters(lr, weight_decay)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"Invalid beta parameters: {betas}")
+        if not eps >= 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, betas=betas, eps=eps)
+        super().__init__(params, defaults)
+        self.variant = variant
+        for group in self.param_groups:
+            check_hyperparameters(group["lr"], group["weight_decay"])
+            group["lr_at_build"] = group["lr"]
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - the rule is in the module docstring
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr = group["lr"]
+            eta = lr / group["lr_at_build"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                apply_update(
+                    self.variant, p, p.grad, self.state[p],
+                    lr=lr, weight_decay=group["weight_decay"], eta=eta,
+                    momentum=group["momentum"], betas=group["betas"], eps=group["eps"],
+                )
+        return loss
+
+
+_NORM_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+
+
+def decayed_parameter_names(model: nn.Module, decay_on: str = "all") -> set[str]:
+    """Names of the parameters that receive weight decay under ``decay_on``.
+
+    - ``all``: every parameter, as in the paper's code.
+    - ``weights``: weights of layers that are not normalization layers (no biases, no
+      normalization scales and shifts).
+    - ``invariant``: only the weights whose output feeds a normalization layer directly
+      (the next module in registration order is a normalization layer); those are
+      scale-invariant, so decay acts on them as an effective learning-rate change.
+    """
+    if decay_on not in DECAY_ON:
+        raise ValueError(f"Invalid decay_on: {decay_on!r} (expected one of {', '.join(DECAY_ON)})")
+    names = {n for n, _ in model.named_parameters()}
+    if decay_on == "all":
+        return names
+    modules = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    chosen: set[str] = set()
+    for i, (mname, m) in enumerate(modules):
+        if isinstance(m, _NORM_TYPES) or getattr(m, "weight", None) is None:
+            continue
+        if not isinstance(m.weight, nn.Parameter):
+            continue
+        if decay_on == "invariant":
+            nxt = modules[i + 1][1] if i + 1 < len(modules) else None
+            if not isinstance(nxt, _NORM_TYPES):
+                continue
+        chosen.add(f"{mname}.weight" if mname else "weight")
+    return chosen & names
+
+
+def param_groups(model: nn.Module, decay_on: str = "all") -> list[dict[str, Any]]:
+    """Two parameter groups: decayed ones, and the rest with ``weight_decay=0``."""
+    decayed = decayed_parameter_names(model, decay_on)
+    on = [p for n, p in model.named_parameters() if n in decayed]
+    off = [p for n, p in model.named_parameters() if n not in decayed]
+    groups: list[dict[str, Any]] = [{"params": on}]
+    if off:
+        groups.append({"params": off, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(
+    name: str,
+    params: Iterable[Any] | nn.Module,
+    lr: float,
+    weight_decay: float,
+    *,
+    decay_on: str = "all",
+    momentum: float = 0.9,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.Optimizer:
+    """The optimizer ``name`` (one of :data:`OPTIMIZER_NAMES`) over ``params``.
+
+    ``weight_decay`` is lam in the rule the module docstring gives for ``name``. ``params`` may be
+    an ``nn.Module``, in which case ``decay_on`` chooses which of its parameters are decayed;
+    with an iterable of tensors or parameter groups every given tensor is treated alike.
+    """
+    variant = get_variant(name)
+    check_hyperparameters(lr, weight_decay)
+    if isinstance(params, nn.Module):
+        params = param_groups(params, decay_on)
+    elif decay_on != "all":
+        raise ValueError("decay_on other than 'all' needs the nn.Module itself as params")
+    return DecayChainOptimizer(
+        params, variant, lr, weight_decay, momentum=momentum, betas=betas, eps=eps
+    )
