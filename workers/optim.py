@@ -126,15 +126,23 @@ def apply_update(
     """
     g = grad
     if variant.decay == "l2":
-        g = g.add(p * weight_decay) if isinstance(weight_decay, torch.Tensor) else g.add(p, alpha=weight_decay)
+        if isinstance(weight_decay, torch.Tensor):
+            g = g.add(p * weight_decay)
+        elif weight_decay != 0:
+            # Skipped at 0 as torch.optim does: 0*theta is NaN once theta has diverged to inf.
+            g = g.add(p, alpha=weight_decay)
 
     if variant.base == "sgd":
-        buf = state.get("momentum_buffer")
-        if buf is None:
-            buf = state["momentum_buffer"] = g.detach().clone()
+        if momentum == 0:
+            # As torch.optim.SGD: no buffer, since 0*buf would turn one inf gradient into NaN for good.
+            direction = g
         else:
-            buf.mul_(momentum).add_(g)
-        direction = buf
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = g.detach().clone()
+            else:
+                buf.mul_(momentum).add_(g)
+            direction = buf
     else:
         beta1, beta2 = betas
         if "exp_avg" not in state:
