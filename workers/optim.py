@@ -199,11 +199,22 @@ class DecayChainOptimizer(torch.optim.Optimizer):
         if not eps >= 0.0:
             raise ValueError(f"Invalid epsilon value: {eps}")
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, betas=betas, eps=eps)
-        super().__init__(params, defaults)
         self.variant = variant
-        for group in self.param_groups:
-            check_hyperparameters(group["lr"], group["weight_decay"])
-            group["lr_at_build"] = group["lr"]
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group, remembering its lr as the base of its schedule multiplier eta_t.
+
+        ``Optimizer.__init__`` adds the initial groups through here too, so groups added later
+        (e.g. when unfreezing layers) get ``lr_at_build`` as well.
+        """
+        check_hyperparameters(
+            param_group.get("lr", self.defaults["lr"]),
+            param_group.get("weight_decay", self.defaults["weight_decay"]),
+        )
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group["lr_at_build"] = group["lr"]
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - the rule is in the module docstring
