@@ -48,7 +48,7 @@ Measures (``separability``):
     left out. The slope is the least-squares slope of these log10 wd*(lr) against log10 lr.
     Reading: 0 = the best wd does not depend on lr (tune it once); -1 = only lr*wd matters (the
     best wd falls by a decade for each decade of lr); +1 = only wd/lr matters. ``None`` with fewer
-    than 3 usable rows. ``separability_with_ci`` sets it to ``None`` when weight decay moves the
+    than 3 usable rows and on a flat grid. ``separability_with_ci`` sets it to ``None`` when weight decay moves the
     metric less than seed noise near the optimum (then the slope is noise: measured on flat-in-wd
     surfaces it jumped by up to 1.5 between seed pairs).
 
@@ -71,11 +71,15 @@ Measures (``separability``):
     save.
 
 Uncertainty (``separability_with_ci``) takes one grid per seed (S x n x m). The measures are those
-of the seed mean; ``ci[measure] = [2.5 %, 97.5 %]`` percentiles of the measure over ``n_boot``
-bootstrap resamples of the seeds (S seeds drawn with replacement, grid re-averaged, every measure
-recomputed), with S >= 2. With S = 2 a resample is seed 0, seed 1 or their mean, so the interval is
-crude: it shows the two seeds' disagreement. A cell's mean is diverged when any of its seeds
-diverged (a setting that sometimes blows up is not a good setting).
+of the seed mean theta. Over ``n_boot`` bootstrap resamples of the seeds (S seeds drawn with
+replacement, grid re-averaged, every measure recomputed; S >= 2) with percentiles q_2.5 and q_97.5,
+``ci[measure] = [2 theta - q_97.5, 2 theta - q_2.5]`` (the basic bootstrap interval), clipped to the
+measure's range and widened to hold theta. Why not the plain percentiles: a resample repeats seeds,
+so its mean is noisier than the real one, and noise adds interaction; the percentile interval of
+the interaction share would then sit *above* the estimate (its lower end at theta), pointing away
+from the truth. The basic interval reverses that shift. With S = 2 a resample is seed 0, seed 1 or
+their mean, so the interval is crude: it shows the two seeds' disagreement. A cell's mean is
+diverged when any of its seeds diverged (a setting that sometimes blows up is not a good setting).
 
 Noise. sigma = pooled within-cell standard deviation of the seeds, over the near-optimal rows'
 cells. Weight decay "has an effect" there when the median over near-optimal rows of the row's range
