@@ -1,0 +1,489 @@
+"""Pydantic models: the study spec of CONTRACT.md and the API's public shapes.
+
+The spec models reject bad input by themselves (STYLE.md, habit 3): unknown optimizer or task
+names (the message lists the allowed ones), non-positive or non-finite bounds, min > max, axes of
+0 or more than 64 points, 0 or more than 16 seeds, duplicate names, unknown fields, and studies
+with more trials than ``DECOUPLE_MAX_TRIALS``. FastAPI turns any of these into a 422 whose message
+names the field (:func:`format_errors`); routes hold no hand-written checks.
+
+A grid axis is log-spaced: ``num`` points from ``min`` to ``max``,
+``v_k = min * (max/min)**(k/(num-1))`` for k = 0..num-1 (:func:`axis_values`, the one place that
+computes them). A spec normalized by the model (:meth:`StudySpec.stored`) has every default
+filled in, so workers and the report read explicit axes, epochs and schedule parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from contextvars import ContextVar
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from workers.catalog import DEFAULT_GRIDS, TASK_INFO
+
+#: The five optimizer names of PAPER.md. ``workers.optim.OPTIMIZER_NAMES`` holds the same names
+#: (a test checks it) but imports torch; the API only needs the catalogue, which does not.
+OPTIMIZER_NAMES: tuple[str, ...] = tuple(DEFAULT_GRIDS)
+SCHEDULE_NAMES = ("constant", "step", "cosine", "cosine_restarts")
+METRIC_NAMES = ("val_error", "val_loss")
+DECAY_ON = ("all", "weights", "invariant")
+MAX_AXIS_POINTS = 64
+MAX_SEEDS = 16
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_PRIORITY = 1_000
+
+#: The trial cap a request is checked against. The API sets it per request from the app's own
+#: settings (so an app built with explicit settings needs no environment); anything else falls
+#: back to ``get_settings().max_trials``. ``model_validate(..., context={"max_trials": n})``
+#: overrides both; ``None`` there skips the check (re-reading a stored spec).
+max_trials_var: ContextVar[int | None] = ContextVar("decouple_max_trials", default=None)
+
+PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
+
+
+def _names(names: Any) -> str:
+    return ", ".join(names)
+
+
+def user_task_names() -> list[str]:
+    return [name for name, info in TASK_INFO.items() if not info.synthetic]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- grid axes -----------------------------------------------------------------------------------
+
+
+class GridAxis(_Spec):
+    """A log-spaced axis ``{"min", "max", "num"}``, or ``"auto"`` / ``{"auto": true, "num": 8}``.
+
+    An auto axis is placed by a coarse pilot run around the optimizer's optimum; ``num`` is how
+    many points the final axis gets (default: the optimizer's default grid size).
+    """
+
+    min: PositiveFinite | None = None
+    max: PositiveFinite | None = None
+    num: int | None = Field(None, ge=1, le=MAX_AXIS_POINTS, strict=True)
+    auto: bool = Field(False, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            if data == "auto":
+                return {"auto": True}
+            raise ValueError(f'must be {{"min", "max", "num"}} or "auto", not {data!r}')
+        return data
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> GridAxis:
+        if self.auto:
+            if self.min is not None or self.max is not None:
+                raise ValueError("an auto axis takes only num (the pilot run places min and max)")
+            return self
+        missing = [k for k in ("min", "max", "num") if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f'needs min, max and num (or "auto"); missing {_names(missing)}')
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is greater than max ({self.max:g})")
+        if self.num == 1 and self.min != self.max:
+            raise ValueError("num 1 needs min == max (a single point)")
+        return self
+
+    @model_serializer
+    def _serialize(self) -> dict[str, Any]:
+        if self.auto:
+            return {"auto": True, "num": self.num}
+        return {"min": self.min, "max": self.max, "num": self.num}
+
+
+def axis_values(axis: Any) -> list[float]:
+    """The points of a log-spaced axis (a :class:`GridAxis`, a catalogue ``Axis`` or a dict).
+
+    ``np.geomspace`` returns ``min`` and ``max`` exactly at the ends.
+    """
+    if isinstance(axis, dict):
+        lo, hi, num = axis["min"], axis["max"], axis["num"]
+    else:
+        lo, hi, num = axis.min, axis.max, axis.num
+    if lo is None or hi is None or num is None:
+        raise ValueError("an auto axis has no values until its pilot run has placed it")
+    if num == 1:
+        return [float(lo)]
+    return [float(v) for v in np.geomspace(lo, hi, int(num))]
+
+
+# --- optimizers and schedules --------------------------------------------------------------------
+
+
+class OptimizerSpec(_Spec):
+    """One optimizer of the study and its lr x wd grid; an axis left out takes the default."""
+
+    name: str
+    lr: GridAxis | None = None
+    wd: GridAxis | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        if name not in OPTIMIZER_NAMES:
+            raise ValueError(
+                f"unknown optimizer {name!r} (expected one of {_names(OPTIMIZER_NAMES)})"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> OptimizerSpec:
+        for key in ("lr", "wd"):
+            default = DEFAULT_GRIDS[self.name][key]
+            axis = getattr(self, key)
+            if axis is None:
+                axis = GridAxis(min=default.min, max=default.max, num=default.num)
+            elif axis.auto and axis.num is None:
+                axis = GridAxis(auto=True, num=default.num)
+            setattr(self, key, axis)
+        return self
+
+    @property
+    def is_auto(self) -> bool:
+        """True when a pilot run must place this optimizer's grid before its trials exist."""
+        return bool(self.lr.auto or self.wd.auto)
+
+    @property
+    def cells(self) -> int:
+        return self.lr.num * self.wd.num
+
+
+class ConstantSchedule(_Spec):
+    name: Literal["constant"]
+
+
+class StepSchedule(_Spec):
+    """eta drops by ``gamma`` at each milestone (fractions of the training budget)."""
+
+    name: Literal["step"]
+    milestones: list[Annotated[float, Field(gt=0, lt=1, strict=True)]] = Field(
+        default_factory=lambda: [0.3, 0.6, 0.8], min_length=1, max_length=16
+    )
+    gamma: float = Field(0.1, gt=0, le=1, strict=True)
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, ms: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(ms, ms[1:], strict=False)):
+            raise ValueError("milestones must be strictly increasing")
+        return ms
+
+
+class CosineSchedule(_Spec):
+    name: Literal["cosine"]
+
+
+class CosineRestartsSchedule(_Spec):
+    """Cosine annealing restarted every period; periods start at ``t0`` epochs and grow by ``t_mult``."""
+
+    name: Literal["cosine_restarts"]
+    t0: float = Field(10.0, gt=0, allow_inf_nan=False, strict=True)
+    t_mult: float = Field(2.0, ge=1, allow_inf_nan=False, strict=True)
+
+
+ScheduleSpec = Annotated[
+    ConstantSchedule | StepSchedule | CosineSchedule | CosineRestartsSchedule,
+    Field(discriminator="name"),
+]
+
+
+# --- the study spec ------------------------------------------------------------------------------
+
+SPEC_EXAMPLE: dict[str, Any] = {
+    "name": "digits, five optimizers",
+    "task": "digits_mlp",
+    "epochs": 30,
+    "batch_size": 64,
+    "schedule": {"name": "cosine"},
+    "optimizers": [
+        {
+            "name": "adamw",
+            "lr": {"min": 1e-4, "max": 1e-1, "num": 8},
+            "wd": {"min": 1e-6, "max": 1e-2, "num": 8},
+        },
+        {"name": "adam"},
+    ],
+    "seeds": [0, 1],
+    "metric": "val_error",
+}
+
+
+class StudySpec(_Spec):
+    """A grid study: for each optimizer, every (lr, wd) cell of its grid, once per seed."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SPEC_EXAMPLE]})
+
+    name: str = Field(min_length=1, max_length=200)
+    task: str
+    #: Default: the task's own budget (``GET /tasks``).
+    epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, strict=True)
+    batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE, strict=True)
+    schedule: ScheduleSpec = Field(default_factory=lambda: ConstantSchedule(name="constant"))
+    optimizers: list[OptimizerSpec] = Field(min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1, strict=True)]] = Field(
+        default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS
+    )
+    metric: Literal["val_error", "val_loss"] = "val_error"
+    #: The wd axis holds lambda_norm; each trial uses lambda = lambda_norm*sqrt(b/(B*T)).
+    wd_normalized: bool = Field(False, strict=True)
+    decay_on: Literal["all", "weights", "invariant"] = "all"
+    priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, strict=True)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        # Synthetic (test-only) tasks are accepted but not advertised.
+        if task not in TASK_INFO:
+            raise ValueError(f"unknown task {task!r} (expected one of {_names(user_task_names())})")
+        return task
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule_shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("optimizers")
+    @classmethod
+    def _distinct_optimizers(cls, optimizers: list[OptimizerSpec]) -> list[OptimizerSpec]:
+        seen: set[str] = set()
+        for opt in optimizers:
+            if opt.name in seen:
+                raise ValueError(f"optimizer {opt.name!r} appears more than once")
+            seen.add(opt.name)
+        return optimizers
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        dupes = sorted({s for s in seeds if seeds.count(s) > 1})
+        if dupes:
+            raise ValueError(f"seeds must be distinct ({_names(map(str, dupes))} repeated)")
+        return seeds
+
+    @model_validator(mode="after")
+    def _fill_and_cap(self, info: ValidationInfo) -> StudySpec:
+        task = TASK_INFO[self.task]
+        if self.epochs is None:
+            self.epochs = task.epochs
+        if self.batch_size is None:
+            self.batch_size = task.batch_size
+        cap = _max_trials(info)
+        if cap is not None and self.trials_total > cap:
+            raise ValueError(
+                f"the study has {self.trials_total} trials (grid cells x seeds, over all "
+                f"optimizers), more than DECOUPLE_MAX_TRIALS={cap}"
+            )
+        return self
+
+    @property
+    def trials_total(self) -> int:
+        """Grid-phase trials: sum over optimizers of lr.num * wd.num, times the seeds."""
+        return sum(opt.cells for opt in self.optimizers) * len(self.seeds)
+
+    def stored(self) -> dict[str, Any]:
+        """The spec as stored: JSON, with every default filled in."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> StudySpec:
+        """Re-read a stored spec (no trial cap: it was checked at submission)."""
+        return cls.model_validate(data, context={"max_trials": None})
+
+
+def _max_trials(info: ValidationInfo) -> int | None:
+    context = info.context or {}
+    if "max_trials" in context:
+        return context["max_trials"]
+    cap = max_trials_var.get()
+    if cap is not None:
+        return cap
+    from service.config import get_settings
+
+    return get_settings().max_trials
+
+
+# --- validation errors as readable messages ------------------------------------------------------
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for i, item in enumerate(loc):
+        if i == 0 and item == "body":
+            continue
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif parts and parts[-1] == "schedule" and item in SCHEDULE_NAMES:
+            continue  # the discriminated union's tag, not a field
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "spec"
+
+
+def _message(error: dict[str, Any]) -> str:
+    msg = str(error.get("msg", "invalid"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    return msg
+
+
+def format_errors(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Pydantic errors as ``[{"field": "optimizers[0].lr.min", "message": "..."}]``."""
+    return [
+        {"field": _field_path(tuple(e.get("loc", ()))), "message": _message(e), "type": e.get("type", "")}
+        for e in errors
+    ]
+
+
+def errors_summary(errors: list[dict[str, str]]) -> str:
+    """One line for humans: ``field: message; field: message``."""
+    return "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+
+
+# --- public API shapes ---------------------------------------------------------------------------
+
+
+def finite_or_none(x: float | None) -> float | None:
+    """JSON has no NaN or infinity: a non-finite metric is published as null (``status`` says it ran)."""
+    return x if x is not None and math.isfinite(x) else None
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: ``detail`` is one line naming the field or the cause."""
+
+    detail: str
+    errors: list[dict[str, str]] | None = None
+
+
+class StudyCreated(BaseModel):
+    id: str
+    status: str
+    trials_total: int
+
+
+class Progress(BaseModel):
+    trials_total: int
+    trials_done: int
+    trials_failed: int
+
+
+class StudyPublic(BaseModel):
+    id: str
+    name: str
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    owner: str
+    priority: int
+    spec: dict[str, Any]
+    progress: Progress
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    claimed_by: str | None
+    attempts: int
+    last_error: str | None
+
+
+class StudiesPublic(BaseModel):
+    data: list[StudyPublic]
+    count: int
+
+
+class TrialPublic(BaseModel):
+    id: int
+    phase: str
+    optimizer: str
+    lr_index: int
+    wd_index: int
+    lr: float
+    wd: float
+    seed: int
+    status: Literal["queued", "running", "done", "failed"]
+    train_loss: float | None
+    val_loss: float | None
+    val_error: float | None
+    diverged: bool
+    diverged_epoch: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str | None
+    attempts: int
+    error: str | None
+
+
+class TrialsPublic(BaseModel):
+    data: list[TrialPublic]
+    count: int
+
+
+class CurvePointPublic(BaseModel):
+    epoch: int
+    train_loss: float | None
+    val_loss: float | None
+    val_error: float | None
+
+
+class CurvePublic(BaseModel):
+    study_id: str
+    trial_id: int
+    points: list[CurvePointPublic]
+
+
+class AxisPublic(BaseModel):
+    min: float
+    max: float
+    num: int
+
+
+class OptimizerInfoPublic(BaseModel):
+    name: str
+    title: str
+    decay_convention: str
+    rule: str
+    default_grid: dict[str, AxisPublic]
+
+
+class OptimizersPublic(BaseModel):
+    data: list[OptimizerInfoPublic]
+    count: int
+
+
+class TaskInfoPublic(BaseModel):
+    name: str
+    description: str
+    num_classes: int
+    epochs: int
+    batch_size: int
+    needs_data_dir: bool
+    synthetic: bool
+
+
+class TasksPublic(BaseModel):
+    data: list[TaskInfoPublic]
+    count: int
+
+
+class HealthPublic(BaseModel):
+    status: str
+    database: str
+    revision: str | None = None

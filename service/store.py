@@ -1,0 +1,509 @@
+"""The study store: plain functions over a ``Session`` (the caller owns the transaction).
+
+Two audiences:
+
+* the API — :func:`create_study` (materializes the whole grid, so progress and the CSV are exact
+  from the start), :func:`list_studies`, :func:`get_study`, :func:`progress`,
+  :func:`cancel_study`, :func:`delete_study`, :func:`list_trials`, :func:`get_curve`, and the
+  report cache;
+* the workers — the queue: :func:`claim_study`, :func:`heartbeat`, :func:`release_study`,
+  :func:`pending_trials`, :func:`mark_trials_running`, :func:`record_epoch(s)`,
+  :func:`finish_trial`, :func:`fail_trials`, :func:`finish_study`, :func:`add_trials`.
+
+Concurrency rests on the database, not on the callers' care: a claim is a row lock
+(``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite every write transaction starts
+``BEGIN IMMEDIATE``, see ``service.db``) plus a lease that expires, so a dead worker's study is
+claimed again; the first result of a trial wins (``UPDATE ... WHERE status <> 'done'``); epochs
+are upserts on ``(trial_id, epoch)``. Metrics go in and come out as floats, NaN and inf included.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from service.errors import Conflict, Forbidden, NotFound
+from service.models import (
+    FINAL_STUDY_STATUSES,
+    STUDY_STATUSES,
+    CurvePoint,
+    Study,
+    Trial,
+    metric_values,
+    utcnow,
+)
+from service.schemas import StudySpec, axis_values
+
+# --- who may do what -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: the token's name (``local`` with auth off) and whether it is an admin."""
+
+    name: str
+    admin: bool = False
+
+
+def _check_can_modify(study: Study, who: Principal) -> None:
+    if not (who.admin or who.name == study.owner):
+        raise Forbidden(
+            f"study {study.id} belongs to {study.owner!r}; only its owner or an admin may change it"
+        )
+
+
+# --- studies (API side) --------------------------------------------------------------------------
+
+
+def grid_rows(spec: StudySpec, *, phase: str = "grid") -> list[dict[str, Any]]:
+    """One row per (optimizer, lr index, wd index, seed) of every optimizer whose axes are fixed."""
+    rows: list[dict[str, Any]] = []
+    for opt in spec.optimizers:
+        if opt.is_auto:
+            continue  # its grid is created after the pilot run (add_trials)
+        lrs, wds = axis_values(opt.lr), axis_values(opt.wd)
+        for i, lr in enumerate(lrs):
+            for j, wd in enumerate(wds):
+                for seed in spec.seeds:
+                    rows.append({
+                        "phase": phase, "optimizer": opt.name, "lr_index": i, "wd_index": j,
+                        "lr": lr, "wd": wd, "seed": seed,
+                    })
+    return rows
+
+
+def create_study(session: Session, spec: StudySpec, owner: str) -> Study:
+    """Store a study and its full trial grid (status ``queued``); returns the flushed study.
+
+    ``trials_total`` counts every grid trial the study will have, also those of optimizers with
+    an ``auto`` axis, whose trials :func:`add_trials` creates once the pilot has placed the grid.
+    """
+    now = utcnow()
+    study = Study(
+        name=spec.name, spec=spec.stored(), owner=owner, status="queued", priority=spec.priority,
+        created_at=now, updated_at=now, attempts=0, trials_total=spec.trials_total,
+    )
+    session.add(study)
+    session.flush()
+    rows = grid_rows(spec)
+    if rows:
+        _insert_trials(session, study.id, rows)
+    return study
+
+
+def _insert_trials(session: Session, study_id: str, rows: list[dict[str, Any]]) -> None:
+    defaults = {"study_id": study_id, "status": "queued", "diverged": False, "attempts": 0}
+    session.execute(insert(Trial), [{**defaults, **row} for row in rows])
+
+
+def get_study(session: Session, study_id: str, *, for_update: bool = False) -> Study:
+    """The study, or :class:`NotFound`."""
+    query = select(Study).where(Study.id == study_id)
+    if for_update:
+        query = query.with_for_update()
+    study = session.scalars(query).one_or_none()
+    if study is None:
+        raise NotFound(f"no study {study_id!r}")
+    return study
+
+
+def list_studies(
+    session: Session,
+    *,
+    status: str | None = None,
+    owner: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[list[Study], int]:
+    """A page of studies, newest first, and how many match the filters in all."""
+    if status is not None and status not in STUDY_STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    conditions = []
+    if status is not None:
+        conditions.append(Study.status == status)
+    if owner is not None:
+        conditions.append(Study.owner == owner)
+    count = session.scalar(select(func.count()).select_from(Study).where(*conditions)) or 0
+    query = (
+        select(Study).where(*conditions)
+        .order_by(Study.created_at.desc(), Study.id.desc())
+        .limit(limit).offset(offset)
+    )
+    return list(session.scalars(query)), int(count)
+
+
+@dataclass(frozen=True)
+class StudyProgress:
+    trials_total: int
+    trials_done: int
+    trials_failed: int
+    trials_running: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "trials_total": self.trials_total,
+            "trials_done": self.trials_done,
+            "trials_failed": self.trials_failed,
+        }
+
+
+def progress(session: Session, studies: Sequence[Study]) -> dict[str, StudyProgress]:
+    """Grid-phase trial counts per study (one grouped query for a whole page)."""
+    ids = [s.id for s in studies]
+    counts: dict[str, dict[str, int]] = {i: {} for i in ids}
+    if ids:
+        rows = session.execute(
+            select(Trial.study_id, Trial.status, func.count())
+            .where(Trial.study_id.in_(ids), Trial.phase == "grid")
+            .group_by(Trial.study_id, Trial.status)
+        )
+        for study_id, status, n in rows:
+            counts[study_id][status] = int(n)
+    return {
+        s.id: StudyProgress(
+            trials_total=s.trials_total,
+            trials_done=counts[s.id].get("done", 0),
+            trials_failed=counts[s.id].get("failed", 0),
+            trials_running=counts[s.id].get("running", 0),
+        )
+        for s in studies
+    }
+
+
+def cancel_study(session: Session, study_id: str, who: Principal) -> Study:
+    """Stop a queued or running study (owner or admin). Its worker notices at its next heartbeat."""
+    study = get_study(session, study_id, for_update=True)
+    _check_can_modify(study, who)
+    if study.status == "cancelled":
+        return study
+    if study.status in FINAL_STUDY_STATUSES:
+        raise Conflict(f"study {study_id} is already {study.status}; only queued or running studies can be cancelled")
+    now = utcnow()
+    study.status, study.finished_at, study.updated_at = "cancelled", now, now
+    study.lease_expires_at = None
+    session.flush()
+    return study
+
+
+def delete_study(session: Session, study_id: str, who: Principal) -> None:
+    """Delete a study with its trials and curves (owner or admin)."""
+    study = get_study(session, study_id, for_update=True)
+    _check_can_modify(study, who)
+    # The foreign keys cascade (SQLite has them switched on in service.db).
+    session.execute(delete(Study).where(Study.id == study_id))
+
+
+def list_trials(session: Session, study_id: str, *, phase: str | None = None) -> list[Trial]:
+    """Every trial of a study in grid order (optimizer as submitted, then lr, wd, seed)."""
+    get_study(session, study_id)
+    query = select(Trial).where(Trial.study_id == study_id)
+    if phase is not None:
+        query = query.where(Trial.phase == phase)
+    return list(session.scalars(query.order_by(Trial.phase, Trial.id)))
+
+
+def get_curve(session: Session, study_id: str, trial_id: int) -> list[dict[str, Any]]:
+    """A trial's per-epoch metrics, ``[{"epoch", "train_loss", "val_loss", "val_error"}]``."""
+    trial = session.get(Trial, trial_id)
+    if trial is None or trial.study_id != study_id:
+        raise NotFound(f"no trial {trial_id} in study {study_id!r}")
+    return load_curves(session, [trial_id]).get(trial_id, [])
+
+
+def load_curves(session: Session, trial_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+    """Curves of many trials at once: ``{trial_id: [point, ...]}``, epochs ascending."""
+    ids = list(trial_ids)
+    out: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+    for chunk in _chunks(ids, 500):
+        points = session.scalars(
+            select(CurvePoint).where(CurvePoint.trial_id.in_(chunk))
+            .order_by(CurvePoint.trial_id, CurvePoint.epoch)
+        )
+        for p in points:
+            out[p.trial_id].append({
+                "epoch": p.epoch, "train_loss": p.train_loss,
+                "val_loss": p.val_loss, "val_error": p.val_error,
+            })
+    return out
+
+
+def _chunks(items: list[Any], n: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+# --- the report cache ----------------------------------------------------------------------------
+
+
+def study_dict(study: Study) -> dict[str, Any]:
+    """The study as ``service.report.build_report`` reads it."""
+    return {
+        "id": study.id, "name": study.name, "status": study.status, "spec": study.spec,
+        "created_at": study.created_at, "finished_at": study.finished_at, "owner": study.owner,
+    }
+
+
+def trial_dict(trial: Trial) -> dict[str, Any]:
+    """A trial as ``service.report.build_report`` reads it (metrics may be NaN or inf)."""
+    return {
+        "id": trial.id, "phase": trial.phase, "optimizer": trial.optimizer,
+        "lr_index": trial.lr_index, "wd_index": trial.wd_index, "lr": trial.lr, "wd": trial.wd,
+        "seed": trial.seed, "status": trial.status, "train_loss": trial.train_loss,
+        "val_loss": trial.val_loss, "val_error": trial.val_error, "diverged": trial.diverged,
+        "diverged_epoch": trial.diverged_epoch,
+    }
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN/inf float replaced by None (JSON, and PostgreSQL's json, have none)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return json_safe(value.item())
+    return value
+
+
+def get_report(
+    session: Session,
+    study_id: str,
+    build: Callable[[dict[str, Any], list[dict[str, Any]], Callable[[list[int]], dict]], dict],
+) -> dict[str, Any]:
+    """The study's report: cached in the row once the study is done, else built afresh (partial)."""
+    study = get_study(session, study_id)
+    if study.status == "done" and study.report is not None:
+        return study.report
+    trials = [trial_dict(t) for t in list_trials(session, study_id)]
+    report = json_safe(build(study_dict(study), trials, lambda ids: load_curves(session, ids)))
+    if study.status == "done":
+        study.report, study.report_computed_at = report, utcnow()
+        session.flush()
+    return report
+
+
+# --- the queue (worker side) ---------------------------------------------------------------------
+
+
+def claim_study(session: Session, worker_id: str, lease_seconds: float) -> Study | None:
+    """Take the next study to run, or None when there is none.
+
+    The next study is the queued one with the highest priority, oldest first, or a running one
+    whose lease has expired (its worker died). Exactly one of several concurrent claimers gets a
+    given study: PostgreSQL skips rows another transaction has locked; SQLite serializes the
+    claims because write transactions begin IMMEDIATE. The caller commits (``session_scope``).
+    """
+    now = utcnow()
+    query = (
+        select(Study)
+        .where(or_(
+            Study.status == "queued",
+            and_(Study.status == "running", Study.lease_expires_at < now),
+        ))
+        .order_by(Study.priority.desc(), Study.created_at.asc(), Study.id.asc())
+        .limit(1)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    study = session.scalars(query).first()
+    if study is None:
+        return None
+    study.status = "running"
+    study.claimed_by = worker_id
+    study.lease_expires_at = now + timedelta(seconds=lease_seconds)
+    study.attempts += 1
+    study.started_at = study.started_at or now
+    study.updated_at = now
+    session.flush()
+    return study
+
+
+def heartbeat(session: Session, study_id: str, worker_id: str, lease_seconds: float) -> bool:
+    """Extend the lease; False when the claim is lost (cancelled, deleted, taken over)."""
+    now = utcnow()
+    result = session.execute(
+        update(Study)
+        .where(Study.id == study_id, Study.claimed_by == worker_id, Study.status == "running")
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def release_study(session: Session, study_id: str, worker_id: str) -> bool:
+    """Give a claimed study back to the queue (a worker shutting down cleanly)."""
+    result = session.execute(
+        update(Study)
+        .where(Study.id == study_id, Study.claimed_by == worker_id, Study.status == "running")
+        .values(status="queued", claimed_by=None, lease_expires_at=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def pending_trials(session: Session, study_id: str, *, phase: str | None = None) -> list[Trial]:
+    """The study's trials that are not done (queued, running when a worker died, failed)."""
+    query = select(Trial).where(Trial.study_id == study_id, Trial.status != "done")
+    if phase is not None:
+        query = query.where(Trial.phase == phase)
+    return list(session.scalars(query.order_by(Trial.id)))
+
+
+def mark_trials_running(session: Session, trial_ids: Sequence[int], worker_id: str) -> int:
+    """Mark trials as started by ``worker_id`` (done ones are left alone); returns how many."""
+    now, n = utcnow(), 0
+    for chunk in _chunks(list(trial_ids), 500):
+        result = session.execute(
+            update(Trial)
+            .where(Trial.id.in_(chunk), Trial.status != "done")
+            .values(status="running", worker=worker_id, started_at=now, attempts=Trial.attempts + 1, error=None)
+            .execution_options(synchronize_session=False)
+        )
+        n += result.rowcount
+    return n
+
+
+def record_epochs(session: Session, points: Iterable[dict[str, Any]]) -> int:
+    """Upsert curve points ``{"trial_id", "epoch", "train_loss", "val_loss", "val_error"}``.
+
+    Idempotent: recording the same epoch again (a retried block) overwrites it. Points of trials
+    that no longer exist (their study was deleted) are skipped; returns how many were written.
+    """
+    rows = [
+        {"trial_id": int(p["trial_id"]), "epoch": int(p["epoch"]),
+         **_metric_columns(p.get("train_loss"), p.get("val_loss"), p.get("val_error"))}
+        for p in points
+    ]
+    if not rows:
+        return 0
+    existing = set(session.scalars(select(Trial.id).where(Trial.id.in_({r["trial_id"] for r in rows}))))
+    rows = [r for r in rows if r["trial_id"] in existing]
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    table = CurvePoint.__table__
+    stmt = upsert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.c.trial_id, table.c.epoch],
+        set_={c: stmt.excluded[c] for c in _METRIC_COLUMNS},
+    )
+    session.execute(stmt, rows)
+    return len(rows)
+
+
+_METRIC_COLUMNS = (
+    "train_loss", "train_loss_kind", "val_loss", "val_loss_kind", "val_error", "val_error_kind",
+)
+
+
+def _metric_columns(train_loss: float | None, val_loss: float | None, val_error: float | None) -> dict[str, Any]:
+    """Metrics as table columns (``train_loss``, ``train_loss_kind``, ...) for Core statements."""
+    values = metric_values(train_loss=train_loss, val_loss=val_loss, val_error=val_error)
+    return {k.removesuffix("_value"): v for k, v in values.items()}
+
+
+def record_epoch(
+    session: Session, trial_id: int, epoch: int,
+    train_loss: float | None, val_loss: float | None, val_error: float | None,
+) -> bool:
+    """Upsert one curve point (see :func:`record_epochs`); False if the trial no longer exists."""
+    return record_epochs(session, [{
+        "trial_id": trial_id, "epoch": epoch, "train_loss": train_loss,
+        "val_loss": val_loss, "val_error": val_error,
+    }]) == 1
+
+
+def finish_trial(
+    session: Session, trial_id: int, worker_id: str, *,
+    train_loss: float | None, val_loss: float | None, val_error: float | None,
+    diverged: bool = False, diverged_epoch: int | None = None,
+) -> bool:
+    """Store a trial's final metrics. The first result wins: a trial already done is never
+    overwritten (a slow duplicate run after a lease takeover changes nothing). Returns whether
+    this call stored it."""
+    metrics = metric_values(train_loss=train_loss, val_loss=val_loss, val_error=val_error)
+    result = session.execute(
+        update(Trial)
+        .where(Trial.id == trial_id, Trial.status != "done")
+        .values(
+            status="done", worker=worker_id, finished_at=utcnow(), error=None,
+            diverged=bool(diverged), diverged_epoch=diverged_epoch, **metrics,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def fail_trials(session: Session, trial_ids: Sequence[int], error: str) -> int:
+    """Mark trials failed with the reason (done ones are left alone); returns how many."""
+    now, n = utcnow(), 0
+    for chunk in _chunks(list(trial_ids), 500):
+        result = session.execute(
+            update(Trial)
+            .where(Trial.id.in_(chunk), Trial.status != "done")
+            .values(status="failed", error=error[:10_000], finished_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        n += result.rowcount
+    return n
+
+
+def finish_study(
+    session: Session, study_id: str, worker_id: str, status: str, error: str | None = None,
+) -> bool:
+    """End a study this worker holds as ``done`` or ``failed``; False if the claim was lost
+    (cancelled, deleted or taken over meanwhile), in which case nothing changes."""
+    if status not in ("done", "failed"):
+        raise ValueError(f"a worker finishes a study as 'done' or 'failed', not {status!r}")
+    now = utcnow()
+    result = session.execute(
+        update(Study)
+        .where(Study.id == study_id, Study.claimed_by == worker_id, Study.status == "running")
+        .values(
+            status=status, finished_at=now, updated_at=now, lease_expires_at=None,
+            last_error=error[:10_000] if error else None, report=None, report_computed_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def add_trials(
+    session: Session, study_id: str, rows: Iterable[dict[str, Any]], *, phase: str = "grid",
+) -> int:
+    """Add trials to a study (a pilot run, or the grid an ``auto`` axis gets after its pilot).
+
+    Each row: ``optimizer, lr_index, wd_index, lr, wd, seed``. Cells the study already has are
+    skipped (the unique constraint decides), so a retried pilot adds nothing twice. The cached
+    report is dropped. Returns how many trials were added.
+    """
+    study = get_study(session, study_id)
+    new = [{**r, "phase": phase} for r in rows]
+    if not new:
+        return 0
+    have = set(session.execute(
+        select(Trial.phase, Trial.optimizer, Trial.lr_index, Trial.wd_index, Trial.seed)
+        .where(Trial.study_id == study_id, Trial.phase == phase)
+    ).tuples())
+    new = [r for r in new if (phase, r["optimizer"], r["lr_index"], r["wd_index"], r["seed"]) not in have]
+    if new:
+        _insert_trials(session, study_id, new)
+        study.report, study.report_computed_at, study.updated_at = None, None, utcnow()
+        session.flush()
+    return len(new)
+
+
+def lease_expired(study: Study, now: datetime | None = None) -> bool:
+    return study.lease_expires_at is not None and study.lease_expires_at < (now or utcnow())
