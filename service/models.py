@@ -196,7 +196,7 @@ class Study(Base):
     #: Grid-phase trials the study will have, exact from submission on (also for "auto" axes).
     trials_total: Mapped[int] = mapped_column(Integer)
     #: The report JSON, computed once when the study is done and served from here afterwards.
-    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     report_computed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     def __repr__(self) -> str:

@@ -325,10 +325,14 @@ def _max_trials(info: ValidationInfo) -> int | None:
 # --- validation errors as readable messages ------------------------------------------------------
 
 
+#: Where FastAPI says a value came from; the first element of a request error's ``loc``.
+_SOURCES = ("body", "query", "path", "header", "cookie")
+
+
 def _field_path(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for i, item in enumerate(loc):
-        if i == 0 and item == "body":
+        if i == 0 and item in _SOURCES:
             continue
         if isinstance(item, int):
             parts.append(f"[{item}]")
@@ -349,10 +353,14 @@ def _message(error: dict[str, Any]) -> str:
 
 def format_errors(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
     """Pydantic errors as ``[{"field": "optimizers[0].lr.min", "message": "..."}]``."""
-    return [
-        {"field": _field_path(tuple(e.get("loc", ()))), "message": _message(e), "type": e.get("type", "")}
-        for e in errors
-    ]
+    out = []
+    for e in errors:
+        if e.get("type") == "json_invalid":  # loc is a character position, not a field
+            detail = (e.get("ctx") or {}).get("error")
+            out.append({"field": "body", "message": "invalid JSON" + (f" ({detail})" if detail else ""), "type": "json_invalid"})
+            continue
+        out.append({"field": _field_path(tuple(e.get("loc", ()))), "message": _message(e), "type": e.get("type", "")})
+    return out
 
 
 def errors_summary(errors: list[dict[str, str]]) -> str:

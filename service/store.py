@@ -273,21 +273,37 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def get_report(
-    session: Session,
-    study_id: str,
-    build: Callable[[dict[str, Any], list[dict[str, Any]], Callable[[list[int]], dict]], dict],
-) -> dict[str, Any]:
-    """The study's report: cached in the row once the study is done, else built afresh (partial)."""
+ReportBuilder = Callable[
+    [dict[str, Any], list[dict[str, Any]], Callable[[list[int]], dict[int, list[dict[str, Any]]]]],
+    dict[str, Any],
+]
+
+
+def compute_report(session: Session, study_id: str, build: ReportBuilder) -> tuple[dict[str, Any], bool]:
+    """(report, needs caching): the cached report of a done study, else ``build(...)`` afresh.
+
+    The second value is True when the study is done and its report was just computed, so the
+    caller should store it with :func:`cache_report` (in a short write transaction of its own:
+    building may take a while and should not hold SQLite's write lock).
+    """
     study = get_study(session, study_id)
     if study.status == "done" and study.report is not None:
-        return study.report
+        return study.report, False
     trials = [trial_dict(t) for t in list_trials(session, study_id)]
     report = json_safe(build(study_dict(study), trials, lambda ids: load_curves(session, ids)))
-    if study.status == "done":
-        study.report, study.report_computed_at = report, utcnow()
-        session.flush()
-    return report
+    return report, study.status == "done"
+
+
+def cache_report(session: Session, study_id: str, report: dict[str, Any]) -> bool:
+    """Keep a done study's report in its row; dropped again if trials are added later."""
+    now = utcnow()
+    result = session.execute(
+        update(Study)
+        .where(Study.id == study_id, Study.status == "done", Study.report.is_(None))
+        .values(report=report, report_computed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
 
 
 # --- the queue (worker side) ---------------------------------------------------------------------

@@ -1,0 +1,52 @@
+"""Request dependencies: the app's settings and engine, and who is asking."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
+
+from service.config import Settings
+from service.db import session_scope
+from service.errors import Unauthorized
+from service.store import Principal
+from service.tokens import authenticate
+
+#: With auth off (the single-user default) everything belongs to, and may be changed by, ``local``.
+LOCAL = Principal(name="local", admin=True)
+
+_bearer = HTTPBearer(auto_error=False, description="a token from `decouple token create NAME`")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+def current_user(
+    settings: SettingsDep,
+    engine: EngineDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The token's holder when ``DECOUPLE_AUTH=required`` (401 without a valid one), else ``local``."""
+    if settings.auth == "off":
+        return LOCAL
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
+    with session_scope(engine, read_only=True) as session:
+        who = authenticate(session, credentials.credentials)
+    if who is None:
+        raise Unauthorized("invalid or revoked token")
+    return who
+
+
+UserDep = Annotated[Principal, Depends(current_user)]

@@ -1,0 +1,15 @@
+"""One router per resource, gathered behind one router (as in the FastAPI full-stack template)."""
+
+from fastapi import APIRouter, Depends
+
+from service.api.deps import current_user
+from service.api.routes import catalogue, health, pages, reports, studies
+
+api_router = APIRouter()
+# /health answers without a token: load balancers and `docker compose` probe it.
+api_router.include_router(health.router)
+_authenticated = [Depends(current_user)]
+api_router.include_router(catalogue.router, dependencies=_authenticated)
+api_router.include_router(studies.router, dependencies=_authenticated)
+api_router.include_router(reports.router, dependencies=_authenticated)
+api_router.include_router(pages.router, dependencies=_authenticated)

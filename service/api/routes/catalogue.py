@@ -1,0 +1,47 @@
+"""``GET /optimizers`` and ``GET /tasks``: what a spec may name, and the defaults it gets."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from fastapi import APIRouter
+
+from service.schemas import OptimizerInfoPublic, OptimizersPublic, TaskInfoPublic, TasksPublic
+from workers.catalog import DEFAULT_GRIDS, TASK_INFO
+
+router = APIRouter(tags=["catalogue"])
+
+
+@cache
+def _optimizers() -> OptimizersPublic:
+    # workers.optim imports torch (a couple of seconds, once); the names alone live in the catalogue.
+    from workers.optim import VARIANTS
+
+    data = [
+        OptimizerInfoPublic(
+            name=v.name, title=v.title, decay_convention=v.decay_convention, rule=v.rule,
+            default_grid={axis: DEFAULT_GRIDS[v.name][axis].as_dict() for axis in ("lr", "wd")},
+        )
+        for v in VARIANTS.values()
+    ]
+    return OptimizersPublic(data=data, count=len(data))
+
+
+@router.get("/optimizers", response_model=OptimizersPublic)
+def list_optimizers() -> OptimizersPublic:
+    """The five optimizers: update rule, weight-decay convention and default lr x wd grid."""
+    return _optimizers()
+
+
+@router.get("/tasks", response_model=TasksPublic)
+def list_tasks(include_synthetic: bool = False) -> TasksPublic:
+    """The training tasks a spec may name, with their default epochs and batch size."""
+    data = [
+        TaskInfoPublic(
+            name=t.name, description=t.description, num_classes=t.num_classes, epochs=t.epochs,
+            batch_size=t.batch_size, needs_data_dir=t.needs_data_dir, synthetic=t.synthetic,
+        )
+        for t in TASK_INFO.values()
+        if include_synthetic or not t.synthetic
+    ]
+    return TasksPublic(data=data, count=len(data))

@@ -1,0 +1,44 @@
+"""``/studies/{id}/report`` (JSON) and ``/studies/{id}/report.html`` (the page).
+
+The report of a done study is computed once and kept in its row; while a study runs, each request
+builds a fresh one, marked ``"partial": true``. ``service.report`` (analysis, plots) is imported
+on first use, so the API starts without matplotlib.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
+
+from service import store
+from service.api.deps import EngineDep
+from service.db import session_scope
+
+router = APIRouter(prefix="/studies", tags=["reports"])
+
+
+def study_report(engine: Any, study_id: str) -> dict[str, Any]:
+    from service.report import build_report
+
+    with session_scope(engine, read_only=True) as session:
+        report, needs_caching = store.compute_report(session, study_id, build_report)
+    if needs_caching:
+        with session_scope(engine) as session:
+            store.cache_report(session, study_id, report)
+    return report
+
+
+@router.get("/{study_id}/report")
+def get_report(study_id: str, engine: EngineDep) -> dict[str, Any]:
+    """Per optimizer: best cell, separability measures with intervals, the grid; and the ranking."""
+    return study_report(engine, study_id)
+
+
+@router.get("/{study_id}/report.html", response_class=HTMLResponse)
+def get_report_html(study_id: str, engine: EngineDep) -> HTMLResponse:
+    """The report page: heat maps per optimizer, the measures table and the ranking."""
+    from service.report import render_html
+
+    return HTMLResponse(render_html(study_report(engine, study_id)))

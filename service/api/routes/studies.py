@@ -1,0 +1,201 @@
+"""``/studies``: submit, list, read, export, cancel and delete studies."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Query, Response, status
+from fastapi.responses import PlainTextResponse
+
+from service import store
+from service.api.deps import EngineDep, UserDep
+from service.db import session_scope
+from service.models import Study, Trial
+from service.schemas import (
+    SPEC_EXAMPLE,
+    CurvePointPublic,
+    CurvePublic,
+    Progress,
+    StudiesPublic,
+    StudyCreated,
+    StudyPublic,
+    StudySpec,
+    TrialPublic,
+    TrialsPublic,
+    finite_or_none,
+)
+
+router = APIRouter(prefix="/studies", tags=["studies"])
+
+SPEC_EXAMPLES = {
+    "five_optimizers": {
+        "summary": "the README's example: adamw on an explicit grid, adam on its default one",
+        "value": SPEC_EXAMPLE,
+    },
+    "minimal": {
+        "summary": "defaults everywhere: the task's epochs and batch size, default grids, seed 0",
+        "value": {"name": "adamw, defaults", "task": "digits_mlp", "optimizers": [{"name": "adamw"}]},
+    },
+    "auto_grid": {
+        "summary": "an auto lr axis: a pilot run places it around the optimum",
+        "value": {
+            "name": "sgdw, auto lr", "task": "digits_mlp", "schedule": {"name": "cosine"},
+            "optimizers": [{"name": "sgdw", "lr": "auto", "wd": {"min": 1e-5, "max": 1e-1, "num": 8}}],
+            "seeds": [0, 1, 2],
+        },
+    },
+}
+
+StatusFilter = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+def study_public(study: Study, prog: store.StudyProgress) -> StudyPublic:
+    return StudyPublic(
+        id=study.id, name=study.name, status=study.status, owner=study.owner,
+        priority=study.priority, spec=study.spec, progress=Progress(**prog.as_dict()),
+        created_at=study.created_at, started_at=study.started_at, finished_at=study.finished_at,
+        updated_at=study.updated_at, claimed_by=study.claimed_by, attempts=study.attempts,
+        last_error=study.last_error,
+    )
+
+
+def trial_public(t: Trial) -> TrialPublic:
+    return TrialPublic(
+        id=t.id, phase=t.phase, optimizer=t.optimizer, lr_index=t.lr_index, wd_index=t.wd_index,
+        lr=t.lr, wd=t.wd, seed=t.seed, status=t.status, train_loss=finite_or_none(t.train_loss),
+        val_loss=finite_or_none(t.val_loss), val_error=finite_or_none(t.val_error),
+        diverged=t.diverged, diverged_epoch=t.diverged_epoch, started_at=t.started_at,
+        finished_at=t.finished_at, worker=t.worker, attempts=t.attempts, error=t.error,
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=StudyCreated,
+    responses={413: {"description": "request body over 1 MB"}},
+)
+def create_study(
+    spec: Annotated[StudySpec, Body(openapi_examples=SPEC_EXAMPLES)],
+    engine: EngineDep,
+    user: UserDep,
+    response: Response,
+) -> StudyCreated:
+    """Queue a study; its whole trial grid is stored at once (status ``queued``)."""
+    with session_scope(engine) as session:
+        study = store.create_study(session, spec, owner=user.name)
+        created = StudyCreated(id=study.id, status=study.status, trials_total=study.trials_total)
+    response.headers["Location"] = f"/studies/{created.id}"
+    return created
+
+
+@router.get("", response_model=StudiesPublic)
+def list_studies(
+    engine: EngineDep,
+    status: StatusFilter | None = None,
+    owner: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> StudiesPublic:
+    """Studies, newest first, with their progress; ``count`` is the total matching the filters."""
+    with session_scope(engine, read_only=True) as session:
+        studies, count = store.list_studies(session, status=status, owner=owner, limit=limit, offset=offset)
+        progs = store.progress(session, studies)
+        return StudiesPublic(data=[study_public(s, progs[s.id]) for s in studies], count=count)
+
+
+@router.get("/{study_id}", response_model=StudyPublic)
+def get_study(study_id: str, engine: EngineDep) -> StudyPublic:
+    """A study: its spec (defaults filled in), status, progress, timestamps and owner."""
+    with session_scope(engine, read_only=True) as session:
+        study = store.get_study(session, study_id)
+        return study_public(study, store.progress(session, [study])[study.id])
+
+
+CSV_COLUMNS = (
+    "id", "phase", "optimizer", "lr_index", "wd_index", "lr", "wd", "seed", "status",
+    "train_loss", "val_loss", "val_error", "diverged", "diverged_epoch", "worker",
+    "started_at", "finished_at",
+)
+
+
+def _csv_cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)  # shortest exact form; 'nan', 'inf' and '-inf' stay what they are
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def trials_csv(trials: list[Trial]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for t in trials:
+        writer.writerow([_csv_cell(getattr(t, c)) for c in CSV_COLUMNS])
+    return buf.getvalue()
+
+
+@router.get(
+    "/{study_id}/trials",
+    response_model=TrialsPublic,
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with ?format=csv"}},
+)
+def list_trials(
+    study_id: str,
+    engine: EngineDep,
+    format: Literal["json", "csv"] = "json",
+    phase: Literal["grid", "pilot"] | None = None,
+):
+    """Every trial with its final metrics (null while not run, or when NaN/inf: see ``diverged``);
+    ``?format=csv`` gives one row per trial, with NaN and inf written out."""
+    with session_scope(engine, read_only=True) as session:
+        trials = store.list_trials(session, study_id, phase=phase)
+        if format == "csv":
+            return PlainTextResponse(
+                trials_csv(trials),
+                media_type="text/csv",
+                headers={"Content-Disposition": f'attachment; filename="study-{study_id}-trials.csv"'},
+            )
+        return TrialsPublic(data=[trial_public(t) for t in trials], count=len(trials))
+
+
+@router.get("/{study_id}/trials/{trial_id}/curve", response_model=CurvePublic)
+def get_curve(study_id: str, trial_id: int, engine: EngineDep) -> CurvePublic:
+    """A trial's per-epoch train loss, validation loss and validation error."""
+    with session_scope(engine, read_only=True) as session:
+        points = store.get_curve(session, study_id, trial_id)
+    return CurvePublic(
+        study_id=study_id,
+        trial_id=trial_id,
+        points=[
+            CurvePointPublic(
+                epoch=p["epoch"], train_loss=finite_or_none(p["train_loss"]),
+                val_loss=finite_or_none(p["val_loss"]), val_error=finite_or_none(p["val_error"]),
+            )
+            for p in points
+        ],
+    )
+
+
+@router.post("/{study_id}/cancel", response_model=StudyPublic)
+def cancel_study(study_id: str, engine: EngineDep, user: UserDep) -> StudyPublic:
+    """Cancel a queued or running study (its owner or an admin)."""
+    with session_scope(engine) as session:
+        study = store.cancel_study(session, study_id, user)
+        return study_public(study, store.progress(session, [study])[study.id])
+
+
+@router.delete("/{study_id}")
+def delete_study(study_id: str, engine: EngineDep, user: UserDep) -> dict:
+    """Delete a study, its trials and curves (its owner or an admin)."""
+    with session_scope(engine) as session:
+        store.delete_study(session, study_id, user)
+    return {"id": study_id, "deleted": True}
+

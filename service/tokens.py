@@ -1,0 +1,82 @@
+"""API tokens: made once, shown once, stored as SHA-256.
+
+A token is ``secrets.token_urlsafe(32)`` (256 random bits), so a plain SHA-256 is enough to store
+it: there is nothing to brute-force, unlike a password, and a lookup by hash is one indexed query.
+The token's ``name`` is who owns what it submits; ``admin`` may cancel or delete anyone's study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import sys
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.models import ApiToken, utcnow
+from service.store import Principal
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise ValueError(
+            f"invalid token name {name!r}: 1 to 100 letters, digits, '.', '_', '@' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def create_token(session: Session, name: str, *, admin: bool = False) -> str:
+    """Store a new token for ``name`` and return it (the only time it exists in clear)."""
+    token = secrets.token_urlsafe(32)
+    session.add(ApiToken(name=check_name(name), token_hash=hash_token(token), admin=admin, created_at=utcnow()))
+    session.flush()
+    return token
+
+
+def authenticate(session: Session, token: str) -> Principal | None:
+    """Who holds ``token``, or None if it is unknown or revoked."""
+    row = session.scalars(
+        select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+    ).one_or_none()
+    return None if row is None else Principal(name=row.name, admin=row.admin)
+
+
+def revoke_tokens(session: Session, name: str) -> int:
+    """Revoke every live token of ``name``; returns how many."""
+    result = session.execute(
+        update(ApiToken).where(ApiToken.name == name, ApiToken.revoked_at.is_(None)).values(revoked_at=utcnow())
+    )
+    return result.rowcount
+
+
+def create_token_cli(name: str, admin: bool = False) -> int:
+    """``decouple token create NAME [--admin]``: print a new token once, on stdout."""
+    from service.cli import CliError
+    from service.db import check_schema_current, get_engine, session_scope
+    from service.errors import DecoupleError
+
+    try:
+        check_name(name)
+        engine = get_engine()
+        check_schema_current(engine)
+        with session_scope(engine) as session:
+            token = create_token(session, name, admin=admin)
+    except (DecoupleError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    print(token)
+    role = "admin " if admin else ""
+    print(
+        f"created {role}token for {name!r}; it is shown only this once "
+        "(send it as 'Authorization: Bearer <token>', or set DECOUPLE_TOKEN)",
+        file=sys.stderr,
+    )
+    return 0
