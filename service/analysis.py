@@ -37,6 +37,10 @@ Measures (``separability``):
     The same share on V replaced by its ranks (``scipy.stats.rankdata``, ties averaged). A robustness
     check: it does not care how far apart the values are, only their order. It is *not* 0 for
     every additive surface (ranks of f + g are not additive), so compare it between optimizers.
+    Why it matters: clamping to chance does not stop one diverged corner from dominating the raw
+    share. On a 6 x 6 additive grid with values 0.03-0.1, a single corner at chance (0.9) moves the
+    share from 0.001 to 0.58 (a lone outlier is (n-1)(m-1)/(nm) interaction), while the rank share
+    stays at 0.02. ``warnings_for`` says so when the two differ by more than DISAGREE = 0.3.
 
 ``optimal_wd_slope``
     Per lr row, b_i = min_j V_ij; B = min_i b_i; M = median of V. Rows with
@@ -104,6 +108,8 @@ TOP_K = 10
 #: Interval widths beyond which a measure is not a ranking argument.
 #: (separability = 1 - interaction share has the same width, so it is not listed twice.)
 WIDE_CI = {"interaction_share": 0.3, "optimal_wd_slope": 1.0, "basin_tilt_deg": 30.0}
+#: Interaction share and its rank version further apart than this: extreme cells drive the first.
+DISAGREE = 0.3
 #: Measures the bootstrap gives intervals for.
 CI_MEASURES = ("best_value", "interaction_share", "interaction_share_rank", "separability",
                "optimal_wd_slope", "basin_tilt_deg", "coordinate_regret")
@@ -208,13 +214,19 @@ def _slope(x: np.ndarray, y: np.ndarray, v: np.ndarray, key: np.ndarray, rows: n
     return float((dx * (py - py.mean())).sum() / (dx * dx).sum()), len(pts)
 
 
-def _basin(x: np.ndarray, y: np.ndarray, key: np.ndarray):
-    """(tilt in [0, 45], signed angle in (-90, 90], elongation, cell count) of the TOP_K basin."""
+def basin_mask(values) -> np.ndarray:
+    """The near-optimal basin: the TOP_K best finite cells, every cell tied with the K-th included."""
+    key = _order_key(np.asarray(values, dtype=float))
     finite = np.isfinite(key)
     if not finite.any():
-        return None, None, None, 0
+        return finite
     kth = np.sort(key[finite])[min(TOP_K, int(finite.sum())) - 1]
-    ii, jj = np.nonzero(finite & (key <= kth))
+    return finite & (key <= kth)
+
+
+def _basin(x: np.ndarray, y: np.ndarray, key: np.ndarray):
+    """(tilt in [0, 45], signed angle in (-90, 90], elongation, cell count) of the TOP_K basin."""
+    ii, jj = np.nonzero(basin_mask(key))
     pts = np.column_stack([x[ii], y[jj]])
     if len(pts) < 2:
         return None, None, None, len(pts)
@@ -464,6 +476,11 @@ def warnings_for(result: dict, *, lrs=None, wds=None) -> list[str]:
             at = f" ({', '.join(where)})" if where else ""
             out.append(f"The best cell lies on the edge of the grid{at}: the optimum may be outside it. "
                        f"Extend the grid towards {' and '.join(ways)}.")
+    share, rank_share = result.get("interaction_share"), result.get("interaction_share_rank")
+    if share is not None and rank_share is not None and abs(share - rank_share) > DISAGREE:
+        out.append(f"The interaction share ({share:.2f}) and its rank version ({rank_share:.2f}) disagree: "
+                   "a few extreme cells (diverged or near chance) carry most of the variance. For the "
+                   "shape of the good region, read the rank version and the best-wd slope.")
     noise = result.get("noise") or {}
     if noise.get("wd_has_effect") is False:
         out.append(

@@ -1,0 +1,582 @@
+"""A study's separability report: the JSON of CONTRACT.md, the terminal table, the HTML page.
+
+``build_report`` turns a study and its trials into the report dict (computed once when a study
+finishes and cached by the API; also built on the fly, marked ``partial``, while it runs).
+``format_table`` prints it for ``decouple demo`` / ``report`` / ``submit --wait``; ``render_html``
+makes one self-contained page (PNG heat maps as data: URIs, inline CSS, no script, no external
+request) that can be mailed or attached to a ticket.
+
+The grid per optimizer: ``grid.value[i][j]`` is the metric at ``lr[i]``, ``wd[j]`` averaged over the
+seeds that finished there. A cell where any finished seed diverged is diverged (``null``, counted
+in ``grid.diverged``); a cell without a finished seed is missing (``null``, ``grid.seeds[i][j] == 0``).
+The measures come from ``service.analysis`` (see its docstring for the formulas and readings).
+
+The one-sentence reading per optimizer (``verdict``) uses these judgement thresholds, with
+"share" the smaller of the interaction share and its rank version for "separable" and the smaller
+too for "jointly" (both must agree, since a few extreme cells can carry the raw share alone):
+share <= 0.15 and |slope| <= 0.35 -> "tune wd once and keep it when you change lr";
+share >= 0.35 or |slope| >= 0.65 -> "lr and wd must be searched jointly"; in between "partly
+coupled". When weight decay moves the metric less than seed noise, it says that instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from service.analysis import basin_mask, separability_with_ci
+from workers.catalog import DEFAULT_GRIDS, chance_level, default_wd
+
+SEPARABLE_SHARE, COUPLED_SHARE = 0.15, 0.35
+SEPARABLE_SLOPE, COUPLED_SLOPE = 0.35, 0.65
+METRIC_WORDS = {"val_error": "validation error", "val_loss": "validation loss"}
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def _json_safe(obj: Any) -> Any:
+    """Plain JSON types only; NaN and inf become None (the contract's ``null``)."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, (_dt.datetime, _dt.date)):
+        return obj.isoformat()
+    return obj
+
+
+def _axis(ax: Any, trials: list[dict], key: str) -> np.ndarray:
+    """The designed log-spaced axis; else the distinct values the trials ran at."""
+    if isinstance(ax, dict) and {"min", "max", "num"} <= ax.keys():
+        return np.geomspace(float(ax["min"]), float(ax["max"]), int(ax["num"]))
+    by_index = {t[f"{key}_index"]: t[key] for t in trials if t.get(f"{key}_index") is not None}
+    return np.array([by_index[i] for i in sorted(by_index)], dtype=float)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _other_convention(name: str, best: dict | None, slope: float | None) -> dict | None:
+    """What the grid means in the other decoupled convention: lam_paper = lr * lam_torch."""
+    from workers.optim import VARIANTS
+
+    decay = VARIANTS[name].decay
+    if decay == "l2" or not best:
+        return None
+    lr, wd = best["lr"], best["wd"]
+    if decay == "schedule":
+        other_wd, other_slope = wd / lr, (slope - 1 if slope is not None else None)
+        sentence = (f"In PyTorch's convention (decay multiplied by lr, as torch.optim.AdamW) the best "
+                    f"cell's wd is {wd:.3g} / {lr:.3g} = {other_wd:.3g}. A fixed wd here is a different "
+                    "PyTorch wd at every lr")
+        convention = "torch"
+    else:
+        other_wd, other_slope = wd * lr, (slope + 1 if slope is not None else None)
+        sentence = (f"In the paper's convention (decay scaled by the schedule only, as adamw/sgdw here) "
+                    f"the best cell's wd is {lr:.3g} x {wd:.3g} = {other_wd:.3g}. A fixed wd here is a "
+                    "different paper wd at every lr")
+        convention = "paper"
+    sentence += (f", so the best-wd slope would read {other_slope:+.2f} there." if other_slope is not None
+                 else ", which shifts the best-wd slope by " + ("-1." if decay == "schedule" else "+1."))
+    return {"convention": convention, "best_wd": other_wd, "optimal_wd_slope": other_slope,
+            "sentence": sentence}
+
+
+def verdict(entry: dict) -> str:
+    """One sentence: what the measures mean for tuning this optimizer."""
+    d = entry.get("diagnostics", {})
+    if d.get("all_diverged"):
+        return "Every setting diverged: nothing to judge; try lower learning rates."
+    if entry.get("separability") is None:
+        return "Not enough finished cells to judge yet."
+    if d.get("flat"):
+        return "Neither lr nor wd changed the metric on this grid: nothing to judge."
+    noise = entry.get("noise") or {}
+    share, slope = entry["interaction_share"], entry.get("optimal_wd_slope")
+    rank_share = entry.get("interaction_share_rank")
+    # the raw share can be carried by a few extreme cells; the verdict needs both shares to agree
+    low, high = (min(share, rank_share), max(share, rank_share)) if rank_share is not None else (share, share)
+    if noise.get("wd_has_effect") is False:
+        text = ("Weight decay made no difference beyond seed noise on this grid: tune lr, wd can stay "
+                "anywhere in this range (widen it to see where wd starts to matter).")
+    elif low >= COUPLED_SHARE or (slope is not None and abs(slope) >= COUPLED_SLOPE):
+        moves = f" (slope {slope:+.2f})" if slope is not None else ""
+        text = f"lr and wd must be searched jointly: the best wd moves with lr{moves}."
+    elif low <= SEPARABLE_SHARE and (slope is None or abs(slope) <= SEPARABLE_SLOPE):
+        text = "Separable: tune wd once and keep it when you change lr."
+    else:
+        text = "Partly coupled: re-tune wd when lr moves by more than a grid step or two."
+    regret, trials = entry.get("coordinate_regret"), entry.get("coordinate_trials") or {}
+    if regret is not None and trials:
+        if regret <= 1e-12:
+            text += (f" One-at-a-time tuning from the default wd finds the grid's best "
+                     f"({trials['one_at_a_time']} trials instead of {trials['full_grid']}).")
+        else:
+            text += f" One-at-a-time tuning from the default wd ends {regret:.3g} worse than the grid's best."
+    return text
+
+
+def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, chance: float | None) -> dict:
+    from workers.optim import VARIANTS
+
+    name = opt["name"]
+    mine = [t for t in trials if t.get("optimizer") == name and (t.get("phase") or "grid") == "grid"]
+    lrs, wds = _axis(opt.get("lr"), mine, "lr"), _axis(opt.get("wd"), mine, "wd")
+    seeds = list(spec.get("seeds") or [])
+    for t in mine:
+        if t.get("seed") not in seeds:
+            seeds.append(t.get("seed"))
+    seeds = seeds or [0]
+    n, m, S = len(lrs), len(wds), len(seeds)
+    vals = np.full((S, n, m), np.nan)
+    present = np.zeros((S, n, m), bool)
+    ids: dict[tuple[int, int], list[tuple[int, Any]]] = {}
+    counts = {"total": len(mine), "done": 0, "failed": 0, "diverged": 0, "pending": 0}
+    for t in mine:
+        i, j = t.get("lr_index"), t.get("wd_index")
+        if i is None or j is None or not (0 <= i < n and 0 <= j < m):
+            continue
+        status = t.get("status")
+        if status != "done":
+            counts["failed" if status == "failed" else "pending"] += 1
+            continue
+        counts["done"] += 1
+        s = seeds.index(t.get("seed"))
+        v = t.get(metric)
+        present[s, i, j] = True
+        if t.get("diverged") or not _finite(v):
+            counts["diverged"] += 1
+            vals[s, i, j] = np.inf
+        else:
+            vals[s, i, j] = float(v)
+        ids.setdefault((i, j), []).append((t["id"], t.get("seed")))
+    dwd = None if spec.get("wd_normalized") or name not in DEFAULT_GRIDS else default_wd(name)
+    res = separability_with_ci(lrs, wds, vals, chance=chance, default_wd=dwd, present=present)
+    finished = present.sum(axis=0)
+    diverged = (present & ~np.isfinite(vals)).sum(axis=0)
+    mean = np.where(present & np.isfinite(vals), vals, 0.0).sum(axis=0) / np.maximum(finished, 1)
+    value = np.where((finished > 0) & (diverged == 0), mean, np.nan)
+    variant = VARIANTS[name]
+    entry = {
+        "name": name,
+        "title": variant.title,
+        "decay_convention": variant.decay_convention,
+        "rule": variant.rule,
+        **{k: res[k] for k in ("best", "interaction_share", "interaction_share_rank", "optimal_wd_slope",
+                               "basin_tilt_deg", "basin_angle_deg", "coordinate_regret",
+                               "coordinate_trials", "separability", "ci", "noise", "unreliable",
+                               "diagnostics", "warnings")},
+        "grid": {"lr": lrs, "wd": wds, "value": value, "diverged": diverged, "seeds": finished,
+                 "basin": basin_mask(np.where(finished > 0, np.where(diverged > 0, np.inf, mean), np.nan))},
+        "trials": counts,
+        "default_wd": dwd,
+        "other_convention": _other_convention(name, res["best"], res["optimal_wd_slope"]),
+    }
+    if counts["failed"]:
+        entry["warnings"].append(f"{counts['failed']} trial(s) failed (an error, not divergence) and "
+                                 "are left out of the averages.")
+    bi = res["diagnostics"].get("best_index")
+    entry["_best_ids"] = ids.get(tuple(bi), []) if bi is not None else []
+    entry["verdict"] = verdict(entry)
+    return entry
+
+
+def _rank(entries: list[dict]) -> tuple[list[str], list[str]]:
+    """Most separable first; warnings where neighbours cannot be told apart."""
+    ranked = sorted((e for e in entries if e["separability"] is not None),
+                    key=lambda e: -e["separability"])
+    warnings = []
+    for a, b in zip(ranked, ranked[1:]):
+        ca, cb = a["ci"].get("separability"), b["ci"].get("separability")
+        if abs(a["separability"] - b["separability"]) <= 1e-9:
+            warnings.append(f"{a['name']} and {b['name']} tie on separability "
+                            f"({a['separability']:.3f}); their order is arbitrary.")
+        elif ca and cb and ca[0] <= cb[1]:
+            warnings.append(f"{a['name']} and {b['name']} cannot be told apart: their separability "
+                            f"intervals overlap ([{ca[0]:.2f}, {ca[1]:.2f}] and [{cb[0]:.2f}, {cb[1]:.2f}]), "
+                            "so their order is not a finding.")
+    if ranked and all(e["ci"].get("separability") is None for e in ranked) and len(ranked) > 1:
+        warnings.append("No intervals (one seed): the ranking is provisional.")
+    unranked = [e["name"] for e in entries if e["separability"] is None]
+    if unranked:
+        warnings.append(f"Not ranked (no complete grid or nothing to measure): {', '.join(unranked)}.")
+    return [e["name"] for e in ranked], warnings
+
+
+def build_report(study: dict, trials: list[dict],
+                 load_curves: Callable[[list[int]], dict[int, list[dict]]]) -> dict:
+    """The report JSON of CONTRACT.md for one study (JSON-ready: non-finite numbers are None)."""
+    spec = study.get("spec") or {}
+    metric = spec.get("metric", "val_error")
+    task = spec.get("task")
+    try:
+        chance = chance_level(task, metric)
+    except KeyError:
+        chance = None
+    entries = [_optimizer_entry(o, spec, trials, metric, chance) for o in spec.get("optimizers", [])]
+    wanted = [tid for e in entries for tid, _ in e["_best_ids"]]
+    curves = load_curves(wanted) if wanted else {}
+    for e in entries:
+        e["best_curves"] = [{"trial_id": tid, "seed": seed, "curve": curves.get(tid, [])}
+                            for tid, seed in e.pop("_best_ids")]
+    ranking, warnings = _rank(entries)
+    status = study.get("status")
+    partial = status != "done"
+    if partial:
+        warnings.insert(0, f"The study is {status}: this report is partial and will change.")
+    report = {
+        "study_id": study.get("id"), "name": study.get("name"), "status": status, "owner": study.get("owner"),
+        "created_at": study.get("created_at"), "finished_at": study.get("finished_at"),
+        "task": task, "metric": metric, "chance": chance, "partial": partial,
+        "seeds": spec.get("seeds"), "epochs": spec.get("epochs"), "schedule": spec.get("schedule"),
+        "wd_normalized": bool(spec.get("wd_normalized", False)),
+        "optimizers": entries, "ranking": ranking, "warnings": warnings,
+    }
+    return _json_safe(report)
+
+
+# --------------------------------------------------------------------------- terminal table
+
+
+def _num(v: Any, fmt: str = ".3g") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _with_ci(e: dict, key: str, fmt: str) -> str:
+    v = e.get(key)
+    if v is None:
+        return "-"
+    ci = (e.get("ci") or {}).get(key)
+    mark = "?" if key in (e.get("unreliable") or []) else ""
+    return f"{v:{fmt}}{mark}" + (f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]" if ci else "")
+
+
+def format_table(report: dict) -> str:
+    """The separability table for a terminal: one row per optimizer, most separable first."""
+    metric = report.get("metric", "val_error")
+    order = {n: i for i, n in enumerate(report.get("ranking", []))}
+    entries = sorted(report.get("optimizers", []), key=lambda e: order.get(e["name"], len(order)))
+    head = ["rank", "optimizer", f"best {metric}", "at lr, wd", "separability [95% CI]",
+            "wd slope [95% CI]", "tilt deg", "regret"]
+    rows = []
+    for e in entries:
+        best = e.get("best") or {}
+        rows.append([
+            str(order[e["name"]] + 1) if e["name"] in order else "-",
+            e["name"],
+            _num(best.get("value"), ".4g"),
+            f"{best['lr']:.2g}, {best['wd']:.2g}" if best else "-",
+            _with_ci(e, "separability", ".2f"),
+            _with_ci(e, "optimal_wd_slope", "+.2f"),
+            _num(e.get("basin_tilt_deg"), ".0f"),
+            _num(e.get("coordinate_regret"), ".3g"),
+        ])
+    widths = [max(len(r[k]) for r in [head, *rows]) for k in range(len(head))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    title = f"Study {report.get('study_id')}"
+    if report.get("name"):
+        title += f" \"{report['name']}\""
+    title += f": {report.get('status')}, {METRIC_WORDS.get(metric, metric)} (lower is better)"
+    if report.get("partial"):
+        title += " - PARTIAL"
+    out = [title, "", line(head), line(["-" * w for w in widths]), *map(line, rows), ""]
+    for e in entries:
+        out.append(f"{e['name']}: {e.get('verdict', '')}")
+        out.extend(f"  ! {w}" for w in e.get("warnings", []))
+    if report.get("warnings"):
+        out.append("")
+        out.extend(f"! {w}" for w in report["warnings"])
+    out.append("")
+    out.append("separability = 1 - interaction share (1: the best wd does not depend on lr); wd slope: 0 "
+               "tune wd once, -1 only lr*wd matters; tilt: 0 axis-aligned basin, 45 diagonal; regret: "
+               "metric lost by tuning lr then wd one at a time. '?' = interval too wide to rank on.")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- HTML page
+
+
+def _tick(v: float) -> str:
+    mant, exp = f"{v:.1e}".split("e")
+    exp = int(exp)
+    return f"1e{exp}" if mant in ("1.0", "-1.0") else f"{mant}e{exp}"
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _arr(rows: list, dtype=float) -> np.ndarray:
+    return np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=dtype)
+
+
+def heatmap_png(entry: dict, metric: str, chance: float | None = None) -> str:
+    """Figure 2 of the paper for one optimizer, as a PNG data URI.
+
+    x = lr, y = wd (log-spaced cells, tick labels at every cell), colour = metric (log scale when
+    positive: errors span decades); the TOP_K basin circled, the best cell starred, diverged cells
+    grey with an x, cells with no finished trial blank with a '?'.
+    """
+    from matplotlib.colors import LogNorm, Normalize
+    from matplotlib.figure import Figure
+
+    g = entry["grid"]
+    lrs, wds = g["lr"], g["wd"]
+    val = _arr(g["value"])
+    div = _arr(g["diverged"]) > 0
+    miss = _arr(g["seeds"]) == 0
+    basin = _arr(g["basin"]) > 0
+    n, m = val.shape
+    fig = Figure(figsize=(5.6, 4.6))
+    ax = fig.add_subplot()
+    finite = val[np.isfinite(val)]
+    norm = Normalize()
+    if finite.size:
+        lo, hi = float(finite.min()), float(finite.max())
+        if chance is not None:
+            hi = min(hi, chance)
+        if lo > 0 and hi > lo * 1.0001:
+            norm = LogNorm(vmin=lo, vmax=hi)
+        else:
+            norm = Normalize(vmin=lo, vmax=max(hi, lo + 1e-12))
+    import matplotlib as mpl
+
+    cmap = mpl.colormaps["viridis_r"].with_extremes(bad="#d9d9d9", over="#440154")
+    im = ax.imshow(np.ma.masked_invalid(val.T), origin="lower", cmap=cmap, norm=norm, aspect="auto")
+    cb = fig.colorbar(im, ax=ax, extend="max" if chance is not None and finite.size
+                      and finite.max() > chance else "neither")
+    cb.set_label(METRIC_WORDS.get(metric, metric))
+    ax.set_xticks(range(n), [_tick(v) for v in lrs], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(m), [_tick(v) for v in wds], fontsize=8)
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("weight decay (log scale)")
+    small = n <= 12 and m <= 12
+    for i in range(n):
+        for j in range(m):
+            if miss[i, j]:
+                ax.text(i, j, "?", ha="center", va="center", fontsize=9, color="#555555")
+            elif div[i, j]:
+                ax.plot(i, j, marker="x", color="#b00020", markersize=9, mew=2)
+            elif small and np.isfinite(val[i, j]):
+                rgba = im.cmap(im.norm(val[i, j]))
+                light = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] > 0.55
+                ax.text(i, j, f"{val[i, j]:.2g}", ha="center", va="center", fontsize=6.5,
+                        color="black" if light else "white")
+    bi, bj = np.nonzero(basin)
+    ax.scatter(bi, bj, s=330 if small else 120, facecolors="none", edgecolors="black", linewidths=1.3,
+               label="top-10 cells")
+    best = entry.get("diagnostics", {}).get("best_index")
+    if best is not None:
+        ax.scatter([best[0]], [best[1]], marker="*", s=220, color="white", edgecolors="black",
+                   linewidths=1.0, zorder=5, label="best")
+    if div.any():
+        ax.plot([], [], marker="x", color="#b00020", ls="", mew=2, label="diverged")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=8, frameon=False)
+    sep = entry.get("separability")
+    ax.set_title(f"{entry['name']}: separability {sep:.2f}" if sep is not None else entry["name"],
+                 fontsize=11)
+    fig.subplots_adjust(left=0.17, right=0.97, top=0.92, bottom=0.27)
+    return _png(fig)
+
+
+def curves_png(entry: dict, metric: str) -> str | None:
+    """The best cell's learning curves (each seed): losses left, validation error right."""
+    from matplotlib.figure import Figure
+
+    curves = [c for c in entry.get("best_curves", []) if c.get("curve")]
+    if not curves:
+        return None
+    fig = Figure(figsize=(7.6, 2.8))
+    ax_loss, ax_err = fig.subplots(1, 2)
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+    for k, c in enumerate(curves):
+        col = colours[k % len(colours)]
+        ep = [p.get("epoch") for p in c["curve"]]
+        get = lambda key: [np.nan if p.get(key) is None else p[key] for p in c["curve"]]  # noqa: E731
+        ax_loss.plot(ep, get("train_loss"), ls="--", color=col, lw=1.2, label=f"train, seed {c['seed']}")
+        ax_loss.plot(ep, get("val_loss"), color=col, lw=1.5, label=f"val, seed {c['seed']}")
+        ax_err.plot(ep, get("val_error"), color=col, lw=1.5, label=f"seed {c['seed']}")
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_err.set_xlabel("epoch")
+    ax_err.set_ylabel("validation error")
+    ax_loss.legend(fontsize=7)
+    ax_err.legend(fontsize=7)
+    for a in (ax_loss, ax_err):
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;background:#f6f7f9}
+main{max-width:1080px;margin:0 auto;padding:24px}
+h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.25em;margin:0 0 8px}
+.meta{color:#555;margin:0 0 16px}
+.card{background:#fff;border:1px solid #e2e4e8;border-radius:8px;padding:16px 20px;margin:0 0 20px}
+.banner{background:#fff4d6;border:1px solid #f0c36d;border-radius:6px;padding:8px 12px;margin:0 0 16px}
+table{border-collapse:collapse;font-size:.92em}
+th,td{padding:4px 10px;border-bottom:1px solid #eceef1;text-align:left;vertical-align:top}
+th{background:#fafbfc;font-weight:600}
+td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
+.row{display:flex;flex-wrap:wrap;gap:20px;align-items:flex-start}
+.row>div{flex:1 1 340px}
+img{max-width:100%;height:auto}
+ul.warn{padding-left:18px;margin:8px 0}ul.warn li{color:#8a4b00;margin:2px 0}
+.verdict{font-weight:600;margin:6px 0 10px}
+.conv{color:#444;font-size:.92em}
+.muted{color:#777;font-size:.9em}
+dt{font-weight:600;margin-top:8px}dd{margin:2px 0 0 16px}
+"""
+
+
+def _e(v: Any) -> str:
+    return html.escape(str(v))
+
+
+def _cell(e: dict, key: str, fmt: str) -> str:
+    v = e.get(key)
+    if v is None:
+        return "&ndash;"
+    ci = (e.get("ci") or {}).get(key)
+    txt = format(v, fmt)
+    if ci:
+        txt += f" <span class='muted'>[{format(ci[0], fmt)}, {format(ci[1], fmt)}]</span>"
+    if key in (e.get("unreliable") or []):
+        txt += " <span title='interval too wide to rank on'>?</span>"
+    return txt
+
+
+def _measures_table(e: dict) -> str:
+    rows = [
+        ("separability", "separability", ".2f", "1 &minus; interaction share; 1 = additive in log lr, log wd"),
+        ("interaction share", "interaction_share", ".3f", "SS<sub>lr&times;wd</sub> / SS, two-way ANOVA"),
+        ("interaction share (ranks)", "interaction_share_rank", ".3f", "the same on ranks, robustness check"),
+        ("best-wd slope", "optimal_wd_slope", "+.2f", "0: tune wd once; &minus;1: only lr&middot;wd matters"),
+        ("basin tilt (deg)", "basin_tilt_deg", ".1f", "0 axis-aligned, 45 diagonal"),
+        ("one-at-a-time regret", "coordinate_regret", ".3g", "metric lost tuning lr, then wd"),
+    ]
+    body = "".join(f"<tr><th>{label}</th><td class='num'>{_cell(e, key, fmt)}</td><td class='muted'>{help_}</td></tr>"
+                   for label, key, fmt, help_ in rows)
+    best = e.get("best")
+    if best:
+        body = (f"<tr><th>best cell</th><td class='num'>{best['value']:.4g}"
+                f"{_ci_span(e, 'best_value', '.4g')}</td><td class='muted'>at lr {best['lr']:.3g}, "
+                f"wd {best['wd']:.3g}</td></tr>") + body
+    t = e.get("coordinate_trials")
+    if t:
+        body += (f"<tr><th>trials</th><td class='num'>{t['one_at_a_time']} vs {t['full_grid']}</td>"
+                 "<td class='muted'>one at a time vs the full grid</td></tr>")
+    return f"<table class='measures'>{body}</table>"
+
+
+def _ci_span(e: dict, key: str, fmt: str) -> str:
+    ci = (e.get("ci") or {}).get(key)
+    return f" <span class='muted'>[{format(ci[0], fmt)}, {format(ci[1], fmt)}]</span>" if ci else ""
+
+
+def render_html(report: dict) -> str:
+    """One self-contained page: ranking, then per optimizer its heat map, measures and curves."""
+    metric = report.get("metric", "val_error")
+    order = {n: i for i, n in enumerate(report.get("ranking", []))}
+    entries = sorted(report.get("optimizers", []), key=lambda e: order.get(e["name"], len(order)))
+    title = f"Separability report: {report.get('name') or report.get('study_id')}"
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+             f"<link rel='icon' href='data:,'><title>{_e(title)}</title><style>{_CSS}</style></head>"
+             f"<body><main><h1>{_e(title)}</h1>"]
+    sched = report.get("schedule") or {}
+    meta = [f"study {report.get('study_id')}", f"task {report.get('task')}",
+            f"metric {METRIC_WORDS.get(metric, metric)} (lower is better)", f"status {report.get('status')}"]
+    if report.get("seeds") is not None:
+        meta.append(f"seeds {', '.join(map(str, report['seeds']))}")
+    if sched.get("name"):
+        meta.append(f"{sched['name']} schedule")
+    if report.get("epochs"):
+        meta.append(f"{report['epochs']} epochs")
+    if report.get("wd_normalized"):
+        meta.append("wd axis is normalized (&lambda;<sub>norm</sub>)")
+    parts.append(f"<p class='meta'>{' &middot; '.join(_e(x) if '&' not in x else x for x in meta)}</p>")
+    if report.get("partial"):
+        parts.append(f"<div class='banner'>Partial report: the study is {_e(report.get('status'))}; "
+                     "numbers will change as trials finish.</div>")
+    # summary
+    rows = []
+    for e in entries:
+        rank = order.get(e["name"])
+        rows.append(f"<tr><td>{rank + 1 if rank is not None else '&ndash;'}</td>"
+                    f"<td><a href='#opt-{_e(e['name'])}'>{_e(e['name'])}</a></td>"
+                    f"<td class='num'>{_cell(e, 'separability', '.2f')}</td>"
+                    f"<td class='num'>{_cell(e, 'optimal_wd_slope', '+.2f')}</td>"
+                    f"<td>{_e(e.get('verdict', ''))}</td>"
+                    f"<td class='muted'>{_e(e.get('decay_convention', ''))}</td></tr>")
+    parts.append("<section class='card' id='summary'><h2>Ranking: most separable first</h2>"
+                 "<table><tr><th>#</th><th>optimizer</th><th>separability [95% CI]</th>"
+                 "<th>best-wd slope</th><th>what it means for tuning</th><th>decay convention</th></tr>"
+                 + "".join(rows) + "</table>")
+    if report.get("warnings"):
+        parts.append("<ul class='warn'>" + "".join(f"<li>{_e(w)}</li>" for w in report["warnings"]) + "</ul>")
+    parts.append("</section>")
+    for e in entries:
+        parts.append(f"<section class='card optimizer' id='opt-{_e(e['name'])}'>"
+                     f"<h2>{_e(e['name'])} &mdash; {_e(e.get('title', ''))}</h2>"
+                     f"<p class='verdict'>{_e(e.get('verdict', ''))}</p>"
+                     f"<p class='conv'>Decay convention: {_e(e.get('decay_convention', ''))}. "
+                     f"Update: <code>{_e(e.get('rule', ''))}</code></p>")
+        parts.append(f"<div class='row'><div><img class='heatmap' alt='heat map of {_e(metric)} over lr and "
+                     f"wd for {_e(e['name'])}' src='{heatmap_png(e, metric, report.get('chance'))}'></div>"
+                     f"<div>{_measures_table(e)}")
+        if e.get("other_convention"):
+            parts.append(f"<p class='conv'>{_e(e['other_convention']['sentence'])}</p>")
+        if e.get("warnings"):
+            parts.append("<ul class='warn'>" + "".join(f"<li>{_e(w)}</li>" for w in e["warnings"]) + "</ul>")
+        t = e.get("trials") or {}
+        parts.append(f"<p class='muted'>trials: {t.get('done', 0)} done ({t.get('diverged', 0)} diverged), "
+                     f"{t.get('failed', 0)} failed, {t.get('pending', 0)} pending</p></div></div>")
+        curves = curves_png(e, metric)
+        if curves:
+            parts.append(f"<figure><img class='curves' alt='learning curves of the best cell for "
+                         f"{_e(e['name'])}' src='{curves}'><figcaption class='muted'>Learning curves of the "
+                         "best cell, one colour per seed.</figcaption></figure>")
+        parts.append("</section>")
+    parts.append(_ABOUT)
+    parts.append("</main></body></html>")
+    return "".join(parts)
+
+
+_ABOUT = """<section class='card' id='about'><h2>How to read the measures</h2><dl>
+<dt>Interaction share and separability</dt><dd>Two-way ANOVA of the grid on log10 axes:
+SS<sub>interaction</sub> / (SS<sub>lr</sub> + SS<sub>wd</sub> + SS<sub>interaction</sub>). 0 exactly
+when the metric is f(lr) + g(wd): the best wd is the same at every lr. Diverged cells and cells
+worse than chance count as chance. Separability = 1 &minus; interaction share.</dd>
+<dt>Best-wd slope</dt><dd>For each near-optimal lr row, the best log10 wd (refined by a parabola);
+their least-squares slope against log10 lr. 0: keep wd when lr changes; &minus;1: only the product
+lr&middot;wd matters (halve wd when you double lr). Not reported when wd moves the metric less than
+seed noise.</dd>
+<dt>Basin tilt</dt><dd>Direction of the ten best cells (circled), from their principal axis in
+decades: 0 axis-aligned, 45 diagonal.</dd>
+<dt>One-at-a-time regret</dt><dd>Tune lr at the default wd, then wd at that lr: how much worse
+than the grid's best that ends. 0 means one-at-a-time tuning is enough.</dd>
+<dt>Intervals</dt><dd>95% bootstrap over seeds. A &lsquo;?&rsquo; marks an interval too wide to rank on.</dd>
+</dl></section>"""
