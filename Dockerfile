@@ -1,0 +1,54 @@
+# syntax=docker/dockerfile:1
+# One image for every Decouple Lab process: the API, `decouple migrate`, the Ray head and the
+# workers. Ray requires the same Ray and Python versions on every node of a cluster, and the
+# trainables import this project's code on whichever node they land, so head and workers must
+# run the very same image.
+#
+# TORCH_VARIANT picks the PyTorch wheel index: `cu128` (the default, for NVIDIA GPU workers; the
+# CUDA wheel also runs on CPU, so the API and the head use it too) or `cpu` (a much smaller
+# image, for machines without GPUs; see docker-compose.cpu.yml).
+#
+#   docker build -t decouple-lab:cu128 .
+#   docker build --build-arg TORCH_VARIANT=cpu -t decouple-lab:cpu .
+FROM python:3.11-slim
+
+ARG TORCH_VARIANT=cu128
+# The versions the test suite runs (tests/test_compose.py checks them against .venv).
+ARG TORCH_VERSION=2.13.0
+ARG RAY_VERSION=2.60.0
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    RAY_USAGE_STATS_ENABLED=0 \
+    DECOUPLE_DATA_DIR=/data \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+WORKDIR /app
+
+# The heavy, rarely changing layers first: torch from its own index, then the pinned Ray and the
+# rest of the dependencies read from pyproject.toml, so editing the code does not reinstall them.
+RUN pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}"
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip install "ray[tune]==${RAY_VERSION}" -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+COPY README.md alembic.ini ./
+COPY service ./service
+COPY workers ./workers
+COPY migrations ./migrations
+RUN pip install --no-deps . \
+    && python -c "import torch, ray, service.cli; assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__; assert ray.__version__ == '${RAY_VERSION}', ray.__version__"
+
+COPY --chmod=0755 docker/worker-entrypoint.sh /usr/local/bin/decouple-worker-entrypoint
+
+# Not root: the data volume and Ray's temp dir belong to this user.
+RUN useradd --create-home --uid 1000 decouple \
+    && mkdir -p /data \
+    && chown decouple:decouple /data
+USER decouple
+
+EXPOSE 8000
+CMD ["decouple", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,51 @@
+#!/bin/sh
+# A worker container: join the Ray cluster at $RAY_ADDRESS as a node, so that this container's
+# CPUs and GPU are Ray's to schedule, then exec the given command (`decouple worker`), which claims
+# studies from the database and drives them as a Ray driver on this node.
+#
+# Why each replica picks its own GPU: `docker compose up --scale worker=N` gives every replica the
+# same device request, and Docker cannot hand a different GPU to each one (docker/compose#11863),
+# so with `count: all` every replica sees every GPU of the host. Each replica therefore claims one
+# GPU slot: an exclusive flock on $DECOUPLE_DATA_DIR/.gpu-slots/<i> on the data volume that all
+# replicas share, held by this process and, after exec, by `decouple worker` until the container
+# stops. Ray is then shown only that GPU (CUDA_VISIBLE_DEVICES=<i>, --num-gpus=1), so N replicas
+# on a host with G >= N GPUs use N different GPUs, and a replica beyond G exits with a message.
+#
+# DECOUPLE_GPU_COUNT overrides the detected GPU count (0 turns the GPU off for this worker).
+set -eu
+
+: "${RAY_ADDRESS:?RAY_ADDRESS must name the Ray head to join, e.g. ray-head:6379}"
+[ "$#" -gt 0 ] || { echo "usage: decouple-worker-entrypoint COMMAND [ARG...]" >&2; exit 2; }
+
+gpus="${DECOUPLE_GPU_COUNT:-}"
+if [ -z "$gpus" ]; then
+  gpus=$(python -c 'import torch; print(torch.cuda.device_count())')
+fi
+
+ray_gpus=0
+if [ "$gpus" -gt 0 ]; then
+  slots="${DECOUPLE_DATA_DIR:-/data}/.gpu-slots"
+  mkdir -p "$slots"
+  i=0
+  slot=""
+  while [ "$i" -lt "$gpus" ]; do
+    exec 9>"$slots/$i"
+    if flock --nonblock 9; then
+      slot=$i
+      break
+    fi
+    exec 9>&-
+    i=$((i + 1))
+  done
+  if [ -z "$slot" ]; then
+    echo "decouple-worker-entrypoint: all $gpus GPUs of this host are taken by other worker containers; scale the workers to at most $gpus per host" >&2
+    exit 1
+  fi
+  export CUDA_VISIBLE_DEVICES="$slot"
+  ray_gpus=1
+  echo "decouple-worker-entrypoint: this worker uses GPU $slot of $gpus"
+fi
+
+# The Ray daemons started here outlive `ray start`; they must not hold the GPU slot lock.
+ray start --address="$RAY_ADDRESS" --num-gpus="$ray_gpus" --disable-usage-stats 9>&-
+exec "$@"
