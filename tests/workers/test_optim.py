@@ -147,12 +147,14 @@ def test_paper_variants_match_plain_reimplementation_with_cosine(name, alpha, la
         eta = _cosine(t, STEPS)
         with torch.no_grad():
             for n, p in ref.named_parameters():
-                p.copy_(_paper_step(name, p.detach().clone(), p.grad, states[n], alpha=alpha, lam=lam, eta=eta))
+                new = _paper_step(name, p.detach().clone(), p.grad, states[n], alpha=alpha, lam=lam, eta=eta)
+                p.copy_(new)
         b.append(_flat(ref))
     assert _max_diff(a, b) <= 1e-12
     # The decay is a visible part of the trajectory, so an error in its scaling would show.
     no_decay = _model(dtype)
-    assert _max_diff(a, _train(no_decay, build_optimizer(name, no_decay, alpha, 0.0), batches, "cosine")) > 1e-3
+    b0 = _train(no_decay, build_optimizer(name, no_decay, alpha, 0.0), batches, "cosine")
+    assert _max_diff(a, b0) > 1e-3
 
 
 @pytest.mark.parametrize(
@@ -186,7 +188,8 @@ def test_proposition_1_sgd_l2_equals_sgdw_without_momentum(schedule):
     dtype, alpha, lam = torch.float64, 0.1, 0.02
     batches = _batches(dtype, n=STEPS) * 4  # 200 steps
     runs = {}
-    for name, wd, momentum in [("sgd", lam / alpha, 0.0), ("sgdw", lam, 0.0), ("sgd", lam / alpha, 0.9), ("sgdw", lam, 0.9)]:
+    cases = [("sgd", lam / alpha, 0.0), ("sgdw", lam, 0.0), ("sgd", lam / alpha, 0.9), ("sgdw", lam, 0.9)]
+    for name, wd, momentum in cases:
         model = _model(dtype)
         opt = build_optimizer(name, model, alpha, wd, momentum=momentum)
         sched = Schedule(schedule, 20, 10).lambda_lr(opt) if schedule else None
@@ -219,7 +222,8 @@ def _p2_trajectory(name: str, wd, scales, k: int = 1) -> torch.Tensor:
     s = torch.tensor(scales, dtype=torch.float64)
     theta, state, out = torch.zeros(k, 2, dtype=torch.float64), {}, []
     for _ in range(P2_STEPS):
-        apply_update(get_variant(name), theta, s * (theta - 1.0), state, lr=P2_ALPHA, weight_decay=wd, eta=1.0)
+        grad = s * (theta - 1.0)
+        apply_update(get_variant(name), theta, grad, state, lr=P2_ALPHA, weight_decay=wd, eta=1.0)
         out.append(theta.clone())
     return torch.stack(out)
 
@@ -281,7 +285,8 @@ def _preconditioned_run(decoupled: bool, lam_vec: torch.Tensor, m_diag: torch.Te
     L2:         theta <- theta - alpha*M^-1 (g + lam' theta)      (lam' may be a vector)
     """
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(64, 4, generator=gen, dtype=torch.float64) * torch.tensor([10.0, 1.0, 0.1, 0.01], dtype=torch.float64)
+    columns = torch.tensor([10.0, 1.0, 0.1, 0.01], dtype=torch.float64)  # very different curvatures
+    x = torch.randn(64, 4, generator=gen, dtype=torch.float64) * columns
     y = torch.randn(64, generator=gen, dtype=torch.float64)
     theta, alpha, out = torch.full((4,), 0.5, dtype=torch.float64), 0.05, []
     for _ in range(steps):
