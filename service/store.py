@@ -509,10 +509,12 @@ def add_trials(
     new = [{**r, "phase": phase} for r in rows]
     if not new:
         return 0
-    have = set(session.execute(
-        select(Trial.phase, Trial.optimizer, Trial.lr_index, Trial.wd_index, Trial.seed)
-        .where(Trial.study_id == study_id, Trial.phase == phase)
-    ).tuples())
+    have = {
+        tuple(row) for row in session.execute(
+            select(Trial.phase, Trial.optimizer, Trial.lr_index, Trial.wd_index, Trial.seed)
+            .where(Trial.study_id == study_id, Trial.phase == phase)
+        )
+    }
     new = [r for r in new if (phase, r["optimizer"], r["lr_index"], r["wd_index"], r["seed"]) not in have]
     if new:
         _insert_trials(session, study_id, new)
