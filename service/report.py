@@ -315,9 +315,18 @@ def format_table(report: dict) -> str:
 
 
 def _tick(v: float) -> str:
+    """Compact log-axis labels: 1e-4, 3.2e-4, 1e-3 (two significant digits)."""
     mant, exp = f"{v:.1e}".split("e")
-    exp = int(exp)
-    return f"1e{exp}" if mant in ("1.0", "-1.0") else f"{mant}e{exp}"
+    return f"{float(mant):g}e{int(exp)}"
+
+
+def _plain_ticks(axis) -> None:
+    """Decimal tick labels (0.04, 0.1) instead of matplotlib's 4x10^-2 on log scales."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+    # minor ticks: label only 2x and 5x, so a decade holds three labels, not nine
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}" if f"{v:.0e}"[0] in "25" else ""))
 
 
 def _png(fig) -> str:
@@ -366,6 +375,8 @@ def heatmap_png(entry: dict, metric: str, chance: float | None = None) -> str:
     cb = fig.colorbar(im, ax=ax, extend="max" if chance is not None and finite.size
                       and finite.max() > chance else "neither")
     cb.set_label(METRIC_WORDS.get(metric, metric))
+    if isinstance(norm, LogNorm):
+        _plain_ticks(cb.ax.yaxis)
     ax.set_xticks(range(n), [_tick(v) for v in lrs], rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(m), [_tick(v) for v in wds], fontsize=8)
     ax.set_xlabel("learning rate (log scale)")
@@ -387,8 +398,9 @@ def heatmap_png(entry: dict, metric: str, chance: float | None = None) -> str:
                label="top-10 cells")
     best = entry.get("diagnostics", {}).get("best_index")
     if best is not None:
-        ax.scatter([best[0]], [best[1]], marker="*", s=220, color="white", edgecolors="black",
-                   linewidths=1.0, zorder=5, label="best")
+        # in the cell's corner, so the value stays readable
+        ax.scatter([best[0] - 0.3], [best[1] + 0.3], marker="*", s=150, color="white",
+                   edgecolors="black", linewidths=1.0, zorder=5, label="best")
     if div.any():
         ax.plot([], [], marker="x", color="#b00020", ls="", mew=2, label="diverged")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=8, frameon=False)
@@ -417,6 +429,11 @@ def curves_png(entry: dict, metric: str) -> str | None:
         ax_loss.plot(ep, get("val_loss"), color=col, lw=1.5, label=f"val, seed {c['seed']}")
         ax_err.plot(ep, get("val_error"), color=col, lw=1.5, label=f"seed {c['seed']}")
     ax_loss.set_yscale("log")
+    _plain_ticks(ax_loss.yaxis)
+    from matplotlib.ticker import MaxNLocator
+
+    for a in (ax_loss, ax_err):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_err.set_xlabel("epoch")

@@ -18,6 +18,8 @@ WD = {"min": 1e-5, "max": 1e-2, "num": 6}
 SURFACES = {
     # additive in log lr, log wd: separable
     "adamw": lambda x, y: 0.03 + 0.02 * (x + 2.6) ** 2 + 0.03 * (y + 3.4) ** 2,
+    # separable, with a steeper lr valley
+    "sgdw": lambda x, y: 0.035 + 0.05 * (x + 2.2) ** 2 + 0.02 * (y + 3.0) ** 2,
     # only the product matters: must be searched jointly
     "sgd": lambda x, y: 0.03 + 0.05 * (x + y + 5.8) ** 2,
 }
