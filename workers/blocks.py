@@ -1,0 +1,99 @@
+"""One packed block of trials, run inside a Ray Tune trial, writing straight to the study database.
+
+A block is one optimizer's slice of a study: up to K (lr, wd, seed) cells trained together by the
+packed trainer. Every epoch's metrics go to the database as soon as the epoch ends (so progress
+and curves move live and a crash loses at most the epoch in flight), and each finished trial is
+recorded with the store's first-result-wins rule, so a block retried after a crash, or run by a
+worker whose lease expired, can never overwrite a result already recorded.
+
+The block also stops itself within one epoch when its study is cancelled or its worker has lost
+the claim (another worker took the study over after the lease expired).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=4)
+def _engine(db_url: str):
+    from service.db import make_engine
+
+    return make_engine(db_url)
+
+
+def still_owner(session, study_id: str, worker_id: str) -> bool:
+    """True while ``worker_id`` holds the claim on a study that is still running."""
+    from service.models import Study
+
+    study = session.get(Study, study_id)
+    return study is not None and study.status == "running" and study.claimed_by == worker_id
+
+
+def execute_block(block: dict[str, Any], db_url: str) -> dict[str, Any]:
+    """Train the block's trials that are not done yet; return counts for Tune to report."""
+    from service import store
+    from service.db import session_scope
+    from service.models import Trial
+    from workers.packed import TrainingStopped, TrialConfig, train_block
+
+    engine = _engine(db_url)
+    study_id, worker_id = block["study_id"], block["worker_id"]
+    ids = [int(t[0]) for t in block["trials"]]
+    with session_scope(engine) as s:
+        if not still_owner(s, study_id, worker_id):
+            return {"trials_done": 0, "stopped": True}
+        done = {
+            t.id for t in s.query(Trial).filter(Trial.id.in_(ids), Trial.status == "done")
+        }
+        todo = [t for t in block["trials"] if int(t[0]) not in done]
+        if not todo:
+            return {"trials_done": 0, "stopped": False}
+        store.mark_trials_running(s, [int(t[0]) for t in todo], worker_id)
+
+    configs = [TrialConfig(lr=float(lr), wd=float(wd), seed=int(seed), key=int(tid)) for tid, lr, wd, seed in todo]
+
+    def on_epoch(epoch: int, metrics) -> bool:
+        with session_scope(engine) as s:
+            store.record_epochs(s, [
+                {"trial_id": m.key, "epoch": epoch, "train_loss": m.train_loss,
+                 "val_loss": m.val_loss, "val_error": m.val_error}
+                for m in metrics
+            ])
+            return still_owner(s, study_id, worker_id)
+
+    try:
+        results = train_block(
+            block["task"],
+            block["optimizer"],
+            configs,
+            epochs=block["epochs"],
+            batch_size=block["batch_size"],
+            schedule=block["schedule"],
+            wd_normalized=block["wd_normalized"],
+            decay_on=block["decay_on"],
+            on_epoch=on_epoch,
+        )
+    except TrainingStopped:
+        log.info("block of study %s stopped (cancelled or claim lost)", study_id)
+        return {"trials_done": 0, "stopped": True}
+
+    with session_scope(engine) as s:
+        for r in results:
+            store.finish_trial(
+                s, r.key, worker_id,
+                train_loss=r.train_loss, val_loss=r.val_loss, val_error=r.val_error,
+                diverged=r.diverged, diverged_epoch=r.diverged_epoch,
+            )
+    return {"trials_done": len(results), "stopped": False}
+
+
+def block_trainable(config: dict[str, Any], db_url: str) -> None:
+    """The Ray Tune trainable: a plain function of its config (``db_url`` comes separately)."""
+    from workers import ray_adapter
+
+    ray_adapter.report(execute_block(config["block"], db_url))

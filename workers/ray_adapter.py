@@ -1,0 +1,165 @@
+"""Every Ray and Ray Tune call the project makes, in one place.
+
+Ray Tune's reporting and configuration API has moved several times (``tune.report`` vs
+``session.report``, ``air.RunConfig`` vs ``tune.RunConfig``, ``local_dir`` vs ``storage_path``);
+the rest of the code calls only the functions below, so a Ray upgrade touches this file alone.
+
+A local Ray (no ``RAY_ADDRESS``) keeps everything it writes under ``<data dir>/ray``: its temp
+and session folders, Tune's results, and the cluster's auth token (Ray 2.60 would otherwise write
+``~/.ray/auth_token``); usage statistics are off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Set before Ray is imported anywhere in this process (and inherited by its workers).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def _prepare_local_state(state_dir: Path) -> None:
+    """Point Ray's auth token at a file under ``state_dir`` instead of ``~/.ray``."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token_path = state_dir / "auth_token"
+    if not token_path.exists():
+        token_path.write_text(secrets.token_hex(32))
+        token_path.chmod(0o600)
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(token_path))
+
+
+def _refresh_auth_mode() -> None:
+    """Ray caches RAY_AUTH_MODE when first imported; re-read it if Ray was imported earlier."""
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+    except ImportError:  # another Ray version: it reads the environment at init
+        return
+    if os.environ.get("RAY_AUTH_MODE") == "token":
+        _enable_token_auth()
+
+
+def ensure_ray(address: str | None, state_dir: Path, *, num_cpus: int | None = None) -> dict[str, float]:
+    """Connect to the cluster at ``address``, or start a local one; return its resources.
+
+    Idempotent: a process already connected keeps its connection.
+    """
+    if not address:
+        _prepare_local_state(state_dir)  # before Ray reads its auth settings
+    import ray
+
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            _refresh_auth_mode()
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                _temp_dir=str(state_dir / "tmp"),
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+    return cluster_resources()
+
+
+def cluster_resources() -> dict[str, float]:
+    import ray
+
+    return dict(ray.cluster_resources())
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def report(metrics: dict[str, Any]) -> None:
+    """Report metrics from inside a trainable (Ray >= 2.7 spelling)."""
+    from ray import tune
+
+    tune.report(metrics)
+
+
+@dataclass
+class TrialOutcome:
+    """What Ray Tune says of one trial after the experiment: its config and its error, if any."""
+
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None
+
+
+def run_trials(
+    trainable: Callable[[dict[str, Any]], None],
+    configs: Sequence[dict[str, Any]],
+    *,
+    name: str,
+    storage_dir: Path,
+    resources: dict[str, float],
+    max_failures: int = 2,
+    max_concurrent: int | None = None,
+    constants: dict[str, Any] | None = None,
+) -> list[TrialOutcome]:
+    """Run one Tune experiment with one trial per element of ``configs``.
+
+    ``trainable`` is a plain function of its config (it may call :func:`report`). A trial that
+    raises is retried up to ``max_failures`` times; after that its error comes back here rather
+    than as an exception, so one bad block cannot sink a whole study. ``constants`` reach the
+    trainable as keyword arguments through Ray's object store, not through the config, so they
+    never appear in trial names or in the ``params.json`` Tune writes (a database URL may hold a
+    password).
+    """
+    from ray import tune
+
+    if not configs:
+        return []
+    storage_dir.mkdir(parents=True, exist_ok=True)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, **(constants or {})), resources),
+        param_space={"block": tune.grid_search(list(configs))},
+        tune_config=tune.TuneConfig(
+            reuse_actors=True,
+            max_concurrent_trials=max_concurrent,
+            trial_name_creator=lambda t: t.trial_id,
+            trial_dirname_creator=lambda t: t.trial_id,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(storage_dir.resolve()),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            verbose=0,
+            log_to_file=False,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    grid = tuner.fit()
+    outcomes = []
+    for result in grid:
+        err = result.error
+        outcomes.append(
+            TrialOutcome(
+                config=dict(result.config.get("block", {})),
+                metrics=dict(result.metrics or {}),
+                error=None if err is None else f"{type(err).__name__}: {err}",
+            )
+        )
+    return outcomes
+
+
+def block_resources(resources: dict[str, float], gpus_per_block: float | None = None) -> dict[str, float]:
+    """Resources one packed block asks for: a GPU (or a fraction) where the cluster has GPUs."""
+    if resources.get("GPU", 0) > 0:
+        return {"cpu": 1, "gpu": gpus_per_block if gpus_per_block else 1.0}
+    return {"cpu": 1}

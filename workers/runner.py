@@ -1,0 +1,157 @@
+"""Run one claimed study: its pending trials, packed into blocks, as one Ray Tune experiment.
+
+Trials are grouped by optimizer (one packed model per optimizer) and cut into blocks of at most
+K cells, K chosen from the model size and the device's memory, and small enough that every Ray
+slot gets work. A heartbeat thread renews the study's lease while the experiment runs; a study
+whose worker dies is claimed again after the lease expires, and the next worker runs only the
+trials not yet done.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
+
+from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Ray retries a block that raised (exception, OOM) this many times before its trials fail.
+BLOCK_RETRIES = 2
+
+
+class Heartbeat(threading.Thread):
+    """Renews a study's lease every third of the lease until stopped or the claim is lost."""
+
+    def __init__(self, engine, study_id: str, worker_id: str, lease_seconds: float) -> None:
+        super().__init__(name=f"heartbeat-{study_id[:8]}", daemon=True)
+        self.engine, self.study_id, self.worker_id = engine, study_id, worker_id
+        self.lease_seconds = lease_seconds
+        self._stop_event = threading.Event()
+        self.lost = threading.Event()
+
+    def run(self) -> None:
+        from service import store
+        from service.db import session_scope
+
+        while not self._stop_event.wait(self.lease_seconds / 3):
+            try:
+                with session_scope(self.engine) as s:
+                    if not store.heartbeat(s, self.study_id, self.worker_id, self.lease_seconds):
+                        self.lost.set()
+                        return
+            except Exception as exc:  # the database may be away for a while: keep trying
+                log.warning("heartbeat for study %s failed: %s", self.study_id, exc)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class Block:
+    optimizer: str
+    trials: tuple[tuple[int, float, float, int], ...]  # (trial id, lr, wd, seed)
+
+
+def make_blocks(
+    trials: list[tuple[int, str, float, float, int]], max_block: int, slots: int
+) -> list[Block]:
+    """Cut (id, optimizer, lr, wd, seed) rows into per-optimizer blocks of at most ``max_block``.
+
+    Blocks are split further, evenly, until there are at least ``slots`` of them, so no Ray slot
+    idles while one large block runs alone.
+    """
+    by_opt = {
+        opt: [(tid, lr, wd, seed) for tid, _, lr, wd, seed in rows]
+        for opt, rows in groupby(sorted(trials, key=lambda r: (r[1], r[0])), key=lambda r: r[1])
+    }
+    if not by_opt:
+        return []
+    total = sum(len(v) for v in by_opt.values())
+    per_block = max(1, min(max_block, math.ceil(total / max(1, slots))))
+    blocks = []
+    for opt, rows in by_opt.items():
+        n = math.ceil(len(rows) / per_block)
+        size = math.ceil(len(rows) / n)
+        for i in range(0, len(rows), size):
+            blocks.append(Block(opt, tuple(rows[i : i + size])))
+    return blocks
+
+
+def absolute_db_url(url: str) -> str:
+    """Ray trials run in other working directories: a relative SQLite path must be made absolute."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        from pathlib import Path
+
+        return u.set(database=str(Path(u.database).resolve())).render_as_string(hide_password=False)
+    return url
+
+
+def run_study(engine, study_id: str, worker_id: str, settings: Settings) -> str:
+    """Run every pending trial of a study this worker has claimed; return its final status."""
+    from service import store
+    from service.db import session_scope
+    from workers import ray_adapter
+    from workers.blocks import block_trainable
+    from workers.packed import auto_block_size
+
+    with session_scope(engine) as s:
+        study = store.get_study(s, study_id)
+        spec: dict[str, Any] = dict(study.spec)
+        rows = [
+            (t.id, t.optimizer, t.lr, t.wd, t.seed) for t in store.pending_trials(s, study_id)
+        ]
+
+    resources = ray_adapter.cluster_resources()
+    per_block = ray_adapter.block_resources(resources)
+    slots = max(1, int(resources.get("GPU", 0) // per_block.get("gpu", 1))) if "gpu" in per_block \
+        else max(1, int(resources.get("CPU", 1) // per_block["cpu"]))
+    blocks = make_blocks(rows, auto_block_size(spec["task"]), slots)
+    base = {
+        "study_id": study_id,
+        "worker_id": worker_id,
+        "task": spec["task"],
+        "epochs": spec["epochs"],
+        "batch_size": spec["batch_size"],
+        "schedule": spec.get("schedule") or {"name": "constant"},
+        "wd_normalized": bool(spec.get("wd_normalized", False)),
+        "decay_on": spec.get("decay_on", "all"),
+    }
+    configs = [
+        {**base, "optimizer": b.optimizer, "trials": [list(t) for t in b.trials]} for b in blocks
+    ]
+    log.info("study %s: %d pending trials in %d blocks", study_id, len(rows), len(blocks))
+
+    heartbeat = Heartbeat(engine, study_id, worker_id, settings.lease_seconds)
+    heartbeat.start()
+    try:
+        outcomes = ray_adapter.run_trials(
+            block_trainable,
+            configs,
+            name=f"study-{study_id}",
+            storage_dir=settings.state_dir / "results",
+            resources=per_block,
+            max_failures=BLOCK_RETRIES,
+            constants={"db_url": absolute_db_url(engine.url.render_as_string(hide_password=False))},
+        )
+    finally:
+        heartbeat.stop()
+
+    with session_scope(engine) as s:
+        for out in outcomes:
+            if out.error:
+                ids = [int(t[0]) for t in out.config.get("trials", [])]
+                store.fail_trials(s, ids, f"block failed after {BLOCK_RETRIES} retries: {out.error}")
+        study = store.get_study(s, study_id)
+        if study.status != "running" or study.claimed_by != worker_id:
+            return study.status  # cancelled, or another worker owns it now
+        store.finish_study(s, study_id, worker_id, "done")
+    return "done"

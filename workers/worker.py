@@ -1,0 +1,82 @@
+"""`decouple worker`: claim queued studies from the shared database and run them on Ray.
+
+The loop is deliberately simple; the database does the hard part. A claim is a row lock
+(PostgreSQL ``FOR UPDATE SKIP LOCKED``, SQLite an immediate transaction) plus a lease that a
+heartbeat renews, so any number of workers can share one queue, and a dead worker's study is
+picked up again once its lease expires. When the database is unreachable the worker waits and
+retries instead of dying.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+
+from service.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def run_worker(
+    once: bool = False,
+    ray_address: str | None = None,
+    *,
+    settings: Settings | None = None,
+    worker_id: str | None = None,
+    poll_seconds: float = 2.0,
+    on_study_start=None,
+) -> int:
+    """Claim and run studies until the queue is empty (``once``) or forever. Returns an exit code."""
+    from service import store
+    from service.db import check_schema_current, make_engine, session_scope
+    from service.errors import DatabaseUnavailable
+    from workers import ray_adapter
+    from workers.runner import run_study
+
+    settings = settings or get_settings()
+    worker_id = worker_id or new_worker_id()
+    engine = make_engine(settings.database_url)
+    check_schema_current(engine)
+    ray_adapter.ensure_ray(ray_address or settings.ray_address, settings.state_dir)
+    log.info("worker %s ready", worker_id)
+
+    backoff = poll_seconds
+    while True:
+        try:
+            with session_scope(engine) as s:
+                study = store.claim_study(s, worker_id, settings.lease_seconds)
+                study_id = study.id if study is not None else None
+            backoff = poll_seconds
+        except DatabaseUnavailable as exc:
+            log.warning("database unavailable (%s); retrying in %.0f s", exc, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+            continue
+        if study_id is None:
+            if once:
+                return 0
+            time.sleep(poll_seconds)
+            continue
+        if on_study_start is not None:
+            on_study_start(study_id)
+        try:
+            status = run_study(engine, study_id, worker_id, settings)
+            log.info("study %s: %s", study_id, status)
+        except DatabaseUnavailable as exc:
+            # The lease will expire and this or another worker resumes the study.
+            log.warning("database lost while running study %s: %s", study_id, exc)
+            time.sleep(backoff)
+        except Exception as exc:  # anything else fails the study, with the reason stored
+            log.exception("study %s failed", study_id)
+            try:
+                with session_scope(engine) as s:
+                    store.finish_study(s, study_id, worker_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            except Exception:
+                log.exception("could not mark study %s failed", study_id)
