@@ -191,7 +191,7 @@ def _stderr(message: str) -> None:
 
 def submit(
     spec_path: str, *, wait: bool = False, api_url: str | None = None, token: str | None = None,
-    poll_seconds: float = POLL_SECONDS,
+    poll_seconds: float | None = None,
 ) -> int:
     """``decouple submit SPEC [--wait]``: queue the study; with ``wait``, follow it to the end
     with a progress bar and print its separability table. Exit status 0 when it is queued (or,
@@ -217,7 +217,7 @@ def submit(
 
 
 def follow(
-    api: Api, study_id: str, *, poll_seconds: float = POLL_SECONDS,
+    api: Api, study_id: str, *, poll_seconds: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Poll ``GET /studies/{id}`` until the study is done, failed or cancelled, showing a progress
@@ -245,6 +245,7 @@ def follow(
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
+    poll_seconds = POLL_SECONDS if poll_seconds is None else poll_seconds
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("queued", total=None, failed=0)
         while True:
