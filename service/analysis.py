@@ -374,6 +374,8 @@ def separability_with_ci(lrs, wds, per_seed_values, *, chance: float | None = No
                   "basin_angle_deg", "coordinate_regret", "separability"):
             out[k] = None
         out["diagnostics"]["diverged_cells"] = int((~np.isfinite(mean) & ~missing).sum())
+        # "all diverged" only if something finished; an unstarted grid is just missing
+        out["diagnostics"]["all_diverged"] = bool((~missing).any() and not np.isfinite(mean).any())
         out["diagnostics"]["missing_cells"] = [[int(i), int(j)] for i, j in zip(*np.nonzero(missing))]
         out["ci"] = {k: None for k in CI_MEASURES}
         out["noise"] = {"seeds": S}

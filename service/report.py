@@ -256,8 +256,14 @@ def build_report(study: dict, trials: list[dict],
 # --------------------------------------------------------------------------- terminal table
 
 
+def _f(v: float, fmt: str) -> str:
+    """format(), without the "-0.00" that a tiny negative rounds to."""
+    text = format(v, fmt)
+    return format(0.0, fmt) if float(text) == 0 else text
+
+
 def _num(v: Any, fmt: str = ".3g") -> str:
-    return "-" if v is None else format(v, fmt)
+    return "-" if v is None else _f(v, fmt)
 
 
 def _with_ci(e: dict, key: str, fmt: str) -> str:
@@ -266,7 +272,7 @@ def _with_ci(e: dict, key: str, fmt: str) -> str:
         return "-"
     ci = (e.get("ci") or {}).get(key)
     mark = "?" if key in (e.get("unreliable") or []) else ""
-    return f"{v:{fmt}}{mark}" + (f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]" if ci else "")
+    return f"{_f(v, fmt)}{mark}" + (f" [{_f(ci[0], fmt)}, {_f(ci[1], fmt)}]" if ci else "")
 
 
 def format_table(report: dict) -> str:
@@ -477,9 +483,9 @@ def _cell(e: dict, key: str, fmt: str) -> str:
     if v is None:
         return "&ndash;"
     ci = (e.get("ci") or {}).get(key)
-    txt = format(v, fmt)
+    txt = _f(v, fmt)
     if ci:
-        txt += f" <span class='muted'>[{format(ci[0], fmt)}, {format(ci[1], fmt)}]</span>"
+        txt += f" <span class='muted'>[{_f(ci[0], fmt)}, {_f(ci[1], fmt)}]</span>"
     if key in (e.get("unreliable") or []):
         txt += " <span title='interval too wide to rank on'>?</span>"
     return txt
@@ -510,7 +516,7 @@ def _measures_table(e: dict) -> str:
 
 def _ci_span(e: dict, key: str, fmt: str) -> str:
     ci = (e.get("ci") or {}).get(key)
-    return f" <span class='muted'>[{format(ci[0], fmt)}, {format(ci[1], fmt)}]</span>" if ci else ""
+    return f" <span class='muted'>[{_f(ci[0], fmt)}, {_f(ci[1], fmt)}]</span>" if ci else ""
 
 
 def render_html(report: dict) -> str:

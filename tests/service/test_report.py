@@ -209,3 +209,17 @@ def test_render_html_is_self_contained_with_one_heat_map_per_optimizer():
     assert "Partial report" in page
     assert "tune wd once and keep it when you change lr" in page
     assert VARIANTS["sgd"].decay_convention in page
+
+
+def test_queued_study_has_no_measures_and_says_why():
+    study, trials = make_study(status="queued")
+    trials = [dict(t, status="queued", val_error=None) for t in trials]
+    rep = build_report(study, trials, Curves())
+    json.dumps(rep, allow_nan=False)
+    assert rep["partial"] is True and rep["ranking"] == []
+    for e in rep["optimizers"]:
+        assert e["best"] is None and e["best_curves"] == []
+        assert e["verdict"] == "Not enough finished cells to judge yet."
+        assert e["warnings"] == ["36 of 36 grid cells have no finished trial yet, so the separability "
+                                 "measures wait for a complete grid."]
+    assert render_html(rep).count("<img class='heatmap'") == 2
