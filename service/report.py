@@ -140,6 +140,8 @@ def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, cha
     name = opt["name"]
     mine = [t for t in trials if t.get("optimizer") == name and (t.get("phase") or "grid") == "grid"]
     lrs, wds = _axis(opt.get("lr"), mine, "lr"), _axis(opt.get("wd"), mine, "wd")
+    if not (len(lrs) and len(wds)):
+        return _unplaced_entry(name, len(mine))
     seeds = list(spec.get("seeds") or [])
     for t in mine:
         if t.get("seed") not in seeds:
@@ -197,6 +199,22 @@ def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, cha
     entry["_best_ids"] = ids.get(tuple(bi), []) if bi is not None else []
     entry["verdict"] = verdict(entry)
     return entry
+
+
+def _unplaced_entry(name: str, n_trials: int) -> dict:
+    """An optimizer whose ``auto`` grid has not been placed by its pilot run yet."""
+    from workers.optim import VARIANTS
+
+    variant = VARIANTS[name]
+    none = dict.fromkeys(("best", "interaction_share", "interaction_share_rank", "optimal_wd_slope",
+                          "basin_tilt_deg", "basin_angle_deg", "coordinate_regret", "coordinate_trials",
+                          "separability", "other_convention", "default_wd"))
+    return {"name": name, "title": variant.title, "decay_convention": variant.decay_convention,
+            "rule": variant.rule, **none, "ci": {}, "noise": {}, "unreliable": [], "diagnostics": {},
+            "warnings": ["The grid is not placed yet: its auto axis waits for the pilot run."],
+            "grid": {"lr": [], "wd": [], "value": [], "diverged": [], "seeds": [], "basin": []},
+            "trials": {"total": n_trials, "done": 0, "failed": 0, "diverged": 0, "pending": n_trials},
+            "_best_ids": [], "verdict": "Not enough finished cells to judge yet."}
 
 
 def _rank(entries: list[dict]) -> tuple[list[str], list[str]]:
@@ -567,9 +585,10 @@ def render_html(report: dict) -> str:
                      f"<p class='verdict'>{_e(e.get('verdict', ''))}</p>"
                      f"<p class='conv'>Decay convention: {_e(e.get('decay_convention', ''))}. "
                      f"Update: <code>{_e(e.get('rule', ''))}</code></p>")
-        parts.append(f"<div class='row'><div><img class='heatmap' alt='heat map of {_e(metric)} over lr and "
-                     f"wd for {_e(e['name'])}' src='{heatmap_png(e, metric, report.get('chance'))}'></div>"
-                     f"<div>{_measures_table(e)}")
+        heat = (f"<img class='heatmap' alt='heat map of {_e(metric)} over lr and wd for {_e(e['name'])}' "
+                f"src='{heatmap_png(e, metric, report.get('chance'))}'>" if e["grid"]["lr"] and e["grid"]["wd"]
+                else "<p class='muted'>No grid yet.</p>")
+        parts.append(f"<div class='row'><div>{heat}</div><div>{_measures_table(e)}")
         if e.get("other_convention"):
             parts.append(f"<p class='conv'>{_e(e['other_convention']['sentence'])}</p>")
         if e.get("warnings"):

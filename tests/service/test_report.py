@@ -223,3 +223,28 @@ def test_queued_study_has_no_measures_and_says_why():
         assert e["warnings"] == ["36 of 36 grid cells have no finished trial yet, so the separability "
                                  "measures wait for a complete grid."]
     assert render_html(rep).count("<img class='heatmap'") == 2
+
+
+def test_auto_axis_before_its_pilot_has_no_grid_yet():
+    study, trials = make_study()
+    study["status"] = "running"
+    study["spec"]["optimizers"][1] = {"name": "sgd", "lr": {"auto": True, "num": 6}, "wd": WD}
+    trials = [t for t in trials if t["optimizer"] != "sgd" or t["phase"] == "pilot"]
+    rep = build_report(study, trials, Curves())
+    json.dumps(rep, allow_nan=False)
+    sgd = rep["optimizers"][1]
+    assert sgd["grid"]["value"] == [] and sgd["separability"] is None
+    assert sgd["warnings"] == ["The grid is not placed yet: its auto axis waits for the pilot run."]
+    assert rep["ranking"] == ["adamw"]
+    page = render_html(rep)
+    assert page.count("<img class='heatmap'") == 1 and "No grid yet." in page
+    assert format_table(rep).splitlines()[5].split()[:2] == ["-", "sgd"]
+
+
+def test_auto_axis_after_its_pilot_takes_the_trials_values():
+    study, trials = make_study(optimizers=("adamw",))
+    study["spec"]["optimizers"][0]["lr"] = {"auto": True, "num": 6}
+    placed = build_report(study, trials, Curves())["optimizers"][0]
+    expected = np.geomspace(LR["min"], LR["max"], LR["num"])
+    assert placed["grid"]["lr"] == pytest.approx(list(expected), rel=1e-12)
+    assert placed["separability"] is not None
