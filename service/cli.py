@@ -127,10 +127,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"decouple: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # The project's own errors (database unavailable, schema out of date, ...) are for the
+        # user too: one line, not a traceback.
+        from service.errors import DecoupleError
+
+        if not isinstance(exc, DecoupleError):
+            raise
+        print(f"decouple: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("decouple: interrupted", file=sys.stderr)
         return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m service.cli`: call the imported module's main, so the CliError that handlers
+    # raise (service.cli.CliError) is the class it catches, not a second __main__.CliError.
+    from service.cli import main as _main
+
+    sys.exit(_main())

@@ -97,3 +97,13 @@ def test_decouple_migrate_works_from_any_directory(tmp_path):
         assert check_schema_current(engine) == "0001"
     finally:
         engine.dispose()
+
+
+def test_decouple_migrate_on_an_unreachable_database_says_so_in_one_line(tmp_path):
+    env = {**os.environ, "DECOUPLE_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:9/nowhere"}
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "migrate"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("decouple: database unavailable: ") and out.stderr.count("\n") == 1
