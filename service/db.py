@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
-from service.errors import Conflict, DatabaseUnavailable, DecoupleError, SchemaOutOfDate
+from service.errors import Conflict, DatabaseUnavailable, DecoupleError, InvalidInput, SchemaOutOfDate
 
 #: How long an SQLite writer waits for the lock before giving up (seconds).
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -115,7 +115,11 @@ def dispose_engines(url: str | None = None) -> None:
 
 
 def translate_db_error(error: exc.SQLAlchemyError) -> DecoupleError | None:
-    """The project's exception for a driver error, or None when it is a programming error."""
+    """The project's exception for a driver error, or None when it is a programming error.
+
+    Missing tables -> SchemaOutOfDate; a value out of range -> InvalidInput; a unique or foreign
+    key violation -> Conflict; a lost or refused connection, a lock waited out -> DatabaseUnavailable.
+    """
     orig = getattr(error, "orig", None)
     lines = str(orig if orig is not None else error).strip().splitlines()
     text = lines[0] if lines else type(error).__name__
@@ -124,6 +128,8 @@ def translate_db_error(error: exc.SQLAlchemyError) -> DecoupleError | None:
         ("no such table", "no such column")
     ):
         return SchemaOutOfDate(f"the database schema is missing parts ({text}): run `decouple migrate`")
+    if isinstance(error, exc.DataError):  # a value the column cannot hold (range, NUL byte)
+        return InvalidInput("request", f"a value the database cannot store ({text})")
     if isinstance(error, exc.IntegrityError):
         return Conflict(f"conflicts with data already stored ({text})")
     if isinstance(

@@ -20,6 +20,7 @@ are upserts on ``(trial_id, epoch)``. Metrics go in and come out as floats, NaN 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,6 +40,8 @@ from service.models import (
     utcnow,
 )
 from service.schemas import StudySpec, axis_values
+
+_STUDY_ID = re.compile(r"[0-9a-f]{32}")
 
 # --- who may do what -----------------------------------------------------------------------------
 
@@ -104,6 +107,8 @@ def _insert_trials(session: Session, study_id: str, rows: list[dict[str, Any]]) 
 
 def get_study(session: Session, study_id: str, *, for_update: bool = False) -> Study:
     """The study, or :class:`NotFound`."""
+    if not _STUDY_ID.fullmatch(study_id):  # never hand odd strings (NUL, 10 kB) to the driver
+        raise NotFound(f"no study {study_id[:64]!r}")
     query = select(Study).where(Study.id == study_id)
     if for_update:
         query = query.with_for_update()

@@ -32,7 +32,8 @@ from service.errors import (
     SchemaOutOfDate,
     Unauthorized,
 )
-from service.schemas import ErrorBody, errors_summary, format_errors, max_trials_var
+from service.api.responses import error_responses
+from service.schemas import errors_summary, format_errors, max_trials_var
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=API_DESCRIPTION,
         lifespan=lifespan,
-        responses={
-            422: {"model": ErrorBody, "description": "invalid request; `detail` names the field"},
-            503: {"model": ErrorBody, "description": "the database is unavailable"},
-        },
+        responses=error_responses(422, 503),
     )
     app.state.settings = settings
     app.state.engine = engine

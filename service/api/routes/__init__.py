@@ -3,13 +3,15 @@
 from fastapi import APIRouter, Depends
 
 from service.api.deps import current_user
+from service.api.responses import error_responses
 from service.api.routes import catalogue, health, pages, reports, studies
 
 api_router = APIRouter()
 # /health answers without a token: load balancers and `docker compose` probe it.
 api_router.include_router(health.router)
 _authenticated = [Depends(current_user)]
-api_router.include_router(catalogue.router, dependencies=_authenticated)
-api_router.include_router(studies.router, dependencies=_authenticated)
-api_router.include_router(reports.router, dependencies=_authenticated)
-api_router.include_router(pages.router, dependencies=_authenticated)
+_auth_errors = error_responses(401)
+api_router.include_router(catalogue.router, dependencies=_authenticated, responses=_auth_errors)
+api_router.include_router(studies.router, dependencies=_authenticated, responses=_auth_errors)
+api_router.include_router(reports.router, dependencies=_authenticated, responses=_auth_errors)
+api_router.include_router(pages.router, dependencies=_authenticated, responses=_auth_errors)

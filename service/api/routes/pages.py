@@ -11,7 +11,8 @@ from fastapi.responses import HTMLResponse
 
 from service import store
 from service.api.deps import EngineDep
-from service.api.routes.studies import StatusFilter
+from service.api.responses import error_responses
+from service.api.routes.studies import MAX_INT32, StatusFilter
 from service.db import session_scope
 from service.models import Study
 
@@ -50,12 +51,12 @@ def _row(study: Study, prog: store.StudyProgress) -> str:
     )
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, responses=error_responses(422, 503))
 def team_page(
     engine: EngineDep,
     status: StatusFilter | None = None,
     owner: str | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT32)] = 0,
 ) -> HTMLResponse:
     """Every study, newest first, with status, progress, owner and links to its report and CSV."""
     with session_scope(engine, read_only=True) as session:

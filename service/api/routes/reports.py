@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse
 
 from service import store
 from service.api.deps import EngineDep
+from service.api.responses import error_responses
 from service.db import session_scope
 
 router = APIRouter(prefix="/studies", tags=["reports"])
@@ -30,13 +31,15 @@ def study_report(engine: Any, study_id: str) -> dict[str, Any]:
     return report
 
 
-@router.get("/{study_id}/report")
+@router.get("/{study_id}/report", responses=error_responses(404))
 def get_report(study_id: str, engine: EngineDep) -> dict[str, Any]:
     """Per optimizer: best cell, separability measures with intervals, the grid; and the ranking."""
     return study_report(engine, study_id)
 
 
-@router.get("/{study_id}/report.html", response_class=HTMLResponse)
+@router.get(
+    "/{study_id}/report.html", response_class=HTMLResponse, responses=error_responses(404, 422, 503)
+)
 def get_report_html(study_id: str, engine: EngineDep) -> HTMLResponse:
     """The report page: heat maps per optimizer, the measures table and the ranking."""
     from service.report import render_html

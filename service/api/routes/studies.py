@@ -6,11 +6,12 @@ import csv
 import io
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Query, Response, status
+from fastapi import APIRouter, Body, Path, Query, Response, status
 from fastapi.responses import PlainTextResponse
 
 from service import store
 from service.api.deps import EngineDep, UserDep
+from service.api.responses import error_responses
 from service.db import session_scope
 from service.models import Study, Trial
 from service.schemas import (
@@ -48,6 +49,7 @@ SPEC_EXAMPLES = {
     },
 }
 
+MAX_INT32 = 2**31 - 1  # the id and offset columns are 32-bit integers
 StatusFilter = Literal["queued", "running", "done", "failed", "cancelled"]
 
 
@@ -75,7 +77,7 @@ def trial_public(t: Trial) -> TrialPublic:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=StudyCreated,
-    responses={413: {"description": "request body over 1 MB"}},
+    responses=error_responses(413),
 )
 def create_study(
     spec: Annotated[StudySpec, Body(openapi_examples=SPEC_EXAMPLES)],
@@ -97,7 +99,7 @@ def list_studies(
     status: StatusFilter | None = None,
     owner: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT32)] = 0,
 ) -> StudiesPublic:
     """Studies, newest first, with their progress; ``count`` is the total matching the filters."""
     with session_scope(engine, read_only=True) as session:
@@ -106,7 +108,7 @@ def list_studies(
         return StudiesPublic(data=[study_public(s, progs[s.id]) for s in studies], count=count)
 
 
-@router.get("/{study_id}", response_model=StudyPublic)
+@router.get("/{study_id}", response_model=StudyPublic, responses=error_responses(404))
 def get_study(study_id: str, engine: EngineDep) -> StudyPublic:
     """A study: its spec (defaults filled in), status, progress, timestamps and owner."""
     with session_scope(engine, read_only=True) as session:
@@ -145,7 +147,10 @@ def trials_csv(trials: list[Trial]) -> str:
 @router.get(
     "/{study_id}/trials",
     response_model=TrialsPublic,
-    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with ?format=csv"}},
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with ?format=csv"},
+        **error_responses(404),
+    },
 )
 def list_trials(
     study_id: str,
@@ -166,8 +171,10 @@ def list_trials(
         return TrialsPublic(data=[trial_public(t) for t in trials], count=len(trials))
 
 
-@router.get("/{study_id}/trials/{trial_id}/curve", response_model=CurvePublic)
-def get_curve(study_id: str, trial_id: int, engine: EngineDep) -> CurvePublic:
+@router.get("/{study_id}/trials/{trial_id}/curve", response_model=CurvePublic, responses=error_responses(404))
+def get_curve(
+    study_id: str, trial_id: Annotated[int, Path(ge=1, le=MAX_INT32)], engine: EngineDep
+) -> CurvePublic:
     """A trial's per-epoch train loss, validation loss and validation error."""
     with session_scope(engine, read_only=True) as session:
         points = store.get_curve(session, study_id, trial_id)
@@ -184,7 +191,7 @@ def get_curve(study_id: str, trial_id: int, engine: EngineDep) -> CurvePublic:
     )
 
 
-@router.post("/{study_id}/cancel", response_model=StudyPublic)
+@router.post("/{study_id}/cancel", response_model=StudyPublic, responses=error_responses(403, 404, 409))
 def cancel_study(study_id: str, engine: EngineDep, user: UserDep) -> StudyPublic:
     """Cancel a queued or running study (its owner or an admin)."""
     with session_scope(engine) as session:
@@ -192,7 +199,7 @@ def cancel_study(study_id: str, engine: EngineDep, user: UserDep) -> StudyPublic
         return study_public(study, store.progress(session, [study])[study.id])
 
 
-@router.delete("/{study_id}")
+@router.delete("/{study_id}", responses=error_responses(403, 404))
 def delete_study(study_id: str, engine: EngineDep, user: UserDep) -> dict:
     """Delete a study, its trials and curves (its owner or an admin)."""
     with session_scope(engine) as session:
