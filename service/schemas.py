@@ -249,6 +249,13 @@ class StudySpec(_Spec):
     decay_on: Literal["all", "weights", "invariant"] = "all"
     priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, strict=True)
 
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, name: str) -> str:
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+            raise ValueError("must not contain control characters")
+        return name
+
     @field_validator("task")
     @classmethod
     def _known_task(cls, task: str) -> str:

@@ -490,3 +490,38 @@ def test_decouple_serve_refuses_an_empty_database(tmp_path):
         "decouple: the database schema is empty (never migrated) but this code needs revision 0001: "
         "run `decouple migrate`"
     )
+
+
+def test_out_of_range_ids_and_control_characters_are_422(client):
+    sid = post(client).json()["id"]
+    r = client.get(f"/studies/{sid}/trials/{2**31}/curve")
+    assert (r.status_code, r.json()["detail"]) == (422, "trial_id: Input should be less than or equal to 2147483647")
+    r = client.get("/studies", params={"offset": 2**31})
+    assert r.status_code == 422
+    r = post(client, name="nul\x00byte")
+    assert (r.status_code, r.json()["detail"]) == (422, "name: must not contain control characters")
+    assert client.get("/studies/" + "f" * 10_000).status_code == 404
+    assert client.get("/studies").json()["count"] == 1
+
+
+def test_api_survives_postgresql_dropping_its_connections(tmp_path):
+    """pool_pre_ping: connections a server restart killed are replaced, never handed to a request."""
+    from sqlalchemy.engine import make_url
+
+    from service.db import dispose_engines, upgrade_to_head
+    from tests.conftest import _pg_execute, pg_schema_url
+
+    tag = "decouple_test_" + os.urandom(6).hex()
+    _pg_execute(f'CREATE SCHEMA "{tag}"')
+    url = make_url(pg_schema_url(tag)).update_query_dict({"application_name": tag}).render_as_string(hide_password=False)
+    try:
+        upgrade_to_head(url)
+        with TestClient(create_app(Settings(database_url=url, auth="off", data_dir=tmp_path))) as c:
+            assert post(c).status_code == 201
+            assert c.get("/studies").json()["count"] == 1  # the pool now holds an idle connection
+            _pg_execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{tag}'")
+            assert c.get("/studies").json()["count"] == 1
+            assert c.get("/health").status_code == 200
+    finally:
+        dispose_engines(url)
+        _pg_execute(f'DROP SCHEMA IF EXISTS "{tag}" CASCADE')

@@ -423,3 +423,29 @@ def test_unreachable_database_is_database_unavailable():
                 store.claim_study(s, "w", 60)
     finally:
         engine.dispose()
+
+
+def test_engines_are_tuned_for_their_backend(engine, backend):
+    statements: list[str] = []
+    from sqlalchemy import event
+
+    def log(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", log)
+    try:
+        with session_scope(engine) as s:
+            s.execute(text("SELECT 1"))
+        with session_scope(engine, read_only=True) as s:
+            s.execute(text("SELECT 1"))
+    finally:
+        event.remove(engine, "before_cursor_execute", log)
+    if backend == "sqlite":
+        # Writers take the lock up front (claims are read-then-write); readers do not wait.
+        assert statements == ["BEGIN IMMEDIATE", "SELECT 1", "BEGIN DEFERRED", "SELECT 1"]
+        with engine.connect() as conn:
+            pragmas = [conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in ("journal_mode", "foreign_keys", "busy_timeout")]
+        assert pragmas == ["wal", 1, 30_000]
+    else:
+        assert statements == ["SELECT 1", "SELECT 1"]
+        assert engine.pool._pre_ping is True and engine.pool.size() == 5 and engine.pool._recycle == 1800
