@@ -52,6 +52,15 @@ TASK_INFO: dict[str, TaskInfo] = {
                  "CIFAR-10 read from DECOUPLE_DATA_DIR/cifar-10-batches-py (python-pickle layout); "
                  "BatchNorm ResNet, random crop (pad 4) and horizontal flip. For GPU workers.",
                  num_classes=10, epochs=100, batch_size=128, needs_data_dir=True),
+        TaskInfo("synthetic",
+                 "Test task, no training: val_error is an analytic bowl in (log10 lr, log10 wd) "
+                 "with a known optimum inside each optimizer's default grid, plus seed noise "
+                 "(workers.tasks.SyntheticTask).",
+                 num_classes=10, epochs=10, batch_size=64, synthetic=True),
+        TaskInfo("synthetic_offgrid",
+                 "Test task, no training: the synthetic bowl with its optimum outside each "
+                 "optimizer's default grid (2 decades lower lr, 2 decades higher wd), for auto grids.",
+                 num_classes=10, epochs=10, batch_size=64, synthetic=True),
     )
 }
 

@@ -1,0 +1,727 @@
+"""The packed trainer: K (lr, wd, seed) configurations of one task trained at once on one device.
+
+A grid study is hundreds of small trainings, and on a small model one training is mostly per-step
+overhead. Training K copies *together* pays that overhead once: every parameter tensor gets a
+leading configuration axis, each config's parameters are one row of a (K, P) matrix, and a step
+is a handful of batched kernels over all K.
+
+How a step runs
+---------------
+- **Layout.** Parameters live in one (K, P) tensor, row k holding config k's parameters
+  flattened in ``named_parameters`` order with the decayed ones first (``decay_on``), so the
+  weight-decay mask is a column split, not a (K, P) tensor. Gradients live in a second (K, P)
+  tensor; optimizer state (momentum buffer, or Adam's two moments) in more of them.
+- **Forward and backward.** A plain MLP (``nn.Sequential`` of ``Linear`` and ``ReLU``) runs on a
+  hand-written forward and backward over ``torch.baddbmm``/``torch.bmm`` that writes the gradients
+  straight into their rows (:class:`MLPEngine`). Any other model (BatchNorm, convolutions) runs
+  through ``torch.func.vmap`` over ``torch.func.functional_call`` with autograd
+  (:class:`FuncEngine`); vmap gives each config its own BatchNorm batch statistics and running
+  statistics, so configs never see each other's activations.
+- **Update.** ``workers.optim.apply_update`` (the one implementation of the five rules) runs on
+  row blocks of the (K, P) tensors with per-config ``lr`` and ``weight_decay`` as (K, 1) tensors
+  and the schedule value eta_t as a float. On the CPU the rows are cut into chunks whose state
+  fits in the core's cache (the update is ~10 elementwise passes; from cache they are several
+  times faster); on a GPU one call covers the block.
+
+Equal to single-config training
+-------------------------------
+Config k starts from ``task.build_model(seed_k)`` (``torch.manual_seed(seed_k)`` then the
+constructors) and draws its data order and augmentation from ``task.data_generator(seed_k)``,
+exactly as ``workers.trainer.train_single`` does, which runs ``build_optimizer`` and
+``Schedule.lambda_lr`` on an ``nn.Module``. The two agree to float rounding (the tests hold them
+to 1e-5 in the final validation loss).
+
+Divergence
+----------
+After every step the K batch losses are checked (one host sync). A config whose loss is NaN or
+inf, or whose validation loss is at the end of an epoch, is *diverged from that epoch on*: its
+row is removed from the block before the update (so it is frozen at the parameters that gave the
+non-finite loss, and no NaN ever enters a kernel shared with the others), its metrics are those
+measured on the frozen model, and later epochs repeat them with ``train_loss`` NaN.
+
+Evaluation
+----------
+At the end of every epoch: ``train_loss`` is the mean of that epoch's minibatch losses (as seen
+during training), ``val_loss`` and ``val_error`` are measured on the validation split in
+evaluation mode (BatchNorm uses its running statistics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.optim import DECAY_ON, apply_update, check_hyperparameters, decayed_parameter_names, get_variant
+from workers.schedules import Schedule, normalized_weight_decay
+from workers.tasks import SyntheticTask, Task, TaskData, get_task
+
+#: Elements per update chunk on the CPU: p, grad and two moments of a chunk stay in a 2 MiB L2.
+CPU_UPDATE_CHUNK_ELEMENTS = 1 << 17
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    lr: float
+    wd: float
+    seed: int
+    #: Opaque, passed through to the results (the worker puts the trial id here).
+    key: Any = None
+
+
+@dataclass
+class EpochMetrics:
+    """One config, one epoch (0-based)."""
+
+    key: Any
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_error: float
+    diverged: bool
+
+
+@dataclass
+class TrialResult:
+    key: Any
+    lr: float
+    wd: float
+    seed: int
+    #: Final metrics (the last epoch's); NaN or inf when diverged.
+    train_loss: float
+    val_loss: float
+    val_error: float
+    diverged: bool
+    diverged_epoch: int | None
+    curve: list[EpochMetrics] = field(default_factory=list)
+
+    @classmethod
+    def from_curve(cls, config: TrialConfig, curve: list[EpochMetrics]) -> TrialResult:
+        last = curve[-1]
+        div = next((m.epoch for m in curve if m.diverged), None)
+        return cls(config.key, config.lr, config.wd, config.seed, last.train_loss, last.val_loss,
+                   last.val_error, div is not None, div, curve)
+
+
+class TrainingStopped(Exception):
+    """``on_epoch`` returned False: the block was cancelled after the epoch it was given."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"training stopped by on_epoch after epoch {epoch}")
+        self.epoch = epoch
+
+
+OnEpoch = Callable[[int, list[EpochMetrics]], "bool | None"]
+
+
+_flush_depth = 0
+
+
+@contextlib.contextmanager
+def flush_denormals():
+    """Treat denormal floats as zero on the CPU while training (both trainers do).
+
+    A confident classifier's softmax gradients and Adam's second moments underflow into the
+    denormal range (below 1.2e-38), where x86 arithmetic is one to two orders of magnitude
+    slower: measured here, one digits epoch of 128 configs took 1.8 s with denormals and 0.4 s
+    without. Flushing changes values only below 1.2e-38. PyTorch offers no getter for the mode,
+    so on leaving the outermost block it is set back to PyTorch's default (off).
+    """
+    global _flush_depth
+    if _flush_depth == 0:
+        torch.set_flush_denormal(True)
+    _flush_depth += 1
+    try:
+        yield
+    finally:
+        _flush_depth -= 1
+        if _flush_depth == 0:
+            torch.set_flush_denormal(False)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a training run needs besides its (lr, wd, seed): shared by packed and single runs."""
+
+    task: Task
+    optimizer: str
+    epochs: int
+    batch_size: int
+    schedule: Schedule
+    wd_normalized: bool
+    decay_on: str
+    n_train: int
+
+    def decay_scale(self, step: int) -> float:
+        """lam/wd at ``step``: 1, or sqrt(b/(B*T)) with T the current period (Appendix B.1)."""
+        if not self.wd_normalized:
+            return 1.0
+        return normalized_weight_decay(1.0, self.batch_size, self.n_train, self.schedule.period_epochs(step))
+
+    def weight_decay(self, wd: float, step: int) -> float:
+        if not self.wd_normalized:
+            return wd
+        return normalized_weight_decay(wd, self.batch_size, self.n_train, self.schedule.period_epochs(step))
+
+
+def make_spec(
+    task: Task, optimizer: str, *, epochs: int | None, batch_size: int | None,
+    schedule: dict | None, wd_normalized: bool, decay_on: str, n_train: int,
+) -> RunSpec:
+    """Validate the run options (the errors name the option) and fill in the task's defaults."""
+    get_variant(optimizer)
+    if decay_on not in DECAY_ON:
+        raise ValueError(f"Invalid decay_on: {decay_on!r} (expected one of {', '.join(DECAY_ON)})")
+    epochs = int(epochs if epochs is not None else task.info.epochs)
+    batch_size = int(batch_size if batch_size is not None else task.info.batch_size)
+    if epochs < 1:
+        raise ValueError(f"Invalid epochs: {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"Invalid batch_size: {batch_size}")
+    steps = max(1, math.ceil(n_train / batch_size))
+    sched = Schedule.from_spec(schedule or {"name": "constant"}, epochs, steps)
+    return RunSpec(task, optimizer, epochs, batch_size, sched, bool(wd_normalized), decay_on, n_train)
+
+
+# --------------------------------------------------------------------------------------------
+# Stacked parameters
+
+
+class Stack:
+    """K copies of one architecture: parameters and gradients as (K, P), buffers as (K, ...)."""
+
+    def __init__(self, models: Sequence[nn.Module], decayed: set[str], device: torch.device) -> None:
+        template = models[0]
+        names = [n for n, _ in template.named_parameters()]
+        order = [n for n in names if n in decayed] + [n for n in names if n not in decayed]
+        self.n_decayed = sum(template.get_parameter(n).numel() for n in order if n in decayed)
+        self.layout: list[tuple[str, int, int, torch.Size]] = []
+        start = 0
+        for n in order:
+            p = template.get_parameter(n)
+            self.layout.append((n, start, start + p.numel(), p.shape))
+            start += p.numel()
+        self.P = start
+        K = len(models)
+        self.p = torch.empty(K, self.P, device=device)
+        for k, m in enumerate(models):
+            own = dict(m.named_parameters())
+            for n, a, b, _ in self.layout:
+                self.p[k, a:b].copy_(own[n].detach().reshape(-1))
+        self.g = torch.zeros_like(self.p)
+        self.buffers = {
+            n: torch.stack([dict(m.named_buffers())[n].detach() for m in models]).to(device)
+            for n, _ in template.named_buffers()
+        }
+
+    @property
+    def K(self) -> int:
+        return int(self.p.shape[0])
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(K, *shape) views of each parameter in a (K, P) tensor."""
+        K = flat.shape[0]
+        return {n: flat[:, a:b].view(K, *shape) for n, a, b, shape in self.layout}
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.p = self.p.index_select(0, rows)
+        self.g = self.g.index_select(0, rows)
+        self.buffers = {n: b.index_select(0, rows) for n, b in self.buffers.items()}
+
+
+class StackOptimizer:
+    """Optimizer state as (K, P) tensors; every step is ``apply_update`` on row chunks and segments.
+
+    Segments are the decayed columns [0, n_decayed) and the rest (weight decay 0.0). The state
+    starts at zero, which for SGD's momentum buffer gives b_1 = 0.9*0 + g_1 = g_1 exactly, the
+    buffer ``apply_update`` would otherwise create.
+    """
+
+    def __init__(self, optimizer: str, stack: Stack, chunk_rows: int) -> None:
+        self.variant = get_variant(optimizer)
+        self.chunk_rows = max(1, chunk_rows)
+        names = ("momentum_buffer",) if self.variant.base == "sgd" else ("exp_avg", "exp_avg_sq")
+        self.state = {n: torch.zeros_like(stack.p) for n in names}
+        self.steps = 0
+        self.segments = [(a, b) for a, b in ((0, stack.n_decayed), (stack.n_decayed, stack.P)) if b > a]
+        self.n_decayed = stack.n_decayed
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.state = {n: t.index_select(0, rows) for n, t in self.state.items()}
+
+    @torch.no_grad()
+    def step(self, stack: Stack, lr: torch.Tensor, wd: torch.Tensor, eta: float) -> None:
+        """lr: (K, 1) current step sizes a*eta_t; wd: (K, 1) lam; eta: the schedule value."""
+        K = stack.K
+        for r0 in range(0, K, self.chunk_rows):
+            rows = slice(r0, min(K, r0 + self.chunk_rows))
+            for a, b in self.segments:
+                cols = slice(a, b)
+                st: dict[str, Any] = {n: t[rows, cols] for n, t in self.state.items()}
+                st["step"] = self.steps
+                apply_update(
+                    self.variant, stack.p[rows, cols], stack.g[rows, cols], st,
+                    lr=lr[rows], weight_decay=wd[rows] if a < self.n_decayed else 0.0, eta=eta,
+                )
+        self.steps += 1
+
+
+# --------------------------------------------------------------------------------------------
+# Engines: forward, backward and evaluation of a stack
+
+
+class MLPEngine:
+    """``nn.Sequential`` of ``Linear`` and ``ReLU``: hand-written forward/backward on batched matmuls.
+
+    Hidden layers: z_i = h_{i-1} W_i^T + b_i (``baddbmm``, (K, b, features)), h_i = relu(z_i).
+    The last layer is computed transposed, logits^T = W h^T + b as (K, classes, b), because
+    log-softmax over a short *inner* axis of 10 is ~20x slower on a CPU than over a middle one.
+    Loss: mean cross-entropy. Backward: d = (softmax - onehot)/b; dW = d h (last layer) or
+    d^T h (hidden); db = sum over the batch; d <- (d W) * [h > 0]; each gradient is written
+    straight into its rows of the (K, P) gradient, with no autograd graph.
+    """
+
+    def __init__(self, template: nn.Module) -> None:
+        self.linears: list[str] = []
+        self.relu_after: list[bool] = []
+        for name, m in template.named_children():
+            if isinstance(m, nn.Linear):
+                self.linears.append(name)
+                self.relu_after.append(False)
+            else:
+                self.relu_after[-1] = True
+
+    @staticmethod
+    def supports(template: nn.Module) -> bool:
+        kids = list(template.children())
+        return (
+            isinstance(template, nn.Sequential) and bool(kids)
+            and isinstance(kids[0], nn.Linear) and isinstance(kids[-1], nn.Linear)
+            and all(isinstance(m, (nn.Linear, nn.ReLU)) for m in kids)
+            and all(not (isinstance(a, nn.ReLU) and isinstance(b, nn.ReLU)) for a, b in zip(kids, kids[1:]))
+            and all(m.bias is not None for m in kids if isinstance(m, nn.Linear))
+        )
+
+    def bind(self, stack: Stack) -> None:
+        self.p = stack.views(stack.p)
+        self.g = stack.views(stack.g)
+
+    def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+        """Activations [x, h_1, ..., logits^T]; ``x`` is (K, b, in), or (n, in) shared by all K."""
+        acts = [x]
+        h = x
+        last = len(self.linears) - 1
+        for i, (name, relu) in enumerate(zip(self.linears, self.relu_after)):
+            w, b = params[f"{name}.weight"], params[f"{name}.bias"]
+            if h.dim() == 2:
+                h = h.expand(w.shape[0], *h.shape)
+            if i == last:
+                h = torch.baddbmm(b.unsqueeze(2), w, h.transpose(1, 2))
+            else:
+                h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if relu:
+                h = h.relu_()
+            acts.append(h)
+        return acts
+
+    def train_step(self, stack: Stack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        acts = self._forward(self.p, x)
+        logp = torch.log_softmax(acts[-1], dim=1)  # (K, C, b)
+        yi = y.unsqueeze(1)
+        loss = -logp.gather(1, yi).squeeze(1).mean(1)
+        d = logp.exp_()
+        d.scatter_add_(1, yi, torch.full(yi.shape, -1.0, device=d.device))
+        d.mul_(1.0 / y.shape[1])
+        last = len(self.linears) - 1
+        for i in range(last, -1, -1):
+            name, h_in = self.linears[i], acts[i]
+            gw, gb, w = self.g[f"{name}.weight"], self.g[f"{name}.bias"], self.p[f"{name}.weight"]
+            if i == last:  # d is (K, C, b)
+                torch.bmm(d, h_in, out=gw)
+                torch.sum(d, dim=2, out=gb)
+                d = torch.bmm(d.transpose(1, 2), w)
+            else:  # d is (K, b, out)
+                torch.bmm(d.transpose(1, 2), h_in, out=gw)
+                torch.sum(d, dim=1, out=gb)
+                d = torch.bmm(d, w)
+            if i > 0:
+                d = torch.ops.aten.threshold_backward(d, h_in, 0.0)
+        return loss
+
+    @torch.no_grad()
+    def evaluate(self, stack: Stack, flat: torch.Tensor, buffers: dict, x: torch.Tensor, y: torch.Tensor):
+        logits = self._forward(stack.views(flat), x)[-1].transpose(1, 2)
+        return _loss_and_errors(logits, y)
+
+
+class FuncEngine:
+    """Any module: ``vmap`` over ``functional_call``, autograd for the gradients.
+
+    Each parameter is an ``nn.Parameter`` *view* of its rows in ``stack.p`` whose ``.grad`` is a
+    view of its rows in ``stack.g``, so autograd accumulates in place into the (K, P) gradient and
+    the update needs no copies. Buffers (BatchNorm running statistics) are batched too, so vmap
+    updates each config's own.
+    """
+
+    def __init__(self, template: nn.Module, eval_batch: int) -> None:
+        self.template = template
+        self.eval_batch = eval_batch
+
+    def bind(self, stack: Stack) -> None:
+        self.params = {}
+        grads = stack.views(stack.g)
+        for n, v in stack.views(stack.p).items():
+            p = nn.Parameter(v)
+            p.grad = grads[n]
+            self.params[n] = p
+
+    def train_step(self, stack: Stack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from torch.func import functional_call, vmap
+
+        self.template.train()
+
+        def loss_fn(params, buffers, xb, yb):
+            return F.cross_entropy(functional_call(self.template, (params, buffers), (xb,)), yb)
+
+        loss = vmap(loss_fn)(self.params, stack.buffers, x, y)
+        stack.g.zero_()
+        with warnings.catch_warnings():
+            # The .grad views share their rows' strides; autograd warns about any non-dense layout.
+            warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
+            loss.sum().backward()
+        return loss.detach()
+
+    @torch.no_grad()
+    def evaluate(self, stack: Stack, flat: torch.Tensor, buffers: dict, x: torch.Tensor, y: torch.Tensor):
+        from torch.func import functional_call, vmap
+
+        self.template.eval()
+        params = stack.views(flat)
+        loss = torch.zeros(flat.shape[0], dtype=torch.float64, device=flat.device)
+        wrong = torch.zeros(flat.shape[0], dtype=torch.float64, device=flat.device)
+        for s in range(0, x.shape[0], self.eval_batch):
+            xc, yc = x[s:s + self.eval_batch], y[s:s + self.eval_batch]
+            logits = vmap(lambda p, b: functional_call(self.template, (p, b), (xc,)))(params, buffers)
+            l_sum, w_sum = _loss_and_errors(logits, yc, reduce=False)
+            loss += l_sum
+            wrong += w_sum
+        n = x.shape[0]
+        return loss / n, wrong / n
+
+
+def _loss_and_errors(logits: torch.Tensor, y: torch.Tensor, reduce: bool = True):
+    """Per config: mean (or summed) cross-entropy and error rate (or count), float64."""
+    K, n, C = logits.shape
+    ce = F.cross_entropy(logits.reshape(K * n, C), y.repeat(K), reduction="none").view(K, n)
+    wrong = (logits.argmax(-1) != y).sum(1)
+    ce_sum = ce.double().sum(1)
+    if reduce:
+        return ce_sum / n, wrong.double() / n
+    return ce_sum, wrong.double()
+
+
+def make_engine(template: nn.Module, batch_size: int):
+    if MLPEngine.supports(template):
+        return MLPEngine(template)
+    return FuncEngine(template, eval_batch=max(4 * batch_size, 256))
+
+
+# --------------------------------------------------------------------------------------------
+# The block
+
+
+@dataclass
+class _Dead:
+    """A diverged config: frozen parameters and the metrics they gave."""
+
+    epoch: int
+    train_loss: float
+    p: torch.Tensor | None = None
+    buffers: dict | None = None
+    val: tuple[float, float] | None = None
+
+
+class PackedRun:
+    """State and loop of one packed block (see the module docstring)."""
+
+    def __init__(self, spec: RunSpec, configs: Sequence[TrialConfig], data: TaskData, device: torch.device) -> None:
+        self.spec, self.configs, self.data, self.device = spec, list(configs), data, device
+        task = spec.task
+        models = [task.build_model(c.seed) for c in self.configs]
+        self.template = models[0].to(device)
+        decayed = decayed_parameter_names(self.template, spec.decay_on)
+        self.stack = Stack(models, decayed, device)
+        self.engine = make_engine(self.template, spec.batch_size)
+        self.engine.bind(self.stack)
+        if device.type == "cpu":
+            chunk = max(1, CPU_UPDATE_CHUNK_ELEMENTS // max(1, self.stack.P))
+        else:
+            chunk = self.stack.K
+        self.opt = StackOptimizer(spec.optimizer, self.stack, chunk)
+        self.gens = [task.data_generator(c.seed) for c in self.configs]
+        self.rows = list(range(len(self.configs)))  # config index of each live row
+        self.lr64 = torch.tensor([[c.lr] for c in self.configs], dtype=torch.float64, device=device)
+        self.wd64 = torch.tensor([[c.wd] for c in self.configs], dtype=torch.float64, device=device)
+        self.dead: dict[int, _Dead] = {}
+        self.step = 0
+        self._wd_cache: tuple[float, torch.Tensor] | None = None
+
+    # Rows -------------------------------------------------------------------------------------
+
+    def _kill(self, bad_rows: list[int], epoch: int, train_loss: torch.Tensor) -> None:
+        """Freeze the configs on ``bad_rows`` (row indices) and drop them from the block."""
+        for r in bad_rows:
+            self.dead[self.rows[r]] = _Dead(
+                epoch, float(train_loss[r]), self.stack.p[r:r + 1].clone(),
+                {n: b[r:r + 1].clone() for n, b in self.stack.buffers.items()},
+            )
+        keep_list = [r for r in range(len(self.rows)) if r not in set(bad_rows)]
+        keep = torch.tensor(keep_list, dtype=torch.long, device=self.device)
+        self.stack.select(keep)
+        self.opt.select(keep)
+        self.engine.bind(self.stack)
+        self.lr64, self.wd64 = self.lr64[keep], self.wd64[keep]
+        self.rows = [self.rows[r] for r in keep_list]
+        self.gens = [self.gens[r] for r in keep_list]
+        self._wd_cache = None
+        self._keep = keep
+
+    def _decay(self) -> torch.Tensor:
+        scale = self.spec.decay_scale(self.step)
+        if self._wd_cache is None or self._wd_cache[0] != scale:
+            self._wd_cache = (scale, (self.wd64 * scale).float())
+        return self._wd_cache[1]
+
+    # Epoch ------------------------------------------------------------------------------------
+
+    def _epoch_order(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        perms, augs = [], []
+        for g in self.gens:
+            perm, aug = self.spec.task.epoch_order(self.data.n_train, g)
+            perms.append(perm)
+            augs.append(aug)
+        perm = torch.stack(perms).to(self.device)
+        aug = torch.stack(augs).to(self.device) if augs and augs[0] is not None else None
+        return perm, aug
+
+    def train_epoch(self, epoch: int) -> dict[int, float]:
+        """One epoch over the live rows; returns the train loss of each config live at its start."""
+        spec, data = self.spec, self.data
+        n, b = data.n_train, spec.batch_size
+        augment = spec.task.augment
+        perm, aug = self._epoch_order()
+        loss_sum = torch.zeros(len(self.rows), dtype=torch.float64, device=self.device)
+        seen = 0
+        result: dict[int, float] = {}
+        for s in range(0, n, b):
+            if not self.rows:
+                break
+            idx = perm[:, s:s + b]
+            x, y = data.x_train[idx], data.y_train[idx]
+            if augment is not None:
+                x = augment.apply(x, aug[:, s:s + b])
+            loss = self.engine.train_step(self.stack, x, y)
+            loss_sum += loss.double() * idx.shape[1]
+            seen += idx.shape[1]
+            finite = torch.isfinite(loss)
+            if not bool(finite.all()):
+                bad = (~finite).nonzero().flatten().tolist()
+                for r in bad:
+                    result[self.rows[r]] = float(loss_sum[r]) / seen
+                self._kill(bad, epoch, loss_sum / seen)
+                loss_sum = loss_sum[self._keep]
+                perm = perm[self._keep]
+                aug = aug[self._keep] if aug is not None else None
+                if not self.rows:
+                    break
+            eta = spec.schedule.multiplier(self.step)
+            lr = (self.lr64 * eta).float()
+            self.opt.step(self.stack, lr, self._decay(), eta)
+            self.step += 1
+        for r, c in enumerate(self.rows):
+            result[c] = float(loss_sum[r]) / seen
+        return result
+
+    def evaluate(self, epoch: int, train: dict[int, float]) -> list[EpochMetrics]:
+        """Validation metrics of every config after ``epoch``; non-finite ones die here."""
+        data = self.data
+        vals: dict[int, tuple[float, float]] = {}
+        if self.rows:
+            loss, err = self.engine.evaluate(self.stack, self.stack.p, self.stack.buffers, data.x_val, data.y_val)
+            loss, err = loss.tolist(), err.tolist()
+            bad = [r for r, v in enumerate(loss) if not math.isfinite(v)]
+            for r, c in enumerate(self.rows):
+                vals[c] = (loss[r], err[r])
+            if bad:
+                self._kill(bad, epoch, torch.tensor([train[c] for c in self.rows], dtype=torch.float64))
+        for c, d in self.dead.items():
+            if d.val is None:
+                if c not in vals:  # died during this epoch's training: measure the frozen model
+                    loss, err = self.engine.evaluate(self.stack, d.p, d.buffers, data.x_val, data.y_val)
+                    vals[c] = (float(loss[0]), float(err[0]))
+                d.val = vals[c]
+                d.p = d.buffers = None
+        out = []
+        for c, cfg in enumerate(self.configs):
+            d = self.dead.get(c)
+            if d is None:
+                out.append(EpochMetrics(cfg.key, epoch, train[c], *vals[c], False))
+            else:
+                tl = train[c] if d.epoch == epoch else float("nan")
+                out.append(EpochMetrics(cfg.key, epoch, tl, *d.val, True))
+        return out
+
+    def run(self, on_epoch: OnEpoch | None) -> list[TrialResult]:
+        curves: list[list[EpochMetrics]] = [[] for _ in self.configs]
+        for epoch in range(self.spec.epochs):
+            train = self.train_epoch(epoch)
+            metrics = self.evaluate(epoch, train)
+            for c, m in enumerate(metrics):
+                curves[c].append(m)
+            if on_epoch is not None and on_epoch(epoch, metrics) is False:
+                raise TrainingStopped(epoch)
+        return [TrialResult.from_curve(cfg, curve) for cfg, curve in zip(self.configs, curves)]
+
+
+def _run_analytic(task: SyntheticTask, spec: RunSpec, configs: Sequence[TrialConfig], on_epoch: OnEpoch | None):
+    curves: list[list[EpochMetrics]] = [[] for _ in configs]
+    for epoch in range(spec.epochs):
+        metrics = []
+        for c, cfg in enumerate(configs):
+            o = task.outcome(spec.optimizer, cfg.lr, cfg.wd, cfg.seed, epoch, spec.epochs,
+                             batch_size=spec.batch_size, wd_normalized=spec.wd_normalized)
+            metrics.append(EpochMetrics(cfg.key, epoch, o.train_loss, o.val_loss, o.val_error, o.diverged))
+            curves[c].append(metrics[-1])
+        if on_epoch is not None and on_epoch(epoch, metrics) is False:
+            raise TrainingStopped(epoch)
+    return [TrialResult.from_curve(cfg, curve) for cfg, curve in zip(configs, curves)]
+
+
+def train_block(
+    task: str,
+    optimizer: str,
+    configs: Sequence[TrialConfig],
+    *,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    schedule: dict | None = None,
+    wd_normalized: bool = False,
+    decay_on: str = "all",
+    device: str | torch.device | None = None,
+    on_epoch: OnEpoch | None = None,
+    max_train: int | None = None,
+    max_val: int | None = None,
+) -> list[TrialResult]:
+    """Train every config of ``configs`` together; results in the same order.
+
+    ``schedule`` is a study spec's schedule object (default constant); ``wd_normalized`` means
+    each config's ``wd`` is lam_norm and the decay used is lam_norm*sqrt(b/(B*T)), T the current
+    period; ``on_epoch(epoch, metrics)`` is called after every epoch with every config's metrics
+    and stops the block (raising :class:`TrainingStopped`) by returning False. ``max_train`` and
+    ``max_val`` keep the first samples of each split (for tests and benchmarks).
+    """
+    configs = list(configs)
+    t = get_task(task)
+    for c in configs:
+        check_hyperparameters(c.lr, c.wd)
+    if t.analytic:
+        spec = make_spec(t, optimizer, epochs=epochs, batch_size=batch_size, schedule=schedule,
+                         wd_normalized=wd_normalized, decay_on=decay_on, n_train=SyntheticTask.N_TRAIN)
+        return _run_analytic(t, spec, configs, on_epoch)
+    dev = resolve_device(device)
+    data = t.load_data(max_train, max_val)
+    spec = make_spec(t, optimizer, epochs=epochs, batch_size=batch_size, schedule=schedule,
+                     wd_normalized=wd_normalized, decay_on=decay_on, n_train=data.n_train)
+    if not configs:
+        return []
+    with flush_denormals():
+        return PackedRun(spec, configs, data.to(dev), dev).run(on_epoch)
+
+
+# --------------------------------------------------------------------------------------------
+# Block size
+
+
+def _activations_per_sample(model: nn.Module, sample: torch.Tensor) -> int:
+    """Floats the leaf modules output for one sample (a forward on two samples, counted)."""
+    total = 0
+
+    def hook(_m, _i, out):
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            model.train()
+            model(sample)
+    finally:
+        for h in handles:
+            h.remove()
+    return max(1, total // sample.shape[0])
+
+
+def _memory_budget(device: torch.device) -> int:
+    """Bytes a block may use: half the free GPU memory, or a quarter of the available RAM."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free // 2
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 4
+    except OSError:
+        pass
+    return 2 << 30
+
+
+#: Largest block auto_block_size proposes: on a CPU throughput stops growing long before memory
+#: runs out (see bench/trainer.py), and one block holds one worker for its whole run.
+MAX_BLOCK = {"cpu": 256, "cuda": 4096}
+
+
+def auto_block_size(task: str, device: str | torch.device | None = None, *, budget_bytes: int | None = None,
+                    batch_size: int | None = None, max_block: int | None = None) -> int:
+    """How many configs of ``task`` fit in one block on ``device``.
+
+    Per config: 4 bytes x (6 P for parameters, gradient, two optimizer states and update
+    temporaries + 3 A b for the activations autograd keeps and their gradients), P parameters,
+    A activation floats per sample, b the batch size. ``budget_bytes`` and ``max_block``
+    override the memory budget (:func:`_memory_budget`) and the cap (:data:`MAX_BLOCK`).
+    """
+    t = get_task(task)
+    dev = resolve_device(device)
+    cap = max_block if max_block is not None else MAX_BLOCK.get(dev.type, MAX_BLOCK["cuda"])
+    if t.analytic:
+        return cap
+    b = batch_size or t.info.batch_size
+    model = t.build_model(0)
+    P = sum(p.numel() for p in model.parameters())
+    sample = torch.zeros(2, *t.input_shape)
+    A = _activations_per_sample(model, sample)
+    per_config = 4 * (6 * P + 3 * A * b)
+    budget = budget_bytes if budget_bytes is not None else _memory_budget(dev)
+    return int(max(1, min(cap, budget // per_config)))
+
+
+__all__ = [
+    "TrialConfig", "EpochMetrics", "TrialResult", "TrainingStopped", "train_block", "auto_block_size",
+    "resolve_device", "make_spec", "RunSpec", "PackedRun", "Stack", "StackOptimizer", "MLPEngine",
+    "FuncEngine", "CPU_UPDATE_CHUNK_ELEMENTS", "MAX_BLOCK",
+]
