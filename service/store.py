@@ -529,6 +529,3 @@ def add_trials(
         session.flush()
     return len(new)
 
-
-def lease_expired(study: Study, now: datetime | None = None) -> bool:
-    return study.lease_expires_at is not None and study.lease_expires_at < (now or utcnow())
