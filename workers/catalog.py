@@ -59,7 +59,8 @@ TASK_INFO: dict[str, TaskInfo] = {
                  num_classes=10, epochs=10, batch_size=64, synthetic=True),
         TaskInfo("synthetic_offgrid",
                  "Test task, no training: the synthetic bowl with its optimum outside each "
-                 "optimizer's default grid (2 decades lower lr, 2 decades higher wd), for auto grids.",
+                 "optimizer's default grid (half a decade below its lr range and above its wd range), "
+                 "for auto grids.",
                  num_classes=10, epochs=10, batch_size=64, synthetic=True),
     )
 }

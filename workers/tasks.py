@@ -392,8 +392,9 @@ class SyntheticTask(Task):
     learning rate or passed through the gradient: only lr*wd matters, so the best wd falls with
     slope -1 in lr), and z ~ N(0, 1) is deterministic in (optimizer, lr, wd, seed). The optimum
     is exactly (lr*, wd*) up to that noise. The centre is the geometric centre of the optimizer's
-    default grid moved by ``shift`` = (decades in lr, decades in wd); a shift beyond +-1.5
-    decades puts it outside the default grid (the ``synthetic_offgrid`` task, for auto grids).
+    default grid moved by ``shift`` = (decades in lr, decades in wd); or, with ``outside`` =
+    (d_lr, d_wd), it lies d_lr decades below the grid's smallest lr and d_wd decades above its
+    largest wd (the ``synthetic_offgrid`` task, for testing auto grids).
     ``lam`` is the raw wd, or lam_norm*sqrt(b/(B*T)) under ``wd_normalized`` with B = 1000.
 
     A run whose lr lies ``diverge_above`` decades or more above lr* diverges: its metrics are NaN
@@ -414,9 +415,10 @@ class SyntheticTask(Task):
         b: float = 0.04,
         sigma: float = 0.004,
         diverge_above: float = 1.2,
+        outside: tuple[float, float] | None = None,
     ) -> None:
         super().__init__(info)
-        self.shift = shift
+        self.shift, self.outside = shift, outside
         self.floor, self.a, self.b, self.sigma = floor, a, b, sigma
         self.diverge_above = diverge_above
 
@@ -427,6 +429,8 @@ class SyntheticTask(Task):
     def centre(self, optimizer: str) -> tuple[float, float]:
         """(lr*, wd*) for ``optimizer``."""
         grid = DEFAULT_GRIDS[optimizer]
+        if self.outside is not None:
+            return grid["lr"].min / 10 ** self.outside[0], grid["wd"].max * 10 ** self.outside[1]
         lr_c = 0.5 * (math.log10(grid["lr"].min) + math.log10(grid["lr"].max)) + self.shift[0]
         wd_c = 0.5 * (math.log10(grid["wd"].min) + math.log10(grid["wd"].max)) + self.shift[1]
         return 10.0**lr_c, 10.0**wd_c
@@ -486,4 +490,4 @@ register_task(DigitsTask(TASK_INFO["digits_mlp_bn"], batchnorm=True))
 register_task(Mnist5kTask(TASK_INFO["mnist5k_cnn"]))
 register_task(Cifar10Task(TASK_INFO["cifar10_resnet"]))
 register_task(SyntheticTask(TASK_INFO["synthetic"]))
-register_task(SyntheticTask(TASK_INFO["synthetic_offgrid"], shift=(-2.0, 2.0)))
+register_task(SyntheticTask(TASK_INFO["synthetic_offgrid"], outside=(0.5, 0.5)))
