@@ -12,6 +12,8 @@
 # on a host with G >= N GPUs use N different GPUs, and a replica beyond G exits with a message.
 #
 # DECOUPLE_GPU_COUNT overrides the detected GPU count (0 turns the GPU off for this worker).
+# DECOUPLE_RAY_START_ARGS adds `ray start` options for this node, e.g. `--num-cpus=8` when several
+# replicas share a host (each would otherwise offer Ray every CPU of the host).
 set -eu
 
 : "${RAY_ADDRESS:?RAY_ADDRESS must name the Ray head to join, e.g. ray-head:6379}"
@@ -47,5 +49,6 @@ if [ "$gpus" -gt 0 ]; then
 fi
 
 # The Ray daemons started here outlive `ray start`; they must not hold the GPU slot lock.
-ray start --address="$RAY_ADDRESS" --num-gpus="$ray_gpus" --disable-usage-stats 9>&-
+# shellcheck disable=SC2086 # DECOUPLE_RAY_START_ARGS is a list of options, split on purpose
+ray start --address="$RAY_ADDRESS" --num-gpus="$ray_gpus" --disable-usage-stats ${DECOUPLE_RAY_START_ARGS:-} 9>&-
 exec "$@"
