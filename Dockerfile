@@ -29,10 +29,11 @@ WORKDIR /app
 
 # The heavy, rarely changing layers first: torch from its own index, then the pinned Ray and the
 # rest of the dependencies read from pyproject.toml, so editing the code does not reinstall them.
+# ray[default] brings the dashboard and its agents, which the head and every node run.
 RUN pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}"
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
-    && pip install "ray[tune]==${RAY_VERSION}" -r /tmp/requirements.txt \
+    && pip install "ray[default,tune]==${RAY_VERSION}" -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 COPY README.md alembic.ini ./

@@ -333,7 +333,7 @@ def test_worker_entrypoint_joins_the_head_with_the_token_and_claims_a_free_gpu(m
     This test holds GPU slot 0 itself, as another replica would: the replica must take slot 1,
     join as a node offering 1 GPU, and run its command (a driver in place of ``decouple worker``)
     connected with the token. A replica beyond the slots is refused before touching Ray, and a
-    node with a wrong token is refused by the head.
+    caller with another token is refused by the head.
     """
     import fcntl
 
@@ -358,8 +358,15 @@ def test_worker_entrypoint_joins_the_head_with_the_token_and_claims_a_free_gpu(m
     try:
         started.append(subprocess.Popen(head_cmd, env=head_env, start_new_session=True,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        health = [a.replace("6379", str(port)) for a in s["ray-head"]["healthcheck"]["test"][1:]]
+        # Wait for the GCS port cheaply, then run the compose healthcheck (each try imports Ray).
         deadline = time.monotonic() + 60
+        while True:
+            assert started[0].poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        health = [a.replace("6379", str(port)) for a in s["ray-head"]["healthcheck"]["test"][1:]]
         while subprocess.run(health, env=head_env, capture_output=True, timeout=60).returncode != 0:
             assert started[0].poll() is None and time.monotonic() < deadline, "the Ray head did not become healthy"
             time.sleep(0.5)
@@ -379,7 +386,10 @@ def test_worker_entrypoint_joins_the_head_with_the_token_and_claims_a_free_gpu(m
             return p
 
         worker = replica({})
-        intruder = replica({"RAY_AUTH_TOKEN": uuid.uuid4().hex, "DECOUPLE_GPU_COUNT": "0"})
+        # The head's own healthcheck with another token: the cluster refuses the caller.
+        intruder = subprocess.Popen(health, env={**head_env, "RAY_AUTH_TOKEN": uuid.uuid4().hex},
+                                    start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        started.append(intruder)
         out = []
         while not (out and out[-1].startswith("JOINED")):  # the driver's line, after ray start's
             out.append(worker.stdout.readline())
@@ -393,8 +403,8 @@ def test_worker_entrypoint_joins_the_head_with_the_token_and_claims_a_free_gpu(m
         assert third.stderr == ("decouple-worker-entrypoint: all 2 GPUs of this host are taken by other "
                                 "worker containers; scale the workers to at most 2 per host\n")
 
-        assert intruder.wait(90) != 0
-        assert "InvalidAuthToken" in intruder.stderr.read()
+        assert intruder.wait(60) != 0
+        assert "InvalidAuthToken: Authentication token is missing or incorrect" in intruder.stderr.read()
 
         release.touch()
         assert worker.wait(30) == 0
