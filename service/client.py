@@ -114,7 +114,18 @@ class Api:
         headers = {"Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        return cls(url=url, token=token, http=httpx.Client(base_url=url, headers=headers, timeout=TIMEOUT))
+        try:
+            http = httpx.Client(base_url=url, headers=headers, timeout=TIMEOUT)
+        except httpx.InvalidURL as exc:
+            raise CliError(cls._bad_url(url, exc)) from None
+        return cls(url=url, token=token, http=http)
+
+    @staticmethod
+    def _bad_url(url: str, exc: Exception) -> str:
+        return (
+            f"invalid API URL {url!r} ({exc}): set DECOUPLE_API_URL or --api-url "
+            "to the server's address, e.g. http://host:8000"
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -129,10 +140,7 @@ class Api:
         try:
             response = self.http.request(method, path, **kwargs)
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise CliError(
-                f"invalid API URL {self.url!r} ({exc}): set DECOUPLE_API_URL or --api-url "
-                "to the server's address, e.g. http://host:8000"
-            ) from None
+            raise CliError(self._bad_url(self.url, exc)) from None
         except httpx.TransportError as exc:
             reason = str(exc) or type(exc).__name__
             raise CliError(

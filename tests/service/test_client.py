@@ -249,10 +249,11 @@ def test_unreachable_server_names_the_url_and_the_variable_without_a_traceback(t
     assert lines[0].endswith("): is `decouple serve` running there? Set DECOUPLE_API_URL or --api-url to its address")
 
 
-def test_a_url_without_scheme_is_named(capsys):
-    code, _, err = run(capsys, "status", "abc", "--api-url", "localhost:8000", "--token", "t")
+@pytest.mark.parametrize("url", ["localhost:8000", "http://[::1:8000"])  # refused on request / on parse
+def test_a_malformed_url_is_named(capsys, url):
+    code, _, err = run(capsys, "status", "abc", "--api-url", url, "--token", "t")
     assert code == 2
-    assert err.startswith("decouple: invalid API URL 'localhost:8000' (")
+    assert err.startswith(f"decouple: invalid API URL '{url}' (")
     assert err.endswith("set DECOUPLE_API_URL or --api-url to the server's address, e.g. http://host:8000\n")
 
 
