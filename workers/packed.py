@@ -519,6 +519,8 @@ class PackedRun:
 
     def train_epoch(self, epoch: int) -> dict[int, float]:
         """One epoch over the live rows; returns the train loss of each config live at its start."""
+        if not self.rows:  # every config has diverged: there is no data order to draw, nothing to train
+            return {}
         spec, data = self.spec, self.data
         n, b = data.n_train, spec.batch_size
         augment = spec.task.augment
