@@ -133,7 +133,8 @@ def axis_values(axis: Any) -> list[float]:
 class OptimizerSpec(_Spec):
     """One optimizer of the study and its lr x wd grid; an axis left out takes the default."""
 
-    name: str
+    # The enum documents the names; the validator below gives the friendlier message.
+    name: str = Field(json_schema_extra={"enum": list(OPTIMIZER_NAMES)})
     lr: GridAxis | None = None
     wd: GridAxis | None = None
 
@@ -234,14 +235,15 @@ class StudySpec(_Spec):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SPEC_EXAMPLE]})
 
     name: str = Field(min_length=1, max_length=200)
-    task: str
+    task: str = Field(json_schema_extra={"enum": user_task_names()})
     #: Default: the task's own budget (``GET /tasks``).
     epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, strict=True)
     batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE, strict=True)
     schedule: ScheduleSpec = Field(default_factory=lambda: ConstantSchedule(name="constant"))
     optimizers: list[OptimizerSpec] = Field(min_length=1)
     seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1, strict=True)]] = Field(
-        default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS
+        default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS,
+        json_schema_extra={"uniqueItems": True},
     )
     metric: Literal["val_error", "val_loss"] = "val_error"
     #: The wd axis holds lambda_norm; each trial uses lambda = lambda_norm*sqrt(b/(B*T)).

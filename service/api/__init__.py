@@ -15,9 +15,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from service.config import Settings, get_settings
 from service.db import check_schema_current, get_engine, translate_db_error
@@ -90,6 +93,43 @@ def install_error_handlers(app: FastAPI) -> None:
         if mapped is None:
             raise exc
         return await _domain_error(request, mapped)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # Starlette lists only the methods of the first route whose path matched; RFC 9110
+            # wants every method the resource supports (GET and POST /studies are two routes).
+            allowed = allowed_methods(request.app, request.scope)
+            headers = {**(exc.headers or {}), **({"Allow": ", ".join(allowed)} if allowed else {})}
+            return JSONResponse(status_code=405, content={"detail": exc.detail}, headers=headers)
+        reason = _UNREADABLE_BODY.get(type(exc.__cause__)) if exc.status_code == 400 else None
+        if reason is not None:  # FastAPI's 400 for a body json.loads could not take
+            errors = [{"field": "body", "message": f"invalid JSON ({reason})", "type": "json_invalid"}]
+            return JSONResponse(status_code=422, content={"detail": errors_summary(errors), "errors": errors})
+        return await http_exception_handler(request, exc)
+
+
+#: Why json.loads refused a body, by the exception FastAPI chains to its 400: answered as the 422
+#: every other malformed body gets.
+_UNREADABLE_BODY: dict[type, str] = {
+    RecursionError: "nested too deeply",  # deeper than the recursion limit, ~1,000 levels
+    UnicodeDecodeError: "not UTF-8",
+}
+
+
+def allowed_methods(app: FastAPI, scope: dict) -> list[str]:
+    """Every method the API documents for ``scope``'s path (HEAD wherever GET is)."""
+    table = getattr(app.state, "path_methods", None)
+    if table is None:  # built once, from the public OpenAPI document
+        table = app.state.path_methods = [
+            (compile_path(path)[0], {m.upper() for m in ops} | ({"HEAD"} if "get" in ops else set()))
+            for path, ops in app.openapi()["paths"].items()
+        ]
+    methods: set[str] = set()
+    for regex, ops in table:
+        if regex.match(scope["path"]):
+            methods |= ops
+    return sorted(methods)
 
 
 class RequestLimits:

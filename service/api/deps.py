@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 
@@ -50,3 +51,34 @@ def current_user(
 
 
 UserDep = Annotated[Principal, Depends(current_user)]
+
+
+def known_query_only(request: Request) -> None:
+    """422 for a query parameter the route does not declare.
+
+    FastAPI ignores unknown parameters, so a typo (``/studies?stauts=done``, ``?owner_name=x``)
+    would silently answer with every study; naming the stray parameter is kinder and matches how
+    unknown spec fields are treated.
+    """
+    route = request.scope.get("route")
+    if route is None or not request.query_params:
+        return
+    allowed = _declared_query(route)
+    unknown = [k for k in dict.fromkeys(request.query_params.keys()) if k not in allowed]
+    if unknown:
+        expected = ", ".join(sorted(allowed)) or "none"
+        raise RequestValidationError([
+            {"loc": ("query", k), "msg": f"unknown query parameter (expected: {expected})", "type": "extra_forbidden"}
+            for k in unknown
+        ])
+
+
+def _declared_query(route) -> set[str]:
+    """Query parameter names of the route and of its dependencies (a few objects to walk)."""
+    found: set[str] = set()
+    stack = [route.dependant]
+    while stack:
+        dependant = stack.pop()
+        found.update(p.alias for p in dependant.query_params)
+        stack.extend(dependant.dependencies)
+    return found

@@ -2,14 +2,15 @@
 
 from fastapi import APIRouter, Depends
 
-from service.api.deps import current_user
+from service.api.deps import current_user, known_query_only
 from service.api.responses import error_responses
 from service.api.routes import catalogue, health, pages, reports, studies
 
 api_router = APIRouter()
 # /health answers without a token: load balancers and `docker compose` probe it.
-api_router.include_router(health.router)
-_authenticated = [Depends(current_user)]
+api_router.include_router(health.router, dependencies=[Depends(known_query_only)])
+# Authentication first: without a token nothing else about the request is answered.
+_authenticated = [Depends(current_user), Depends(known_query_only)]
 _auth_errors = error_responses(401)
 api_router.include_router(catalogue.router, dependencies=_authenticated, responses=_auth_errors)
 api_router.include_router(studies.router, dependencies=_authenticated, responses=_auth_errors)
