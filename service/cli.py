@@ -32,8 +32,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    import logging
+
     from workers.worker import run_worker
 
+    # A long-running service: say what it claims and finishes (stderr, with times).
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("workers").setLevel(logging.INFO)
     return run_worker(once=args.once, ray_address=args.ray_address)
 
 
@@ -61,10 +66,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return report(args.id, as_json=args.json, html=args.html, api_url=args.api_url, token=args.token)
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from service.client import compare
+
+    return compare(args.ids, as_json=args.json, html=args.html, api_url=args.api_url, token=args.token)
+
+
 def _cmd_token_create(args: argparse.Namespace) -> int:
     from service.tokens import create_token_cli
 
     return create_token_cli(args.name, admin=args.admin)
+
+
+def _cmd_token_revoke(args: argparse.Namespace) -> int:
+    from service.tokens import revoke_token_cli
+
+    return revoke_token_cli(args.name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,12 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", default=None, metavar="FILE", help="write the report page to FILE")
     p.set_defaults(func=_cmd_report)
 
+    p = sub.add_parser("compare", parents=[client_args], help="finished studies side by side, with differences")
+    p.add_argument("ids", nargs="+", metavar="ID", help="two or more study ids; differences are against the first")
+    p.add_argument("--json", action="store_true", help="print the comparison JSON")
+    p.add_argument("--html", default=None, metavar="FILE", help="write the comparison page to FILE")
+    p.set_defaults(func=_cmd_compare)
+
     p = sub.add_parser("token", help="API tokens")
     tsub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     t = tsub.add_parser("create", help="print a new API token once (stored hashed)")
     t.add_argument("name")
     t.add_argument("--admin", action="store_true")
     t.set_defaults(func=_cmd_token_create)
+    t = tsub.add_parser("revoke", help="revoke every live token of NAME")
+    t.add_argument("name")
+    t.set_defaults(func=_cmd_token_revoke)
     return parser
 
 

@@ -316,3 +316,28 @@ def report(
         elif html is None:
             print_table(api.get_json(f"/studies/{id}/report"))
     return 0
+
+
+def compare(
+    ids: list[str], *, as_json: bool = False, html: str | None = None,
+    api_url: str | None = None, token: str | None = None,
+) -> int:
+    """``decouple compare ID ID... [--json] [--html FILE]``: finished studies side by side, each
+    measure's difference from the first study with its bootstrap interval (``GET /compare``)."""
+    from service.compare import format_compare
+
+    query = {"ids": ",".join(ids)}
+    with Api.open(api_url, token) as api:
+        if html is not None:
+            page = api.request("GET", "/compare.html", params=query).text
+            out = Path(html)
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(page, encoding="utf-8")
+            except OSError as exc:
+                raise CliError(f"cannot write the comparison page to {out}: {exc}") from None
+            _stderr(f"wrote the comparison page to {out}")
+        if as_json or html is None:
+            result = api._json(api.request("GET", "/compare", params=query))
+            print(json.dumps(result, indent=2) if as_json else format_compare(result))
+    return 0

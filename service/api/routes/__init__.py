@@ -4,7 +4,7 @@ from fastapi import APIRouter, Depends
 
 from service.api.deps import current_user, known_query_only
 from service.api.responses import error_responses
-from service.api.routes import catalogue, health, pages, reports, studies
+from service.api.routes import catalogue, compare, health, pages, reports, studies
 
 api_router = APIRouter()
 # /health answers without a token: load balancers and `docker compose` probe it.
@@ -16,3 +16,4 @@ api_router.include_router(catalogue.router, dependencies=_authenticated, respons
 api_router.include_router(studies.router, dependencies=_authenticated, responses=_auth_errors)
 api_router.include_router(reports.router, dependencies=_authenticated, responses=_auth_errors)
 api_router.include_router(pages.router, dependencies=_authenticated, responses=_auth_errors)
+api_router.include_router(compare.router, dependencies=_authenticated, responses=_auth_errors)
