@@ -80,3 +80,23 @@ def create_token_cli(name: str, admin: bool = False) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def revoke_token_cli(name: str) -> int:
+    """``decouple token revoke NAME``: revoke every live token of NAME (admin work, on the database)."""
+    from service.cli import CliError
+    from service.db import check_schema_current, get_engine, session_scope
+    from service.errors import DecoupleError
+
+    try:
+        check_name(name)
+        engine = get_engine()
+        check_schema_current(engine)
+        with session_scope(engine) as session:
+            n = revoke_tokens(session, name)
+    except (DecoupleError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    if n == 0:
+        raise CliError(f"no live token named {name!r}")
+    print(f"revoked {n} token{'s' if n != 1 else ''} of {name!r}", file=sys.stderr)
+    return 0

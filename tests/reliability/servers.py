@@ -1,0 +1,204 @@
+"""Real processes for the reliability tests and ``bench/api_load.py``: a private PostgreSQL
+cluster, ``decouple serve`` (uvicorn), ``decouple worker`` and a Ray head, all on loopback.
+
+Every process is started in a session of its own, so that stopping it (SIGTERM, then SIGKILL)
+takes its whole process group: uvicorn's or a worker's children, a Ray head's raylet and GCS.
+Nothing here touches a process it did not start, and nothing touches the machine's shared
+PostgreSQL server: :class:`PrivatePostgres` runs ``initdb``/``pg_ctl`` on a directory of its own,
+on a free port, with its socket in that directory.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy; AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """This process's environment without the project's settings, plus ``overrides``."""
+    env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("DECOUPLE_", "RAY_")) and k not in ("PYTHONPATH",)
+    }
+    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+    env.update(overrides)
+    return env
+
+
+class Process:
+    """A child process in its own session, its output in ``log``."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str], log: Path, cwd: Path | None = None) -> None:
+        self.args, self.log = args, log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._out = open(log, "ab")
+        self.popen = subprocess.Popen(
+            args, env=env, cwd=cwd or ROOT, stdout=self._out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill_group(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the whole process group (the child and everything it started)."""
+        try:
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.alive():
+            self.kill_group(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill_group(signal.SIGKILL)  # stragglers in the group, if any
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        self._out.close()
+
+    def output(self) -> str:
+        if not self._out.closed:
+            self._out.flush()
+        return self.log.read_text(errors="replace")
+
+
+# --- the API -------------------------------------------------------------------------------------
+
+
+def start_api(db_url: str, log: Path, *, auth: str = "required", port: int | None = None, **env: str) -> tuple[Process, str]:
+    """``decouple serve`` on a free port of 127.0.0.1; returns (process, base URL) once it answers."""
+    port = port or free_port()
+    proc = Process(
+        [PYTHON, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=clean_env(DECOUPLE_DATABASE_URL=db_url, DECOUPLE_AUTH=auth, DECOUPLE_DATA_DIR=str(log.parent), **env),
+        log=log,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.alive(), f"decouple serve exited:\n{proc.output()[-3000:]}"
+        try:
+            return httpx.get(f"{base}/health", timeout=2).status_code in (200, 503)
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for("decouple serve to answer", up, timeout=90)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, base
+
+
+# --- a private PostgreSQL cluster ----------------------------------------------------------------
+
+
+def pg_bin() -> Path | None:
+    """The directory of PostgreSQL's server programs (initdb, pg_ctl), or None."""
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(Path(d).parent.name))
+    return Path(dirs[-1]) if dirs else None
+
+
+class PrivatePostgres:
+    """A throw-away PostgreSQL cluster under ``root``, listening on 127.0.0.1:``port`` only.
+
+    initdb refuses to run as root; as root the cluster belongs to the ``postgres`` system user
+    (its programs are run with ``runuser``). Stop and start at will; :meth:`destroy` stops it
+    and removes its files.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.bin = pg_bin()
+        if self.bin is None:
+            raise RuntimeError("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
+        self.root = root
+        self.data = root / "data"
+        self.port = free_port()
+        self.running = False
+        root.mkdir(parents=True, exist_ok=True)
+        self._as_postgres = os.geteuid() == 0
+        if self._as_postgres:
+            shutil.chown(root, "postgres")
+        self._run(["initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def conninfo(self) -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres connect_timeout=5"
+
+    def _run(self, args: list[str]) -> None:
+        cmd = [str(self.bin / args[0]), *args[1:]]
+        if self._as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.root)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c full_page_writes=off -c synchronous_commit=off -c max_connections=200"
+        )
+        self._run(["pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"), "-w", "-t", "60", "start"])
+        self.running = True
+
+    def stop(self) -> None:
+        """A fast shutdown: every session is disconnected at once, as in a crash of the server."""
+        self._run(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop"])
+        self.running = False
+
+    def destroy(self) -> None:
+        if self.running:
+            try:
+                self.stop()
+            except RuntimeError:
+                self._run(["pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"])
+        shutil.rmtree(self.root, ignore_errors=True)
