@@ -7,10 +7,17 @@ the rest of the code calls only the functions below, so a Ray upgrade touches th
 A local Ray (no ``RAY_ADDRESS``) keeps everything it writes under ``<data dir>/ray``: its temp
 and session folders, Tune's results, and the cluster's auth token (Ray 2.60 would otherwise write
 ``~/.ray/auth_token``); usage statistics are off.
+
+One exception, forced by the kernel: Ray puts its Unix sockets in the temp folder, at
+``<temp>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store``, and a Unix socket path may not
+exceed 107 bytes. When ``<data dir>/ray/tmp`` is longer than :data:`MAX_TEMP_DIR_CHARS`, Ray is
+given a short symbolic link ``/tmp/decouple-ray-<uid>-<hash>`` to it instead: the link is the only
+thing outside the data directory, and everything still lands inside it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -38,6 +45,37 @@ def _prepare_local_state(state_dir: Path) -> None:
     os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(token_path))
 
 
+#: Longest temp folder Ray can use: 107 bytes of AF_UNIX path minus the 66 its session folder and
+#: socket names may take (``/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store.1``).
+MAX_TEMP_DIR_CHARS = 107 - 66
+
+
+def _short_temp_dir(target: Path) -> Path:
+    """``target`` itself if Ray's sockets fit under it, else a short symbolic link to it in /tmp.
+
+    The link's name holds the user id and a hash of ``target``, so each data directory gets its
+    own and reuses it; a link that exists but is not this user's or points elsewhere is an error
+    rather than a place to write to.
+    """
+    target = target.resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    if len(str(target)) <= MAX_TEMP_DIR_CHARS:
+        return target
+    digest = hashlib.sha256(str(target).encode()).hexdigest()[:12]
+    link = Path("/tmp") / f"decouple-ray-{os.getuid()}-{digest}"
+    try:
+        link.symlink_to(target, target_is_directory=True)
+    except FileExistsError:
+        pass
+    st = link.lstat()
+    if not (link.is_symlink() and st.st_uid == os.getuid() and Path(os.readlink(link)) == target):
+        raise RuntimeError(
+            f"{link} exists and is not this user's link to {target}; remove it, or use a shorter "
+            f"DECOUPLE_DATA_DIR (Ray's temp folder must be at most {MAX_TEMP_DIR_CHARS} characters)"
+        )
+    return link
+
+
 def _refresh_auth_mode() -> None:
     """Ray caches RAY_AUTH_MODE when first imported; re-read it if Ray was imported earlier."""
     try:
@@ -48,11 +86,16 @@ def _refresh_auth_mode() -> None:
         _enable_token_auth()
 
 
+#: Whether this process started the Ray it is connected to (its trials share this machine's files).
+_local = False
+
+
 def ensure_ray(address: str | None, state_dir: Path, *, num_cpus: int | None = None) -> dict[str, float]:
     """Connect to the cluster at ``address``, or start a local one; return its resources.
 
     Idempotent: a process already connected keeps its connection.
     """
+    global _local
     if not address:
         _prepare_local_state(state_dir)  # before Ray reads its auth settings
     import ray
@@ -65,11 +108,17 @@ def ensure_ray(address: str | None, state_dir: Path, *, num_cpus: int | None = N
             ray.init(
                 num_cpus=num_cpus,
                 include_dashboard=False,
-                _temp_dir=str(state_dir / "tmp"),
+                _temp_dir=str(_short_temp_dir(state_dir / "tmp")),
                 log_to_driver=False,
                 logging_level=logging.WARNING,
             )
+            _local = True
     return cluster_resources()
+
+
+def is_local() -> bool:
+    """True when this process started its Ray: trials see the same file system and settings."""
+    return _local
 
 
 def cluster_resources() -> dict[str, float]:
@@ -79,10 +128,12 @@ def cluster_resources() -> dict[str, float]:
 
 
 def shutdown() -> None:
+    global _local
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+    _local = False
 
 
 def report(metrics: dict[str, Any]) -> None:
