@@ -13,6 +13,7 @@ the claim (another worker took the study over after the lease expired).
 from __future__ import annotations
 
 import logging
+import os
 from functools import lru_cache
 from typing import Any
 
@@ -41,6 +42,8 @@ def execute_block(block: dict[str, Any], db_url: str) -> dict[str, Any]:
     from service.models import Trial
     from workers.packed import TrainingStopped, TrialConfig, train_block
 
+    if block.get("data_dir"):
+        os.environ["DECOUPLE_DATA_DIR"] = block["data_dir"]  # where workers.tasks finds data sets
     engine = _engine(db_url)
     study_id, worker_id = block["study_id"], block["worker_id"]
     ids = [int(t[0]) for t in block["trials"]]

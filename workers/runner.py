@@ -125,6 +125,11 @@ def run_study(engine, study_id: str, worker_id: str, settings: Settings) -> str:
         "wd_normalized": bool(spec.get("wd_normalized", False)),
         "decay_on": spec.get("decay_on", "all"),
     }
+    if ray_adapter.is_local():
+        # Trials on this machine read data sets (CIFAR-10) from this worker's data directory,
+        # whatever the environment Ray's processes were started with; a remote cluster's nodes
+        # use their own DECOUPLE_DATA_DIR.
+        base["data_dir"] = str(settings.data_dir.resolve())
     configs = [
         {**base, "optimizer": b.optimizer, "trials": [list(t) for t in b.trials]} for b in blocks
     ]
