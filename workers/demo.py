@@ -8,6 +8,7 @@ the self-contained report page. ``--quick`` is a 4x4 grid, one seed, 8 epochs: a
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -80,6 +81,9 @@ def run_demo(out: str | Path = "demo-report", quick: bool = False) -> int:
     from workers.worker import run_worker
 
     settings = get_settings()
+    # Matplotlib (the report's heat maps) would keep its font cache in ~/.cache and ~/.config;
+    # the demo writes only to the data directory and DIR.
+    os.environ.setdefault("MPLCONFIGDIR", str(settings.data_dir.resolve() / "matplotlib"))
     upgrade_to_head(settings.database_url)
     engine = make_engine(settings.database_url)
     spec = StudySpec.model_validate(demo_spec(quick), context={"max_trials": settings.max_trials})
