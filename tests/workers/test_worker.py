@@ -1,0 +1,356 @@
+"""The worker end to end: API -> queue -> `decouple worker` on a real local Ray -> database.
+
+Everything is real: SQLite and PostgreSQL (the ``db_url`` fixture), Ray Tune with its own
+processes, the packed trainer (``digits_mlp``) or the analytic ``synthetic`` task where a test
+needs many cheap epochs (each epoch is still a real database write and ownership check). One
+local Ray serves the in-process tests of this module; the subprocess tests start their own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from service.db import session_scope
+from service.models import CurvePoint, Study, Trial
+from workers import ray_adapter
+from workers.runner import BLOCK_RETRIES
+from workers.worker import run_worker
+
+DECOUPLE = str(Path(sys.executable).with_name("decouple"))
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """One local Ray (2 CPUs) for the module: start-up costs seconds, tests reuse it."""
+    state = tmp_path_factory.mktemp("ray-state")
+    resources = ray_adapter.ensure_ray(None, state, num_cpus=2)
+    yield resources
+    ray_adapter.shutdown()
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def trial_rows(engine, study_id: str) -> list[Trial]:
+    with session_scope(engine, read_only=True) as s:
+        return list(s.scalars(select(Trial).where(Trial.study_id == study_id).order_by(Trial.id)))
+
+
+def curve_epochs(engine, study_id: str) -> dict[int, list[int]]:
+    """{trial id: [epochs recorded, ascending]} for every trial of the study."""
+    with session_scope(engine, read_only=True) as s:
+        ids = list(s.scalars(select(Trial.id).where(Trial.study_id == study_id)))
+        out: dict[int, list[int]] = {i: [] for i in ids}
+        rows = s.execute(
+            select(CurvePoint.trial_id, CurvePoint.epoch)
+            .where(CurvePoint.trial_id.in_(ids)).order_by(CurvePoint.trial_id, CurvePoint.epoch)
+        )
+        for tid, epoch in rows:
+            out[tid].append(epoch)
+    return out
+
+
+def synthetic_spec(name: str, epochs: int, optimizers=("adamw",), lr_num: int = 2, wd_num: int = 2,
+                   seeds=(0,)) -> dict:
+    """A study of the analytic task: no training, but every epoch is a real database write."""
+    return {
+        "name": name, "task": "synthetic", "epochs": epochs, "batch_size": 64,
+        "schedule": {"name": "cosine"},
+        "optimizers": [
+            {"name": o, "lr": {"min": 1e-3, "max": 1e-2 if lr_num > 1 else 1e-3, "num": lr_num},
+             "wd": {"min": 1e-4, "max": 1e-3 if wd_num > 1 else 1e-4, "num": wd_num}}
+            for o in optimizers
+        ],
+        "seeds": list(seeds), "metric": "val_error",
+    }
+
+
+def submit(client, spec: dict) -> str:
+    r = client.post("/studies", json=spec)
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+# --- submit, run once, everything recorded ---------------------------------------------------------
+
+
+def test_submit_then_worker_once_trains_every_trial(client, settings, engine, local_ray):
+    # sgd at lr 1000 blows up within the first epoch; lr 0.01 trains normally.
+    spec = {
+        "name": "worker end to end", "task": "digits_mlp", "epochs": 3, "batch_size": 64,
+        "schedule": {"name": "cosine"},
+        "optimizers": [{"name": "sgd", "lr": {"min": 0.01, "max": 1000.0, "num": 3},
+                        "wd": {"min": 1e-4, "max": 1e-4, "num": 1}}],
+        "seeds": [0, 1], "metric": "val_error",
+    }
+    r = client.post("/studies", json=spec)
+    assert r.status_code == 201, r.text
+    study_id = r.json()["id"]
+    assert r.json()["trials_total"] == 6
+
+    started: list[str] = []
+    assert run_worker(once=True, settings=settings, worker_id="w-e2e", on_study_start=started.append) == 0
+    assert started == [study_id]
+
+    study = client.get(f"/studies/{study_id}").json()
+    assert study["status"] == "done"
+    assert study["progress"] == {"trials_total": 6, "trials_done": 6, "trials_failed": 0}
+    assert study["claimed_by"] == "w-e2e" and study["attempts"] == 1
+
+    trials = client.get(f"/studies/{study_id}/trials").json()["data"]
+    assert len(trials) == 6
+    by_lr = {}
+    for t in trials:
+        assert t["status"] == "done" and t["worker"] == "w-e2e" and t["attempts"] == 1
+        assert t["error"] is None and t["finished_at"] is not None
+        by_lr.setdefault(t["lr_index"], []).append(t)
+        curve = client.get(f"/studies/{study_id}/trials/{t['id']}/curve").json()["points"]
+        assert [p["epoch"] for p in curve] == [0, 1, 2]
+        if t["diverged"]:
+            # Explicitly diverged: the epoch is recorded and the non-finite metrics come back null.
+            assert 0 <= t["diverged_epoch"] < 3
+            assert t["val_loss"] is None
+            assert all(p["train_loss"] is None for p in curve[t["diverged_epoch"] + 1:])
+        else:
+            assert t["diverged_epoch"] is None
+            for key in ("train_loss", "val_loss", "val_error"):
+                assert math.isfinite(t[key]), (key, t)
+            assert curve[-1]["val_error"] == t["val_error"] and curve[-1]["val_loss"] == t["val_loss"]
+    assert all(not t["diverged"] and t["val_error"] < 0.5 for t in by_lr[0])  # lr 0.01 learns
+    assert all(t["diverged"] for t in by_lr[2])  # lr 1000 diverges
+
+    # The database keeps the non-finite values themselves, not just "null".
+    for t in trial_rows(engine, study_id):
+        if t.diverged:
+            assert not math.isfinite(t.val_loss)
+
+
+# --- a worker killed mid-study; a second one finishes it -----------------------------------------
+
+
+def worker_env(tmp_path: Path, db_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `decouple worker` subprocess: settings from variables, nothing else.
+
+    Ray variables of this process (its own local cluster's auth token path) are left out, and
+    HOME is an empty folder, so the subprocess shows what a worker does on its own.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DECOUPLE_"))}
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env.update(HOME=str(home), DECOUPLE_DATABASE_URL=db_url, DECOUPLE_DATA_DIR=str(data_dir),
+               PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids of live (not zombie) processes in session ``sid``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, session = fields[0], int(fields[3])
+        if session == sid and state != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL a worker started with ``start_new_session`` and every process of its session.
+
+    Killing its process group is not enough: Ray's trial processes run in process groups of their
+    own (same session), and they outlive the raylet, finishing their block unsupervised. Repeated
+    until the session is empty, in case one was being started meanwhile.
+    """
+
+    def kill_all() -> bool:
+        members = session_members(proc.pid)
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return not members
+
+    wait_for(kill_all, 30, f"the processes of session {proc.pid} to exit", interval=0.2)
+    proc.wait(timeout=30)
+
+
+def status_counts(engine, study_id: str) -> dict[str, int]:
+    with session_scope(engine, read_only=True) as s:
+        rows = s.execute(
+            select(Trial.status, func.count()).where(Trial.study_id == study_id).group_by(Trial.status)
+        )
+        return {status: int(n) for status, n in rows}
+
+
+# The team case (PostgreSQL, row locks); the lease logic itself is the same on SQLite.
+@pytest.mark.parametrize("empty_db_url", [pytest.param("postgresql", marks=pytest.mark.pg)], indirect=True)
+def test_killed_worker_study_is_finished_by_another_without_rerunning(
+    client, engine, db_url, tmp_path
+):
+    # Three optimizers x 2 x 2 cells = three blocks on two Ray slots: the third starts when one
+    # of the first two has finished, so there is a moment with trials done and trials running.
+    epochs = 300
+    spec = synthetic_spec("killed worker", epochs, optimizers=("adam", "adamw", "sgdw"))
+    study_id = submit(client, spec)
+    host = socket.gethostname()
+
+    env1 = worker_env(tmp_path, db_url, tmp_path / "data1", DECOUPLE_LEASE_SECONDS="3")
+    log1 = open(tmp_path / "worker1.log", "w")
+    w1 = subprocess.Popen([DECOUPLE, "worker"], cwd=tmp_path, env=env1, stdout=log1,
+                          stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(
+            lambda: (c := status_counts(engine, study_id)).get("done") and c.get("running") and c,
+            120, "some trials done and some running",
+        )
+    finally:
+        kill_session(w1)
+        log1.close()
+
+    at_kill = {t.id: t for t in trial_rows(engine, study_id)}
+    done1 = {i for i, t in at_kill.items() if t.status == "done"}
+    running1 = {i for i, t in at_kill.items() if t.status == "running"}
+    assert done1 and running1, [(t.id, t.status, t.worker) for t in at_kill.values()]
+    for i in done1:
+        assert at_kill[i].worker.startswith(f"{host}:{w1.pid}:") and at_kill[i].attempts == 1
+
+    # The dead worker's lease runs out; only then may another worker take the study.
+    def lease_expired():
+        with session_scope(engine, read_only=True) as s:
+            st = s.get(Study, study_id)
+            return st.status == "running" and st.lease_expires_at < datetime.now(UTC)
+
+    wait_for(lease_expired, 10, "the dead worker's lease to expire")
+    env2 = worker_env(tmp_path, db_url, tmp_path / "data2", DECOUPLE_LEASE_SECONDS="3")
+    w2 = subprocess.Popen([DECOUPLE, "worker", "--once"], cwd=tmp_path, env=env2,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+    try:
+        out, _ = w2.communicate(timeout=180)
+    finally:
+        kill_session(w2)
+    assert w2.returncode == 0, out
+    assert f"study {study_id}: {len(at_kill) - len(done1)} pending trials in" in out, out
+
+    study = client.get(f"/studies/{study_id}").json()
+    assert study["status"] == "done" and study["attempts"] == 2, study
+    assert study["claimed_by"].startswith(f"{host}:{w2.pid}:")
+    after = {t.id: t for t in trial_rows(engine, study_id)}
+    assert len(after) == 3 * 2 * 2 and set(after) == set(at_kill)
+    assert all(t.status == "done" for t in after.values())
+    for i, t in after.items():
+        if i in done1:  # recorded by the first worker: untouched
+            assert (t.worker, t.finished_at, t.attempts) == (at_kill[i].worker, at_kill[i].finished_at, 1)
+        else:
+            assert t.worker.startswith(f"{host}:{w2.pid}:")
+            assert t.attempts == (2 if i in running1 else 1)
+    # The second worker's Tune experiment held exactly the trials not done, each once.
+    import json
+
+    results = tmp_path / "data2" / "ray" / "results" / f"study-{study_id}"
+    ran = [t[0] for p in results.glob("*/params.json") for t in json.loads(p.read_text())["block"]["trials"]]
+    assert sorted(ran) == sorted(set(at_kill) - done1)
+    assert all(e == list(range(epochs)) for e in curve_epochs(engine, study_id).values())
+
+
+# --- cancel mid-run ----------------------------------------------------------------------------------
+
+
+def test_cancel_mid_run_stops_within_an_epoch_and_the_worker_goes_on(client, engine, settings, local_ray):
+    # One trial (one block, one Ray process) each: enough to see the stop and the next claim.
+    long_id = submit(client, synthetic_spec("to cancel", 10_000, lr_num=1, wd_num=1))
+    next_id = submit(client, synthetic_spec("next", 3, lr_num=1, wd_num=1))
+
+    exit_codes: list[int] = []
+    worker = threading.Thread(
+        target=lambda: exit_codes.append(run_worker(once=True, settings=settings, worker_id="w-cancel"))
+    )
+    worker.start()
+    try:
+        # Both blocks of the long study are training (every trial has written a few epochs).
+        wait_for(lambda: all(len(e) >= 3 for e in curve_epochs(engine, long_id).values()), 120,
+                 "every trial of the long study to record 3 epochs")
+        r = client.post(f"/studies/{long_id}/cancel")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+        at_cancel = {i: e[-1] for i, e in curve_epochs(engine, long_id).items()}
+    finally:
+        worker.join(timeout=120)
+    assert not worker.is_alive() and exit_codes == [0]
+
+    # Each block noticed at its next epoch's ownership check: at most the epoch in flight when
+    # the cancel committed (on PostgreSQL it may commit after the read above) and one more.
+    final = {i: e[-1] for i, e in curve_epochs(engine, long_id).items()}
+    assert all(0 <= final[i] - at_cancel[i] <= 2 for i in final), (at_cancel, final)
+    long_study = client.get(f"/studies/{long_id}").json()
+    assert long_study["status"] == "cancelled"
+    assert long_study["progress"] == {"trials_total": 1, "trials_done": 0, "trials_failed": 0}
+    assert all(t["status"] != "done" and t["finished_at"] is None
+               for t in client.get(f"/studies/{long_id}/trials").json()["data"])
+
+    nxt = client.get(f"/studies/{next_id}").json()
+    assert nxt["status"] == "done" and nxt["claimed_by"] == "w-cancel"
+    assert nxt["progress"] == {"trials_total": 1, "trials_done": 1, "trials_failed": 0}
+    assert all(e == [0, 1, 2] for e in curve_epochs(engine, next_id).values())
+
+
+# --- a block that raises -----------------------------------------------------------------------------
+
+
+# Backend-neutral (the store's fail_trials is tested on both): SQLite only, as each retry is a
+# fresh Ray process importing torch.
+@pytest.mark.parametrize("empty_db_url", ["sqlite"], indirect=True)
+def test_failing_block_is_retried_then_its_trials_fail_and_the_study_finishes(
+    client, engine, settings, local_ray
+):
+    # A real failure: CIFAR-10 is not in the worker's data directory. One trial, so one block
+    # and one Ray process per attempt.
+    spec = {
+        "name": "no data", "task": "cifar10_resnet", "epochs": 1, "batch_size": 128,
+        "optimizers": [{"name": "adamw", "lr": {"min": 1e-3, "max": 1e-3, "num": 1},
+                        "wd": {"min": 1e-4, "max": 1e-4, "num": 1}}],
+        "seeds": [0],
+    }
+    study_id = submit(client, spec)
+    assert run_worker(once=True, settings=settings, worker_id="w-fail") == 0
+
+    study = client.get(f"/studies/{study_id}").json()
+    assert study["status"] == "done" and study["last_error"] is None
+    assert study["progress"] == {"trials_total": 1, "trials_done": 0, "trials_failed": 1}
+    data_dir = settings.data_dir.resolve()
+    for t in client.get(f"/studies/{study_id}/trials").json()["data"]:
+        assert t["status"] == "failed" and t["attempts"] == 1 + BLOCK_RETRIES
+        assert t["error"].startswith(f"block failed after {BLOCK_RETRIES} retries: ")
+        assert f"CIFAR-10 not found under DECOUPLE_DATA_DIR={data_dir}: missing data_batch_1" in t["error"]
+
+    report = client.get(f"/studies/{study_id}/report").json()
+    assert report["status"] == "done" and report["partial"] is False
+    (entry,) = report["optimizers"]
+    assert entry["trials"] == {"total": 1, "done": 0, "failed": 1, "diverged": 0, "pending": 0}
+    assert entry["grid"]["seeds"] == [[0]] and entry["grid"]["value"] == [[None]]
+    assert "1 trial(s) failed (an error, not divergence) and are left out of the averages." in entry["warnings"]
