@@ -15,6 +15,8 @@ _auth_errors = error_responses(401)
 api_router.include_router(catalogue.router, dependencies=_authenticated, responses=_auth_errors)
 api_router.include_router(studies.router, dependencies=_authenticated, responses=_auth_errors)
 api_router.include_router(reports.router, dependencies=_authenticated, responses=_auth_errors)
-api_router.include_router(pages.router, dependencies=_authenticated, responses=_auth_errors)
+# The team page answers a browser without a token (it cannot send one on a page load) but then
+# holds no data: it asks for the token and fetches everything else with it (routes/pages.py).
+api_router.include_router(pages.router, dependencies=[Depends(known_query_only)])
 api_router.include_router(compare.router, dependencies=_authenticated, responses=_auth_errors)
 api_router.include_router(tokens.router, dependencies=_authenticated, responses=_auth_errors)

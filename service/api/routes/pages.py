@@ -1,90 +1,236 @@
-"""``GET /``: the team's page, every study with status, progress, owner and links (server-rendered)."""
+"""``GET /``: the team's page, every study with status, live progress, owner, age and links.
+
+One page, no front-end build: the HTML is rendered here, and a small inline script
+(``service/api/static/team.js``) keeps it live by polling ``GET /studies`` every
+:data:`POLL_SECONDS` seconds, rendering the same markup as :func:`study_row`.
+
+Authentication. A browser cannot put ``Authorization: Bearer`` on a page load, so with
+``DECOUPLE_AUTH=required`` the page itself answers without a token, but then holds no data: it
+asks for a token, keeps it in the tab's ``sessionStorage`` and sends it with every fetch. Every data
+endpoint still requires the token. The report, JSON and CSV links are fetched by the script with
+the header and opened as ``blob:`` URLs, so the token never travels in a URL (where logs, history
+and ``Referer`` would keep it) and the API needs no second way to authenticate. A request that does
+send a valid token (``curl -H``), and every request with auth off, gets the rows rendered here, so
+the page reads without JavaScript too; an invalid token is a 401, as anywhere else.
+
+Every user-supplied string is escaped here and reaches the DOM as text in the script; the
+Content-Security-Policy runs only the page's own script (by its SHA-256), so a study name that
+is HTML stays text even if that ever slipped. Styles may be inline because the report page opened
+from a ``blob:`` URL inherits this policy and carries its own ``<style>``.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+from datetime import UTC, datetime
 from html import escape
-from typing import Annotated
-from urllib.parse import urlencode
+from pathlib import Path
+from typing import Annotated, get_args
+from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
+from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.security.utils import get_authorization_scheme_param
 
 from service import store
-from service.api.deps import EngineDep
+from service.api.deps import EngineDep, SettingsDep, current_user
 from service.api.responses import error_responses
 from service.api.routes.studies import MAX_INT32, StatusFilter
 from service.db import session_scope
 from service.models import Study
+from service.store import Principal
 
 router = APIRouter(tags=["pages"])
 
 PAGE_SIZE = 100
+POLL_SECONDS = 3
+STATUSES: tuple[str, ...] = get_args(StatusFilter)
 
-_STYLE = """
-body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:72rem;padding:0 1rem;color:#222}
-h1{font-size:1.4rem;margin-bottom:.2rem} p.sub{color:#666;margin-top:0}
-table{border-collapse:collapse;width:100%} th,td{text-align:left;padding:.35rem .6rem;border-bottom:1px solid #ddd}
-th{background:#f6f6f6} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.status{padding:.05rem .45rem;border-radius:.6rem;font-size:.85em;background:#eee}
-.queued{background:#eef} .running{background:#ffd} .done{background:#dfd} .failed{background:#fdd} .cancelled{background:#eee;color:#777}
-progress{width:7rem} nav{margin:1rem 0}
-"""
+_STATIC = Path(__file__).resolve().parent.parent / "static"
+SCRIPT = (_STATIC / "team.js").read_text(encoding="utf-8")
+STYLE = (_STATIC / "team.css").read_text(encoding="utf-8")
+assert "</" not in SCRIPT and "</" not in STYLE, "inlined assets must not close their own tag"
 
 
-def _row(study: Study, prog: store.StudyProgress) -> str:
-    sid = escape(study.id)
-    total = max(prog.trials_total, 1)
-    failed = f" ({prog.trials_failed} failed)" if prog.trials_failed else ""
+def csp_hash(source: str) -> str:
+    """The CSP source expression allowing exactly this inline script (CSP Level 2 hash)."""
+    return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode("utf-8")).digest()).decode() + "'"
+
+
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'none'",
+    f"script-src {csp_hash(SCRIPT)}",
+    "style-src 'unsafe-inline'",
+    "img-src data: blob:",  # the report's heat maps are data: PNGs
+    "connect-src 'self'",
+    "form-action 'self'",
+    "base-uri 'none'",
+    "frame-ancestors 'none'",
+])
+HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+def page_viewer(request: Request, settings: SettingsDep, engine: EngineDep) -> Principal | None:
+    """Who may see the rows: anyone with auth off, a valid token's holder (401 for an invalid
+    one); ``None`` when auth is required and no token came, i.e. a browser loading the page.
+
+    The header is read here rather than through ``HTTPBearer`` so that the OpenAPI document does
+    not list ``/`` as requiring a token: it does not (the page without rows is public).
+    """
+    if settings.auth == "off":
+        return current_user(settings, engine, None)
+    scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return current_user(settings, engine, HTTPAuthorizationCredentials(scheme=scheme, credentials=token))
+
+
+# --- rendering (team.js renders the same markup from GET /studies) -------------------------------
+
+
+def page_url(status: str | None = None, owner: str | None = None, offset: int = 0) -> str:
+    query = {k: v for k, v in (("status", status), ("owner", owner), ("offset", offset)) if v}
+    return "/?" + urlencode(query) if query else "/"
+
+
+def age_text(then: datetime, now: datetime) -> str:
+    seconds = max(0.0, (now - then).total_seconds())
+    if seconds < 60:
+        return "just now"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min ago"
+    if seconds < 172_800:
+        return f"{int(seconds // 3600)} h ago"
+    return f"{int(seconds // 86_400)} d ago"
+
+
+def _percent(n: int, total: int) -> str:
+    return f"{100 * n / max(total, 1):.1f}%"
+
+
+def study_row(study: Study, prog: store.StudyProgress, *, status: str | None, owner: str | None,
+              now: datetime) -> str:
+    """One table row: name (opens the report), status, progress bar, owner, task, age, links."""
+    e = escape
+    base = f"/studies/{quote(study.id, safe='')}"
+    done, failed, total = prog.trials_done, prog.trials_failed, prog.trials_total
+    failed_note = f'<span class="failed"> · {failed} failed</span>' if failed else ""
     return (
-        "<tr>"
-        f'<td><a href="/studies/{sid}/report.html">{escape(study.name)}</a></td>'
-        f'<td><span class="status {escape(study.status)}">{escape(study.status)}</span></td>'
-        f'<td><progress max="{total}" value="{prog.trials_done}"></progress> '
-        f"{prog.trials_done}/{prog.trials_total}{escape(failed)}</td>"
-        f"<td>{escape(study.owner)}</td>"
-        f"<td>{escape(study.spec.get('task', ''))}</td>"
-        f"<td>{escape(study.created_at.strftime('%Y-%m-%d %H:%M UTC'))}</td>"
-        f'<td><a href="/studies/{sid}/report.html">report</a> · '
-        f'<a href="/studies/{sid}/report">json</a> · '
-        f'<a href="/studies/{sid}/trials?format=csv">csv</a></td>'
+        f'<tr data-id="{e(study.id)}">'
+        f'<td class="name"><a href="{e(base)}/report.html" data-open="tab">{e(study.name)}</a></td>'
+        f'<td><a class="status {e(study.status)}" href="{e(page_url(study.status, owner))}" data-nav=""'
+        f' title="show only {e(study.status)} studies">{e(study.status)}</a></td>'
+        f'<td class="progress"><span class="bar" role="progressbar" aria-valuemin="0"'
+        f' aria-valuemax="{total}" aria-valuenow="{done}" title="{done} done, {failed} failed, of {total}">'
+        f'<span class="ok" style="width: {_percent(done, total)};"></span>'
+        f'<span class="bad" style="width: {_percent(failed, total)};"></span></span>'
+        f'<span class="count">{done}/{total}</span>{failed_note}</td>'
+        f'<td><a class="owner" href="{e(page_url(status, study.owner))}" data-nav=""'
+        f' title="show only studies of {e(study.owner)}">{e(study.owner)}</a></td>'
+        f"<td>{e(str(study.spec.get('task', '')))}</td>"
+        f'<td><time datetime="{e(study.created_at.isoformat())}"'
+        f' title="{e(study.created_at.strftime("%Y-%m-%d %H:%M UTC"))}">{age_text(study.created_at, now)}</time></td>'
+        f'<td class="links"><a href="{e(base)}/report.html" data-open="tab">report</a> · '
+        f'<a href="{e(base)}/report" data-open="tab">json</a> · '
+        f'<a href="{e(base)}/trials?format=csv" data-open="download">csv</a></td>'
         "</tr>"
     )
 
 
-@router.get("/", response_class=HTMLResponse, responses=error_responses(422, 503))
+def _empty_row(filtered: bool) -> str:
+    text = ("No studies match these filters." if filtered
+            else "No studies yet: submit one with decouple submit SPEC, or POST /studies.")
+    return f'<tr><td class="empty" colspan="7">{escape(text)}</td></tr>'
+
+
+def _chips(status: str | None, owner: str | None) -> str:
+    chips = ['<span class="label">status</span>']
+    for s in ("", *STATUSES):
+        cls = "chip on" if s == (status or "") else "chip"
+        chips.append(f'<a class="{cls}" href="{escape(page_url(s, owner))}" data-nav="">{s or "all"}</a>')
+    return "".join(chips)
+
+
+def _pager(count: int, shown: int, status: str | None, owner: str | None, offset: int) -> str:
+    parts = []
+    if offset > 0:
+        href = page_url(status, owner, max(0, offset - PAGE_SIZE))
+        parts.append(f'<a href="{escape(href)}" data-nav="">← newer</a>')
+    if shown:
+        parts.append(f"<span>{offset + 1}–{offset + shown} of {count}</span>")
+    if offset + PAGE_SIZE < count:
+        parts.append(f'<a href="{escape(page_url(status, owner, offset + PAGE_SIZE))}" data-nav="">older →</a>')
+    return "".join(parts)
+
+
+def render_page(*, auth: str, rows: str | None, count: int | None, status: str | None,
+                owner: str | None, pager: str) -> str:
+    """The page; ``rows`` is None when the viewer is not known yet (the script asks for a token)."""
+    shell = rows is None
+    hidden = " hidden" if shell else ""
+    count_text = "" if count is None else f"{count} {'study' if count == 1 else 'studies'}"
+    noscript = (
+        "<noscript><p>With authentication on, this page needs JavaScript to send your token; "
+        "the API and <code>decouple status</code> work without it.</p></noscript>" if shell else ""
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Decouple Lab: studies</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">
+<style>{STYLE}</style></head>
+<body data-auth="{escape(auth)}" data-page-size="{PAGE_SIZE}" data-poll-ms="{POLL_SECONDS * 1000}">
+<header><div><h1>Decouple Lab</h1>
+<p class="sub"><span id="count">{count_text}</span>can the learning rate and weight decay be tuned
+separately? · <a href="/docs">API</a></p></div>
+<div id="session" hidden>token kept in this tab only · <button type="button" class="link" id="forget">forget
+token</button></div></header>
+{noscript}
+<form id="login" hidden autocomplete="off"><h2>Sign in with your API token</h2>
+<div class="row"><input id="token" type="password" aria-label="API token" placeholder="API token">
+<button class="primary" type="submit">Show studies</button></div>
+<p class="error" id="login-error" role="alert"></p>
+<p>Create one with <code>decouple token create NAME</code>. It stays in this browser tab
+(sessionStorage) and goes only to this server, as <code>Authorization: Bearer</code>.</p></form>
+<div id="filters"{hidden}><div class="chips" id="chips">{_chips(status, owner)}</div>
+<form id="owner-form" role="search"><label for="owner">owner</label>
+<input id="owner" name="owner" list="owners" value="{escape(owner or "")}" placeholder="anyone">
+<datalist id="owners"></datalist><button type="submit">filter</button></form></div>
+<p id="notice" role="status"></p>
+<table id="studies"{hidden}><thead><tr><th>study</th><th>status</th><th>progress</th><th>owner</th>
+<th>task</th><th>submitted</th><th>links</th></tr></thead>
+<tbody id="rows" data-rendered="{"client" if shell else "server"}">
+{rows or ""}
+</tbody></table>
+<nav id="pager"{hidden}>{pager}</nav>
+<script>{SCRIPT}</script>
+</body></html>"""
+
+
+@router.get("/", response_class=HTMLResponse, responses=error_responses(401, 422, 503))
 def team_page(
     engine: EngineDep,
+    settings: SettingsDep,
+    viewer: Annotated[Principal | None, Depends(page_viewer)],
     status: StatusFilter | None = None,
     owner: str | None = None,
     offset: Annotated[int, Query(ge=0, le=MAX_INT32)] = 0,
 ) -> HTMLResponse:
-    """Every study, newest first, with status, progress, owner and links to its report and CSV."""
+    """The team's page: every study, newest first, with live progress, owner, age and links."""
+    if viewer is None:
+        page = render_page(auth=settings.auth, rows=None, count=None, status=status, owner=owner, pager="")
+        return HTMLResponse(page, headers=HEADERS)
     with session_scope(engine, read_only=True) as session:
-        studies, count = store.list_studies(
-            session, status=status, owner=owner, limit=PAGE_SIZE, offset=offset
-        )
+        studies, count = store.list_studies(session, status=status, owner=owner, limit=PAGE_SIZE, offset=offset)
         progs = store.progress(session, studies)
-    rows = "\n".join(_row(s, progs[s.id]) for s in studies) or (
-        '<tr><td colspan="7">No studies yet: submit one with <code>decouple submit SPEC</code> '
-        "or <code>POST /studies</code>.</td></tr>"
+    now = datetime.now(UTC)
+    rows = "\n".join(study_row(s, progs[s.id], status=status, owner=owner, now=now) for s in studies)
+    page = render_page(
+        auth=settings.auth, rows=rows or _empty_row(bool(status or owner or offset)), count=count,
+        status=status, owner=owner, pager=_pager(count, len(studies), status, owner, offset),
     )
-    filters = {k: v for k, v in (("status", status), ("owner", owner)) if v}
-    nav = []
-    if offset > 0:
-        nav.append(f'<a href="/?{escape(urlencode({**filters, "offset": max(0, offset - PAGE_SIZE)}))}">newer</a>')
-    if offset + PAGE_SIZE < count:
-        nav.append(f'<a href="/?{escape(urlencode({**filters, "offset": offset + PAGE_SIZE}))}">older</a>')
-    html = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Decouple Lab: studies</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_STYLE}</style></head>
-<body><h1>Decouple Lab</h1>
-<p class="sub">{count} {"study" if count == 1 else "studies"} · can the learning rate and weight decay
-be tuned separately? · <a href="/docs">API</a></p>
-<table><thead><tr><th>study</th><th>status</th><th>progress</th><th>owner</th><th>task</th>
-<th>submitted</th><th>links</th></tr></thead>
-<tbody>
-{rows}
-</tbody></table>
-<nav>{" · ".join(nav)}</nav>
-</body></html>"""
-    return HTMLResponse(html)
+    return HTMLResponse(page, headers=HEADERS)
