@@ -99,6 +99,7 @@ def run_study(engine, study_id: str, worker_id: str, settings: Settings) -> str:
     """Run every pending trial of a study this worker has claimed; return its final status."""
     from service import store
     from service.db import session_scope
+    from service.errors import DatabaseUnavailable
     from workers import ray_adapter
     from workers.blocks import block_trainable
     from workers.packed import auto_block_size
@@ -149,6 +150,18 @@ def run_study(engine, study_id: str, worker_id: str, settings: Settings) -> str:
         )
     finally:
         heartbeat.stop()
+
+    lost = [out for out in outcomes if out.error and "DatabaseUnavailable" in out.error]
+    if lost:
+        # The database went away under these blocks (and Ray's retries came too soon): their
+        # trials did not fail, they are unfinished. Leave them pending and give the study back,
+        # so it is resumed, instead of finishing it as done with trials marked failed.
+        try:
+            with session_scope(engine) as s:
+                store.release_study(s, study_id, worker_id)
+        except DatabaseUnavailable:
+            pass  # still away: the lease runs out instead
+        raise DatabaseUnavailable(f"{len(lost)} block(s) of study {study_id} lost the database")
 
     with session_scope(engine) as s:
         for out in outcomes:

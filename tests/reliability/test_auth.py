@@ -15,7 +15,6 @@ import logging
 import secrets
 
 import httpx
-import pytest
 from sqlalchemy import event, inspect, text
 
 from service.cli import main as cli_main
