@@ -1,0 +1,195 @@
+"""The packed trainer against one-config-at-a-time training, and against the machine's matmul peak.
+
+    .venv/bin/python bench/trainer.py [--quick] [--device DEV]
+
+All in one process, on ``digits_mlp`` (MLP 64-128-10, batch 64, cosine schedule, 20 epochs) with
+a 36-config AdamW grid (6 lr x 6 wd from the default AdamW axes, seed 0):
+
+1. **packed**: ``workers.packed.train_block`` on the 36 configs at once (best of two runs);
+2. **sequential**: ``workers.trainer.train_single`` (``build_optimizer`` + ``nn.Module`` +
+   ``LambdaLR``) for each config in turn;
+3. **Ray Tune, default settings**: a local Ray (temp under ``./data/ray/tmp``, results under
+   ``./data/ray/results``, usage stats off, no dashboard) and ``tune.Tuner`` with its defaults
+   (one trial per config, ``reuse_actors=False``), each trial calling ``train_single``. Ray's
+   start-up is not timed; ``Tuner.fit()`` is.
+4. **matmul peak**: the best float32 throughput of a 4096 x 4096 x 4096 matmul, this process,
+   this thread count;
+5. **achieved FLOP rate**: the packed trainer on the block the service uses for the demo (the
+   AdamW default 8x8 grid x 2 seeds = 128 configs), whole ``train_block`` call timed, FLOPs
+   counted as executed: forward 2*b*(64*128 + 128*10) per config and step, backward
+   2*b*(64*128 + 128*10) for the weight gradients plus 2*b*128*10 for the hidden-layer gradient
+   (the input gradient is never computed, so it is not counted), and the validation forward pass
+   every epoch. (The usual MFU convention, 6 FLOPs per weight per training sample, would count
+   the input gradient too; it is printed alongside.)
+
+``--quick``: Ray runs 4 of the 36 configs and its time is scaled per trial to 36; the sequential
+loop runs 12 and is scaled likewise; the FLOP-rate block trains 6 epochs instead of 20. The
+output says which figures are scaled. Where CUDA is present (or ``--device cuda``), step 5 also
+runs on the GPU with a block of 1024 configs and reports trials x epochs per second.
+
+Last line: ``RESULT speedup_vs_sequential=... speedup_vs_ray_default=... fraction_of_matmul_peak=...``
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from workers.catalog import DEFAULT_GRIDS  # noqa: E402
+from workers.packed import TrialConfig, train_block  # noqa: E402
+from workers.tasks import get_task  # noqa: E402
+from workers.trainer import train_single  # noqa: E402
+
+TASK = "digits_mlp"
+OPT = "adamw"
+EPOCHS = 20
+BATCH = 64
+SCHEDULE = {"name": "cosine"}
+
+
+def axis(name: str, num: int) -> list[float]:
+    ax = DEFAULT_GRIDS[OPT][name]
+    return [float(v) for v in np.logspace(math.log10(ax.min), math.log10(ax.max), num)]
+
+
+def grid(num: int, seeds: tuple[int, ...]) -> list[TrialConfig]:
+    return [TrialConfig(lr, wd, s) for lr in axis("lr", num) for wd in axis("wd", num) for s in seeds]
+
+
+def timed(fn, *args, **kw) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn(*args, **kw)
+    return time.perf_counter() - t0, out
+
+
+def matmul_peak(device: torch.device, n: int = 4096, reps: int = 5) -> float:
+    """Best float32 FLOP/s of an n x n x n matmul."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    best = math.inf
+    for _ in range(reps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def executed_flops(n_configs: int, epochs: int, n_train: int, n_val: int) -> tuple[float, float]:
+    """(executed, MFU-convention) FLOPs of ``train_block`` on digits_mlp (see the docstring)."""
+    weights = 64 * 128 + 128 * 10
+    per_sample_train = 2 * weights + 2 * weights + 2 * 128 * 10
+    per_sample_eval = 2 * weights
+    executed = n_configs * epochs * (n_train * per_sample_train + n_val * per_sample_eval)
+    mfu = n_configs * epochs * (n_train * 6 * weights + n_val * per_sample_eval)
+    return float(executed), float(mfu)
+
+
+def ray_default(configs: list[TrialConfig]) -> float:
+    """Seconds ``tune.Tuner(...).fit()`` takes for ``configs`` with Tune's default settings."""
+    from ray import tune
+
+    from workers.ray_adapter import ensure_ray, report
+
+    data_dir = ROOT / "data" / "ray"
+    ensure_ray(None, data_dir)
+
+    def trainable(config):
+        cfg = config["cfg"]
+        r = train_single(TASK, OPT, cfg["lr"], cfg["wd"], 0, epochs=EPOCHS, batch_size=BATCH,
+                         schedule=SCHEDULE, device="cpu")
+        report({"val_loss": r.val_loss, "val_error": r.val_error})
+
+    # One dict-valued grid axis, so there is exactly one trial per config.
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"cfg": tune.grid_search([{"lr": c.lr, "wd": c.wd} for c in configs])},
+        run_config=tune.RunConfig(name=f"bench-trainer-{os.getpid()}",
+                                  storage_path=str((data_dir / "results").resolve()), verbose=0),
+    )
+    seconds, results = timed(tuner.fit)
+    errors = [r.error for r in results if r.error is not None]
+    if errors:
+        raise RuntimeError(f"Ray trials failed: {errors[0]}")
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="scaled Ray and sequential subsets, shorter FLOP run")
+    ap.add_argument("--device", default=None, help="device of the packed trainer (default: cuda if present)")
+    args = ap.parse_args()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cpu = torch.device("cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    data = get_task(TASK).load_data()
+    configs = grid(6, (0,))
+    kw = dict(epochs=EPOCHS, batch_size=BATCH, schedule=SCHEDULE)
+
+    # 1. packed (warm-up run on 2 configs first: lazy initialisation is nobody's training time)
+    train_block(TASK, OPT, configs[:2], epochs=1, batch_size=BATCH, device=cpu)
+    packed_s = min(timed(train_block, TASK, OPT, configs, device=cpu, **kw)[0] for _ in range(2))
+    print(f"packed      36 configs x {EPOCHS} epochs: {packed_s:7.2f} s (cpu)")
+
+    # 2. sequential
+    seq = configs if not args.quick else configs[::3]
+    seq_s, _ = timed(lambda: [train_single(TASK, OPT, c.lr, c.wd, c.seed, device=cpu, **kw) for c in seq])
+    seq_s *= len(configs) / len(seq)
+    scaled = f" (measured on {len(seq)}, scaled per trial)" if len(seq) < len(configs) else ""
+    print(f"sequential  36 configs x {EPOCHS} epochs: {seq_s:7.2f} s{scaled}")
+
+    # 3. Ray Tune defaults
+    ray_cfgs = configs if not args.quick else configs[:4]
+    ray_s = ray_default(ray_cfgs) * len(configs) / len(ray_cfgs)
+    scaled = f" (measured on {len(ray_cfgs)}, scaled per trial)" if len(ray_cfgs) < len(configs) else ""
+    print(f"ray default 36 configs x {EPOCHS} epochs: {ray_s:7.2f} s{scaled}")
+    from workers.ray_adapter import shutdown
+
+    shutdown()
+
+    # 4. + 5. matmul peak and the demo block's FLOP rate, back to back
+    peak = matmul_peak(cpu)
+    demo = grid(8, (0, 1))
+    flop_epochs = 6 if args.quick else EPOCHS
+    flop_s = min(timed(train_block, TASK, OPT, demo, epochs=flop_epochs, batch_size=BATCH,
+                       schedule=SCHEDULE, device=cpu)[0] for _ in range(2))
+    executed, mfu = executed_flops(len(demo), flop_epochs, data.n_train, int(data.x_val.shape[0]))
+    rate = executed / flop_s
+    print(f"sgemm peak (4096^3, cpu): {peak / 1e9:.1f} GFLOP/s")
+    print(f"packed {len(demo)} configs x {flop_epochs} epochs: {flop_s:.2f} s, {rate / 1e9:.1f} GFLOP/s executed "
+          f"({mfu / flop_s / 1e9:.1f} GFLOP/s in the 6-FLOPs-per-weight convention), "
+          f"{len(demo) * flop_epochs / flop_s:.0f} trials x epochs per second")
+
+    if device.type == "cuda":
+        big = grid(32, (0,))
+        train_block(TASK, OPT, big[:8], epochs=1, batch_size=BATCH, device=device)
+        gpu_s, _ = timed(train_block, TASK, OPT, big, epochs=flop_epochs, batch_size=BATCH,
+                         schedule=SCHEDULE, device=device)
+        g_exec, _ = executed_flops(len(big), flop_epochs, data.n_train, int(data.x_val.shape[0]))
+        gpu_peak = matmul_peak(device, n=8192)
+        print(f"cuda: {len(big)} configs x {flop_epochs} epochs in {gpu_s:.2f} s = "
+              f"{len(big) * flop_epochs / gpu_s:.0f} trials x epochs per second, "
+              f"{g_exec / gpu_s / 1e9:.0f} GFLOP/s against a {gpu_peak / 1e12:.1f} TFLOP/s sgemm")
+
+    print(
+        f"RESULT speedup_vs_sequential={seq_s / packed_s:.2f} speedup_vs_ray_default={ray_s / packed_s:.1f} "
+        f"fraction_of_matmul_peak={rate / peak:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
