@@ -1,0 +1,558 @@
+"""Grids that find the optimum by themselves: the planning logic of ``"auto"`` axes and edge repair.
+
+Plain functions on numbers and arrays (numpy only): no database, no Ray, no torch. The worker
+calls them between its training phases; everything here is decided from metrics already measured
+(lower is better: ``val_error`` or ``val_loss``; NaN/inf = diverged = the worst outcome).
+
+Why a pilot at all. Every decay convention puts the optimum somewhere else: on digits the best wd
+of PyTorch's AdamW (decay multiplied by lr) is near 0.7, of the paper's AdamW (decay per step,
+scaled by the schedule only) near 0.01, and the L2 conventions want smaller values again. A grid
+whose optimum sits on its edge gives meaningless separability numbers, and placing windows by
+hand took several rounds. ``"auto"`` replaces them with one coarse pilot and, when needed, edge
+repair.
+
+1. Pilot grid (:func:`pilot_axes`)
+----------------------------------
+``PILOT_POINTS`` = 6 log-spaced points per auto axis over a range that holds the optimum of any
+reasonable task for the optimizer's family and decay convention:
+
+- lr: 1e-5 .. 10 for the SGD family, 1e-6 .. 1 for the Adam family (Adam's step is scale-free,
+  its useful lrs sit a decade or two below SGD's; lr >= 1 diverges for Adam on anything we
+  know, and lr <= 1e-5 does not move SGD in a short run). 1.2 decades between points.
+- wd, L2 (``sgd``, ``adam``): 1e-7 .. 1. lambda enters the gradient; SGD+L2's usual 5e-4 and
+  Adam+L2's tiny values are well inside. 1.4 decades between points.
+- wd, decay scaled by the schedule (``sgdw``, ``adamw``): 1e-6 .. 1. lambda is the fraction of
+  theta removed per step (times eta_t); lambda = 1 zeroes theta every step, the natural upper
+  end. Digits' 0.01 is inside.
+- wd, decay scaled by lr (``adamw_torch``): 1e-4 .. 100. The per-step decay is lr*lambda; with
+  lr ~ 1e-3 this spans 1e-7 .. 1e-1 per step (digits' 0.7 and LLMs' 0.1 are inside).
+
+A non-auto axis keeps the user's values, or ``PILOT_POINTS`` of them spread evenly when it has
+more, so a pilot never exceeds 6 x 6 = 36 one-seed cells. Under ``wd_normalized`` the wd axis
+holds lambda_norm = lambda / sqrt(b/(B*T)); pass ``wd_scale = 1/sqrt(b/(B*T))`` so the pilot
+covers the same decays.
+
+2. Pilot length (:func:`pilot_epochs`)
+--------------------------------------
+The pilot trains for the *same* epochs as the final grid whenever that keeps its share of the
+study's training time within ``MAX_PILOT_SHARE`` = 25 %. The optimum moves with the run length
+(the paper's normalized decay makes the best lambda scale as 1/sqrt(T), so a pilot at T/3 would
+see the best wd ~0.24 decades higher; a cosine schedule over fewer steps favours a larger lr): a
+shorter pilot places the window with a systematic bias. With the default 8 x 8 grid and 2 seeds
+(128 final trials) a full-length 36-cell pilot costs 36/(36+128) = 22 %. Only for small final
+grids is the pilot shortened, to the length that meets 25 %, never below ``MIN_PILOT_FRACTION``
+= 1/4 of the epochs (shorter pilots measure a different problem; a tiny final grid is cheap, so
+its pilot may then take more than 25 %). Edge repairs add final trials and lower the share.
+
+3. Smoothing (:func:`smooth`)
+-----------------------------
+One seed per pilot cell, and the best single cell of a noisy pilot is often a lucky one.
+Diverged cells become the worst value (capped at the chance level), then each cell is lifted so
+that it is never better than its best 3 x 3 neighbour by more than the tolerance:
+``S_ij = max(F_ij, min over neighbours F_kl - tol)``. A lucky cell in a bad region rises to its
+neighbours' level; a real optimum keeps its place, since its neighbours are the next-best cells.
+An averaging filter does worse: on a 1.2-decade pilot a 3 x 3 window is as wide as a sharp
+basin, and it charges the best lr (usually just below the divergence boundary) for its diverged
+neighbours, moving the window a whole pilot step. Measured on the tests' analytic bowl (the
+``synthetic`` task's shape: 5 optimizers, optima on a 17 x 17 lattice over 8 x 8 decades around
+the pilot's centre, noise 0.004), the placed 8 x 8 window missed the optimum in
+2 / 1445 placements with this filter, 2 with none, 165 with a 3 x 3 median, 217 with a mean;
+with one far lucky cell per pilot (a cell worse than 0.3 reading 0.02): 114 with this filter,
+1417 with none, 160 with the median, 236 with the mean.
+
+The tolerance is ``REL_TOLERANCE`` = 4 % of (worst - best) of the pilot (about 0.035 in error
+for a 10-class task), unless the caller knows the noise and passes one. Larger values tolerate
+noisier pilots (plateaus are recognized as such) but lump the cells of flat basins; 3-5 % was
+the best compromise over sharp, flat and plateau-then-cliff surfaces at noise 0.004-0.02.
+
+4. Window placement (:func:`place_window`)
+------------------------------------------
+The smoothed argmin (exact ties: the cell nearest the pilot's centre) is the best cell; the
+*near-optimal region* is the 8-connected set of cells around it whose smoothed value is strictly
+within the tolerance of the best. Per auto axis, the region's extent on that axis is a run of
+pilot indices a..b:
+
+- a single interior cell: the optimum is refined by the vertex of the least-squares quadratic in
+  (log10 lr, log10 wd) through the 3 x 3 block around it (it follows the tilted basins of the L2
+  and lr-scaled conventions), clipped to one pilot step; if that block touches the worst value
+  or is not convex, the parabola along the axis (none next to a diverged or chance cell).
+- otherwise the run widened by one pilot step on each side where the pilot closes it (the metric
+  rose there) is the interval to cover. Closed on both sides (a basin): centre it. Open at the
+  pilot's first point (the best, or the near-ties, reach the pilot's edge: the optimum may lie
+  below): the window's top is one step above the run and the rest of it extends below the pilot;
+  mirrored at the last point. Open at both ends: lr is centred; for wd the window starts one step
+  below the pilot's top and extends above it, because a decay that made no difference anywhere
+  in the pilot starts to matter above, and the study should show where.
+
+The window spans ``SPAN_DECADES`` = (3, 4) decades (lr, wd) with the requested number of points:
+3 decades of lr are 2.5 pilot steps, so the window holds the best pilot cell and both neighbours
+(the basin the pilot saw); wd basins are flatter and wider (plateau, dip, rise), hence 4. A best
+on the pilot's edge thus reaches 1.8 (lr) and 2.6-2.8 (wd) decades beyond the pilot. Bounds are
+rounded to 3 significant digits (readable specs) and kept above ``FLOOR``. A non-auto axis is
+returned unchanged.
+
+Measured (noise 0.004, the ``synthetic`` task's; 5 seeds x 5 optimizers): the optimum ends
+strictly inside the placed window (its nearest grid point is not on an edge) for every lr centre
+over 8 decades (wd centred), every wd centre over 8 decades (lr centred), and every 2-D centre
+within +-3 decades of the pilot's centre (4225 cases); with both axes 4 decades off, 10 of 7225
+miss: coupled optimizers (best wd on a slope of -1 in lr) whose lr optimum lies a decade outside
+the pilot, where the wd window is placed for the pilot's edge lr. Noise 0.01: 0, 0, 0 and 15.
+Edge repair covers the rest.
+
+5. Edge repair (:func:`edge_directions`, :func:`extend_axis`)
+-------------------------------------------------------------
+On a finished grid (any optimizer, auto or not; values = mean over seeds, diverged = worst) an
+edge line (first/last row or column) is flagged when it holds the grid's best cell *and* every
+cell off that line is worse than the line's best by more than ``tolerance``. Ties and near-ties
+with an interior cell count as inside: the metric is flat there within noise, and extending into
+a plateau (the common "wd too small to matter" region) would never end. Pass about two standard
+errors of a cell mean as the tolerance (0: strictly better than everything off the edge). An
+extension adds :func:`extension_steps` rows or columns with the *same* log spacing; new cells
+continue the old numbering (-1, -2, ... below, num, num+1, ... above), so trials already done
+keep their (lr_index, wd_index) and are reused. :func:`axis_value` gives the value at any integer
+index and equals ``np.geomspace`` inside the axis.
+
+6. Shared lr windows (:func:`share_lr_window`)
+----------------------------------------------
+Optimizers of one family (same base direction: SGD or Adam) can share one lr window, the
+covering window of their placed windows, so their heat maps line up cell by cell as in the
+paper's figures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+
+from workers.catalog import Axis
+
+#: Points per auto axis of the pilot grid (6 x 6 = 36 one-seed cells when both axes are auto).
+PILOT_POINTS = 6
+#: Optimizer -> family (the base direction, as ``workers.optim.VARIANTS[name].base``).
+FAMILY: dict[str, str] = {"sgd": "sgd", "sgdw": "sgd", "adam": "adam", "adamw": "adam",
+                          "adamw_torch": "adam"}
+#: Optimizer -> where its decay sits (as ``workers.optim.VARIANTS[name].decay``).
+DECAY: dict[str, str] = {"sgd": "l2", "sgdw": "schedule", "adam": "l2", "adamw": "schedule",
+                         "adamw_torch": "lr"}
+#: Pilot lr axis per family.
+PILOT_LR: dict[str, Axis] = {"sgd": Axis(1e-5, 10.0, PILOT_POINTS),
+                             "adam": Axis(1e-6, 1.0, PILOT_POINTS)}
+#: Pilot wd axis per decay convention.
+PILOT_WD: dict[str, Axis] = {"l2": Axis(1e-7, 1.0, PILOT_POINTS),
+                             "schedule": Axis(1e-6, 1.0, PILOT_POINTS),
+                             "lr": Axis(1e-4, 100.0, PILOT_POINTS)}
+#: Decades spanned by a placed (lr, wd) window.
+SPAN_DECADES: tuple[float, float] = (3.0, 4.0)
+#: A placed window never reaches below these.
+FLOOR: dict[str, float] = {"lr": 1e-8, "wd": 1e-10}
+#: Largest share of the study's training time the pilot may take at full length.
+MAX_PILOT_SHARE = 0.25
+#: The pilot never trains for less than this fraction of the final epochs.
+MIN_PILOT_FRACTION = 0.25
+#: Default tolerance of smoothing and near-ties: this fraction of the pilot's (worst - best).
+REL_TOLERANCE = 0.04
+
+Direction = Literal["lower", "higher"]
+
+
+# --------------------------------------------------------------------------- axes
+
+
+def _log_step(axis: Axis) -> float:
+    if axis.num < 2 or not axis.max > axis.min:
+        raise ValueError(f"axis {axis} has a single point: its spacing is undefined")
+    return (math.log10(axis.max) - math.log10(axis.min)) / (axis.num - 1)
+
+
+def axis_value(axis: Axis, index: int) -> float:
+    """The value at integer ``index`` of a log-spaced axis, also outside 0..num-1.
+
+    Inside, exactly ``np.geomspace(min, max, num)[index]`` (what ``service.schemas.axis_values``
+    gives); outside, the same spacing continued: ``10**(log10(min) + index * step)`` with
+    ``step = (log10(max) - log10(min)) / (num - 1)``, the formula geomspace itself uses between
+    its exact ends.
+    """
+    index = int(index)
+    if 0 <= index < axis.num:
+        if axis.num == 1:
+            return float(axis.min)
+        return float(np.geomspace(axis.min, axis.max, axis.num)[index])
+    return float(10.0 ** (index * _log_step(axis) + math.log10(axis.min)))
+
+
+def extend_axis(axis: Axis, direction: Direction, steps: int, *, origin: int = 0
+                ) -> tuple[Axis, range]:
+    """``axis`` with ``steps`` more points on one side, same log spacing; and the new indices.
+
+    ``origin`` is the trial index of ``axis``'s first point (0 for a fresh grid; after extensions
+    to lower values it is negative). The returned range holds the indices of the new points in
+    that same numbering: ``range(origin - steps, origin)`` below, ``range(origin + num,
+    origin + num + steps)`` above, so existing trials keep their indices. After a "lower"
+    extension the new axis's first point has index ``origin - steps``.
+
+    The end that does not move is kept exactly; the moved end is :func:`axis_value` of the old
+    axis, so ``np.geomspace`` of the new axis reproduces the old points to a few ulp.
+    """
+    if direction not in ("lower", "higher"):
+        raise ValueError(f'direction must be "lower" or "higher", not {direction!r}')
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, not {steps!r}")
+    _log_step(axis)  # rejects single-point axes, which have no spacing to continue
+    n = axis.num
+    if direction == "lower":
+        new = Axis(axis_value(axis, -steps), axis.max, n + steps)
+        return new, range(origin - steps, origin)
+    new = Axis(axis.min, axis_value(axis, n - 1 + steps), n + steps)
+    return new, range(origin + n, origin + n + steps)
+
+
+def extension_steps(num: int) -> int:
+    """Rows or columns one repair adds: a quarter of the axis, at least 2 (0.86 decades at 8/3)."""
+    return max(2, math.ceil(num / 4))
+
+
+def _subset(values: Sequence[float], k: int) -> np.ndarray:
+    """``k`` values spread evenly over ``values``, both ends included."""
+    values = np.asarray(values, dtype=float)
+    if values.size <= k:
+        return values.copy()
+    idx = np.unique(np.round(np.linspace(0, values.size - 1, k)).astype(int))
+    return values[idx]
+
+
+def _values(axis: Axis) -> np.ndarray:
+    return np.asarray([axis_value(axis, i) for i in range(axis.num)], dtype=float)
+
+
+def pilot_axes(optimizer: str, lr_auto: bool, wd_auto: bool, given_lr: Axis | None,
+               given_wd: Axis | None, *, wd_scale: float = 1.0,
+               points: int = PILOT_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """The pilot grid's (lr values, wd values) for one optimizer.
+
+    An auto axis gets ``points`` log-spaced values over ``PILOT_LR[family]`` or
+    ``PILOT_WD[decay convention]`` (the wd range times ``wd_scale``, for ``wd_normalized``). A
+    given axis keeps its values, or ``points`` of them spread evenly when it has more.
+    """
+    if optimizer not in FAMILY:
+        raise ValueError(f"unknown optimizer {optimizer!r} (expected one of {', '.join(FAMILY)})")
+    if not (math.isfinite(wd_scale) and wd_scale > 0):
+        raise ValueError(f"wd_scale must be a positive finite number, not {wd_scale!r}")
+    out = []
+    for auto, given, name in ((lr_auto, given_lr, "lr"), (wd_auto, given_wd, "wd")):
+        if auto:
+            ax = PILOT_LR[FAMILY[optimizer]] if name == "lr" else PILOT_WD[DECAY[optimizer]]
+            scale = wd_scale if name == "wd" else 1.0
+            out.append(np.geomspace(ax.min * scale, ax.max * scale, points))
+        else:
+            if given is None:
+                raise ValueError(f"the {name} axis is not auto, so its given axis is needed")
+            out.append(_subset(_values(given), points))
+    return out[0], out[1]
+
+
+def pilot_epochs(epochs: int, *, pilot_trials: int = PILOT_POINTS**2, final_trials: int = 128,
+                 max_share: float = MAX_PILOT_SHARE) -> int:
+    """Epochs of each pilot trial: ``epochs`` when the pilot's share stays within ``max_share``.
+
+    The share of a pilot of P one-seed trials at e epochs before F final trials at E epochs is
+    P*e / (P*e + F*E). Full length when P/(P+F) <= max_share (36 pilot cells fit under 25 % from
+    108 final trials on, e.g. 8 x 8 x 2 = 128 gives 22 %); otherwise the largest e with share <=
+    max_share, i.e. e = floor(max_share/(1 - max_share) * F*E/P), but at least
+    ceil(MIN_PILOT_FRACTION * E) and 1 (see the module docstring for why not shorter).
+    """
+    if epochs < 1 or pilot_trials < 1 or final_trials < 0:
+        raise ValueError("epochs and pilot_trials must be >= 1, final_trials >= 0")
+    if pilot_trials * (1 - max_share) <= max_share * final_trials:
+        return int(epochs)
+    fit = math.floor(max_share / (1 - max_share) * final_trials * epochs / pilot_trials + 1e-9)
+    return int(max(fit, math.ceil(MIN_PILOT_FRACTION * epochs), 1))
+
+
+def pilot_share(pilot_trials: int, pilot_epochs_: int, final_trials: int, epochs: int) -> float:
+    """The pilot's share of the training time, counted in trial-epochs: P*e / (P*e + F*E)."""
+    p = pilot_trials * pilot_epochs_
+    return p / (p + final_trials * epochs)
+
+
+# --------------------------------------------------------------------------- smoothing
+
+
+def fill_worst(values, *, chance: float | None = None) -> np.ndarray:
+    """``values`` as floats, every diverged (non-finite) cell set to the worst outcome.
+
+    With a chance level (the metric of a classifier that guesses), every cell is also capped at
+    it: a run worse than guessing is as useless as one that guessed, and one diverged loss of 50
+    must not stretch the scale that tolerances are measured on. Without one, the worst is the
+    largest finite value; with nothing finite at all every cell is 0 (a flat surface: no
+    information).
+    """
+    v = np.array(values, dtype=float)
+    finite = np.isfinite(v)
+    if chance is not None:
+        v = np.where(finite, np.minimum(v, float(chance)), float(chance))
+    else:
+        v[~finite] = float(v[finite].max()) if finite.any() else 0.0
+    return v
+
+
+def default_tolerance(filled: np.ndarray) -> float:
+    """``REL_TOLERANCE`` of the way from the best to the worst cell of a filled surface."""
+    return REL_TOLERANCE * float(filled.max() - filled.min())
+
+
+def smooth(values, *, chance: float | None = None, tolerance: float | None = None,
+           kind: Literal["support", "median", "mean"] = "support") -> np.ndarray:
+    """The pilot surface made robust to lucky cells (lower is better).
+
+    Non-finite cells become the worst (:func:`fill_worst`). Then, with ``kind="support"`` (the
+    default), no cell may be better than its best 3 x 3 neighbour by more than ``tolerance``
+    (default :func:`default_tolerance`)::
+
+        S_ij = max(F_ij, min(F_kl for the existing neighbours kl != ij) - tolerance)
+
+    A lucky cell in a bad region is lifted to its neighbours' level, while a real optimum keeps
+    its place because its neighbours are the next-best cells of the grid. It leaves sharp basins
+    and cliffs alone, which an averaging filter does not: ``"median"`` / ``"mean"`` (3 x 3,
+    edge-aware, kept for comparison) are as wide as a sharp basin on a 1.2-decade pilot and
+    charge the cell next to a diverged region for its neighbours (figures in the module
+    docstring).
+    """
+    v = fill_worst(values, chance=chance)
+    if v.ndim != 2 or v.size == 0:
+        raise ValueError(f"values must be a non-empty 2-D array, not of shape {v.shape}")
+    n, m = v.shape
+    out = np.empty_like(v)
+    if kind == "support":
+        tol = default_tolerance(v) if tolerance is None else float(tolerance)
+        padded = np.full((n + 2, m + 2), np.inf)
+        padded[1:-1, 1:-1] = v
+        for i in range(n):
+            for j in range(m):
+                block = padded[i:i + 3, j:j + 3].copy()
+                block[1, 1] = np.inf
+                out[i, j] = max(v[i, j], block.min() - tol)
+        return out
+    reduce = {"median": np.median, "mean": np.mean}.get(kind)
+    if reduce is None:
+        raise ValueError(f'kind must be "support", "median" or "mean", not {kind!r}')
+    for i in range(n):
+        for j in range(m):
+            out[i, j] = reduce(v[max(0, i - 1):i + 2, max(0, j - 1):j + 2])
+    return out
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def _parabola_vertex(xs: np.ndarray, ys: np.ndarray) -> float:
+    """Vertex of the parabola through 3 points whose middle one is lowest (else the middle x)."""
+    (x0, x1, x2), (y0, y1, y2) = xs, ys
+    denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
+    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
+    b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / denom
+    if not a > 0:
+        return float(x1)
+    return float(np.clip(-b / (2 * a), (x0 + x1) / 2, (x1 + x2) / 2))
+
+
+def _quadratic_vertex(xs: np.ndarray, ys: np.ndarray, block: np.ndarray) -> tuple[float, float] | None:
+    """Vertex of the least-squares quadratic in (x, y) through a 3 x 3 block, within one step.
+
+    ``z = c0 + c1 x + c2 y + c3 x^2 + c4 y^2 + c5 x y``; None unless its Hessian is positive
+    definite. Unlike two 1-D parabolas it follows a tilted basin (the L2 and lr-scaled decay
+    conventions put the best wd on a slope of -1 in lr).
+    """
+    gx, gy = np.meshgrid(xs - xs[1], ys - ys[1], indexing="ij")
+    x, y, z = gx.ravel(), gy.ravel(), block.ravel()
+    design = np.column_stack([np.ones_like(x), x, y, x * x, y * y, x * y])
+    c = np.linalg.lstsq(design, z, rcond=None)[0]
+    hess = np.array([[2 * c[3], c[5]], [c[5], 2 * c[4]]])
+    if not (hess[0, 0] > 0 and np.linalg.det(hess) > 0):
+        return None
+    dx, dy = np.linalg.solve(hess, -c[1:3])
+    dx = float(np.clip(dx, xs[0] - xs[1], xs[2] - xs[1]))
+    dy = float(np.clip(dy, ys[0] - ys[1], ys[2] - ys[1]))
+    return float(xs[1] + dx), float(ys[1] + dy)
+
+
+def _argmin_central(s: np.ndarray) -> tuple[int, int]:
+    """The smallest cell; among exact ties the one nearest the centre (then row-major first)."""
+    n, m = s.shape
+    tied = np.argwhere(s == s.min())
+    dist = (tied[:, 0] - (n - 1) / 2) ** 2 + (tied[:, 1] - (m - 1) / 2) ** 2
+    i, j = tied[int(np.argmin(dist))]
+    return int(i), int(j)
+
+
+def _run(near: np.ndarray, k: int) -> tuple[int, int]:
+    """The contiguous stretch of True around index ``k`` of a boolean line."""
+    a = b = k
+    while a > 0 and near[a - 1]:
+        a -= 1
+    while b + 1 < near.size and near[b + 1]:
+        b += 1
+    return a, b
+
+
+def _component(mask: np.ndarray, start: tuple[int, int]) -> np.ndarray:
+    """The 8-connected region of ``mask`` that holds ``start``."""
+    out = np.zeros_like(mask)
+    stack = [start]
+    while stack:
+        i, j = stack.pop()
+        if out[i, j] or not mask[i, j]:
+            continue
+        out[i, j] = True
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                a, b = i + di, j + dj
+                if 0 <= a < mask.shape[0] and 0 <= b < mask.shape[1] and not out[a, b]:
+                    stack.append((a, b))
+    return out
+
+
+def _centre(xs: np.ndarray, f_line: np.ndarray, near: np.ndarray, k: int, span: float, *,
+            top: bool, refined: float | None, worst: float) -> float:
+    """log10 centre of the window along one auto axis (see the module docstring, stage 4).
+
+    ``f_line``: the filled pilot values along the line through the best cell ``k``; ``near``:
+    which of them are near-optimal. ``top``: near-ties are resolved toward the top (wd).
+    """
+    n = xs.size
+    if n == 1:
+        return float(xs[0])
+    a, b = _run(near, k)
+    h = float(xs[-1] - xs[0]) / (n - 1)  # the pilot step
+    if a == b and 0 < k < n - 1:
+        if refined is not None:
+            return refined
+        if f_line[k - 1] >= worst or f_line[k + 1] >= worst:
+            return float(xs[k])  # next to a diverged or chance cell: a parabola would mean nothing
+        return _parabola_vertex(xs[k - 1:k + 2], f_line[k - 1:k + 2])
+    lo_open, hi_open = a == 0, b == n - 1
+    # The run plus one pilot step on each side that the pilot closes (where the metric rose).
+    lo = float(xs[a]) - (0.0 if lo_open else h)
+    hi = float(xs[b]) + (0.0 if hi_open else h)
+    if lo_open and hi_open:  # near-optimal along the whole pilot line
+        return float(xs[-1]) - h + span / 2 if top else (lo + hi) / 2
+    if lo_open:
+        return hi - span / 2  # keep where the metric starts to rise; the rest goes below
+    if hi_open:
+        return lo + span / 2  # likewise from below; the rest goes above
+    return (lo + hi) / 2  # a closed basin: centre it
+
+
+def _round_sig(x: float, digits: int = 3) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def _window(centre: float, span: float, num: int, floor: float) -> Axis:
+    if num == 1:
+        v = _round_sig(10.0**centre)
+        return Axis(v, v, 1)
+    lo = max(centre - span / 2, math.log10(floor))
+    return Axis(_round_sig(10.0**lo), _round_sig(10.0 ** (lo + span)), num)
+
+
+def place_window(pilot_lrs, pilot_wds, pilot_values, num_lr: int, num_wd: int, *,
+                 lr_auto: bool, wd_auto: bool, given_lr: Axis | None = None,
+                 given_wd: Axis | None = None, span_decades: tuple[float, float] = SPAN_DECADES,
+                 chance: float | None = None, tolerance: float | None = None
+                 ) -> tuple[Axis, Axis]:
+    """The final (lr axis, wd axis) placed around the pilot's optimum.
+
+    ``pilot_values[i][j]`` is the pilot metric (lower is better; NaN/inf = diverged) at
+    ``pilot_lrs[i]``, ``pilot_wds[j]``. An auto axis gets ``num_lr`` / ``num_wd`` points over
+    ``span_decades`` decades centred as the module docstring describes; a non-auto axis is
+    ``given_lr`` / ``given_wd`` unchanged. ``tolerance`` (metric units) is the noise allowance of
+    :func:`smooth` and of near-ties; None = :func:`default_tolerance`.
+    """
+    xs = np.log10(np.asarray(pilot_lrs, dtype=float))
+    ys = np.log10(np.asarray(pilot_wds, dtype=float))
+    v = np.asarray(pilot_values, dtype=float)
+    if v.shape != (xs.size, ys.size):
+        raise ValueError(f"pilot_values has shape {v.shape}, expected {(xs.size, ys.size)}")
+    for auto, given, name in ((lr_auto, given_lr, "lr"), (wd_auto, given_wd, "wd")):
+        if not auto and given is None:
+            raise ValueError(f"the {name} axis is not auto, so given_{name} is needed")
+    f = fill_worst(v, chance=chance)
+    tol = default_tolerance(f) if tolerance is None else float(tolerance)
+    s = smooth(f, tolerance=tol)
+    # strictly within tol: a cell lifted by smooth() sits exactly tol below its best neighbour
+    i, j = _argmin_central(s)
+    near = _component(s - s.min() < tol * (1 - 1e-9), (i, j))
+    worst = float(f.max())
+    refined = None
+    if 0 < i < xs.size - 1 and 0 < j < ys.size - 1 and (f[i - 1:i + 2, j - 1:j + 2] < worst).all():
+        refined = _quadratic_vertex(xs[i - 1:i + 2], ys[j - 1:j + 2], s[i - 1:i + 2, j - 1:j + 2])
+    lr_axis, wd_axis = given_lr, given_wd
+    if lr_auto:
+        c = _centre(xs, s[:, j], near.any(axis=1), i, span_decades[0], top=False,
+                    refined=None if refined is None else refined[0], worst=worst)
+        lr_axis = _window(c, span_decades[0], num_lr, FLOOR["lr"])
+    if wd_auto:
+        c = _centre(ys, s[i, :], near.any(axis=0), j, span_decades[1], top=True,
+                    refined=None if refined is None else refined[1], worst=worst)
+        wd_axis = _window(c, span_decades[1], num_wd, FLOOR["wd"])
+    return lr_axis, wd_axis
+
+
+# --------------------------------------------------------------------------- edge repair
+
+
+def edge_directions(values_2d, *, tolerance: float) -> dict[str, Direction | None]:
+    """Which edges the grid's optimum lies on: ``{"lr": "lower"/"higher"/None, "wd": ...}``.
+
+    ``values_2d[i][j]``: the metric (mean over seeds, lower is better) at lr index i, wd index j;
+    non-finite = diverged = worst. An edge line is flagged when its best cell is the grid's best
+    and better by more than ``tolerance`` than every cell off that line (ties with an interior
+    cell count as inside). A single-point axis has no edge. A grid with nothing finite flags
+    nothing (there is no optimum to chase).
+    """
+    v = np.asarray(values_2d, dtype=float)
+    if v.ndim != 2 or v.size == 0:
+        raise ValueError(f"values must be a non-empty 2-D array, not of shape {v.shape}")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance must be a finite number >= 0, not {tolerance!r}")
+    v = np.where(np.isfinite(v), v, np.inf)
+    out: dict[str, Direction | None] = {"lr": None, "wd": None}
+    if not np.isfinite(v).any():
+        return out
+    for name, grid in (("lr", v), ("wd", v.T)):
+        n = grid.shape[0]
+        if n < 2:
+            continue
+        for direction, edge, rest in (("lower", grid[0], grid[1:]), ("higher", grid[-1], grid[:-1])):
+            if edge.min() + tolerance < rest.min():
+                out[name] = direction
+    return out
+
+
+# --------------------------------------------------------------------------- families
+
+
+def share_lr_window(windows: Mapping[str, Axis], family: Mapping[str, str] | None = None
+                    ) -> dict[str, Axis]:
+    """One lr window per family: the covering window (smallest min, largest max) of its members.
+
+    Each member keeps its own ``num`` (its trial count was promised at submission), so members
+    with equal ``num`` get identical axes and their heat maps line up cell by cell. Optimizers
+    alone in their family are returned unchanged.
+    """
+    family = FAMILY if family is None else family
+    groups: dict[str, list[str]] = {}
+    for name in windows:
+        groups.setdefault(family.get(name, name), []).append(name)
+    out = dict(windows)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        lo = min(windows[m].min for m in members)
+        hi = max(windows[m].max for m in members)
+        for m in members:
+            if windows[m].num > 1:  # a single point has no window to share
+                out[m] = Axis(lo, hi, windows[m].num)
+    return out
