@@ -61,7 +61,8 @@ workers on Ray Tune. Each study's report says, per optimizer, how separable the 
 rate and weight decay are (Loshchilov & Hutter, *Decoupled Weight Decay Regularization*).
 
 With `DECOUPLE_AUTH=required`, every request but `/health` needs `Authorization: Bearer <token>`
-(`decouple token create NAME`). Errors answer `{"detail": "..."}`; a bad spec answers 422 with
+(`decouple token create NAME`); the team page `/` loads without one, asks for it and holds no data
+until then. Errors answer `{"detail": "..."}`; a bad spec answers 422 with
 the field named in `detail` and each problem in `errors`.
 """
 
