@@ -270,9 +270,13 @@ def compare(reports: Sequence[dict], grids: Sequence[dict[str, OptimizerGrid]], 
         for k in range(1, len(reports)):
             gk = grids[k].get(name)
             sid = reports[k].get("study_id")
-            if entries[0] is None or entries[k] is None or g0 is None or gk is None:
-                missing = first_id if entries[0] is None or g0 is None else sid
-                warnings.append(f"study {missing} has no {name} grid: no difference for study {sid}.")
+            if entries[0] is None or g0 is None:
+                if k == 1:
+                    warnings.append(f"the first study, {first_id}, has no {name} grid: no differences for {name}.")
+                diffs.append({"study_id": sid, "vs": first_id, "measures": None})
+                continue
+            if entries[k] is None or gk is None:
+                warnings.append(f"study {sid} has no {name} grid: no difference for it.")
                 diffs.append({"study_id": sid, "vs": first_id, "measures": None})
                 continue
             if not _same_axes(g0, gk):
@@ -382,12 +386,12 @@ def format_compare(result: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- the page
 
 LABELS = {
-    "best_value": ("best value", ".4g"),
+    "best_value": ("best value", ".4f"),
     "interaction_share": ("interaction share", ".3f"),
     "interaction_share_rank": ("interaction share (ranks)", ".3f"),
     "optimal_wd_slope": ("best-wd slope", "+.2f"),
     "basin_tilt_deg": ("basin tilt (deg)", ".1f"),
-    "coordinate_regret": ("one-at-a-time regret", ".3g"),
+    "coordinate_regret": ("one-at-a-time regret", ".4f"),
 }
 
 _CSS = """

@@ -221,9 +221,12 @@ def test_optimizer_missing_from_the_first_study_has_no_difference(engine, make_s
     assert adamw["warnings"] == [f"study {a} has one seed: the differences with study {b} have no interval."]
     assert all(d["excludes_zero"] is None for d in adamw["differences"][0]["measures"].values())
     assert sgd["studies"][0]["present"] is False and sgd["differences"][0]["measures"] is None
-    assert sgd["warnings"] == [f"study {a} has no sgd grid: no difference for study {b}."]
+    assert sgd["warnings"] == [f"the first study, {a}, has no sgd grid: no differences for sgd."]
     page = render_compare_html(out)
     assert "has no sgd grid" in page and "<img" not in page
+    # the other way round: the study after the first lacks it
+    out = compare(reports[::-1], grids[::-1], n_boot=50)
+    assert out["optimizers"][1]["warnings"] == [f"study {a} has no sgd grid: no difference for it."]
 
 
 def test_study_grids_read_cells_like_the_report(engine, make_study):
