@@ -73,9 +73,12 @@ within the tolerance of the best. Per auto axis, the region's extent on that axi
 pilot indices a..b:
 
 - a single interior cell: the optimum is refined by the vertex of the least-squares quadratic in
-  (log10 lr, log10 wd) through the 3 x 3 block around it (it follows the tilted basins of the L2
-  and lr-scaled conventions), clipped to one pilot step; if that block touches the worst value
-  or is not convex, the parabola along the axis (none next to a diverged or chance cell).
+  (log10 lr, log10 wd) through the 3 x 3 block of measured values around it (it follows the
+  tilted basins of the L2 and lr-scaled conventions), clipped to one pilot step; if that block
+  touches the worst value or is not convex, the parabola along the axis (none next to a
+  diverged or chance cell). Measured values, not smoothed ones: smoothing lifts a sharp optimum
+  and would bend the fit. Over the bowl sweep below the refinements cut the mean distance of
+  the window's centre from the optimum from 0.21 to 0.14 decades (lr) and 0.21 to 0.17 (wd).
 - otherwise the run widened by one pilot step on each side where the pilot closes it (the metric
   rose there) is the interval to cover. Closed on both sides (a basin): centre it. Open at the
   pilot's first point (the best, or the near-ties, reach the pilot's edge: the optimum may lie
@@ -358,7 +361,8 @@ def _parabola_vertex(xs: np.ndarray, ys: np.ndarray) -> float:
     return float(np.clip(-b / (2 * a), (x0 + x1) / 2, (x1 + x2) / 2))
 
 
-def _quadratic_vertex(xs: np.ndarray, ys: np.ndarray, block: np.ndarray) -> tuple[float, float] | None:
+def _quadratic_vertex(xs: np.ndarray, ys: np.ndarray, block: np.ndarray
+                      ) -> tuple[float, float] | None:
     """Vertex of the least-squares quadratic in (x, y) through a 3 x 3 block, within one step.
 
     ``z = c0 + c1 x + c2 y + c3 x^2 + c4 y^2 + c5 x y``; None unless its Hessian is positive
@@ -487,14 +491,14 @@ def place_window(pilot_lrs, pilot_wds, pilot_values, num_lr: int, num_wd: int, *
     worst = float(f.max())
     refined = None
     if 0 < i < xs.size - 1 and 0 < j < ys.size - 1 and (f[i - 1:i + 2, j - 1:j + 2] < worst).all():
-        refined = _quadratic_vertex(xs[i - 1:i + 2], ys[j - 1:j + 2], s[i - 1:i + 2, j - 1:j + 2])
+        refined = _quadratic_vertex(xs[i - 1:i + 2], ys[j - 1:j + 2], f[i - 1:i + 2, j - 1:j + 2])
     lr_axis, wd_axis = given_lr, given_wd
     if lr_auto:
-        c = _centre(xs, s[:, j], near.any(axis=1), i, span_decades[0], top=False,
+        c = _centre(xs, f[:, j], near.any(axis=1), i, span_decades[0], top=False,
                     refined=None if refined is None else refined[0], worst=worst)
         lr_axis = _window(c, span_decades[0], num_lr, FLOOR["lr"])
     if wd_auto:
-        c = _centre(ys, s[i, :], near.any(axis=0), j, span_decades[1], top=True,
+        c = _centre(ys, f[i, :], near.any(axis=0), j, span_decades[1], top=True,
                     refined=None if refined is None else refined[1], worst=worst)
         wd_axis = _window(c, span_decades[1], num_wd, FLOOR["wd"])
     return lr_axis, wd_axis
@@ -525,7 +529,8 @@ def edge_directions(values_2d, *, tolerance: float) -> dict[str, Direction | Non
         n = grid.shape[0]
         if n < 2:
             continue
-        for direction, edge, rest in (("lower", grid[0], grid[1:]), ("higher", grid[-1], grid[:-1])):
+        ends = (("lower", grid[0], grid[1:]), ("higher", grid[-1], grid[:-1]))
+        for direction, edge, rest in ends:
             if edge.min() + tolerance < rest.min():
                 out[name] = direction
     return out
