@@ -341,6 +341,17 @@ def test_place_window_where_wd_never_mattered_looks_above():
     assert wd_axis == Axis(0.0631, 631.0, 8)  # from one pilot step below the top, 4 decades up
 
 
+def test_place_window_without_information_centres_on_the_pilot():
+    """Every pilot run diverged: nothing to place by, so the pilot's central cell (2, 2);
+    the grid's edge repair takes it from there."""
+    lrs, wds = pilot_axes("adamw", True, True, None, None)
+    for chance in (CHANCE, None):
+        lr_axis, wd_axis = place_window(lrs, wds, np.full((6, 6), math.nan), 8, 8, lr_auto=True,
+                                        wd_auto=True, chance=chance)
+        assert lr_axis == Axis(7.94e-06, 0.00794, 8)  # 10**(-3.6 -+ 1.5)
+        assert wd_axis == Axis(2.51e-06, 0.0251, 8)  # 10**(-3.6 -+ 2)
+
+
 def test_place_window_keeps_a_given_axis():
     given = Axis(1e-3, 1e-1, 5)
     lrs, wds = pilot_axes("adamw", False, True, given, None)
