@@ -202,3 +202,66 @@ class PrivatePostgres:
             except RuntimeError:
                 self._run(["pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"])
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def session_processes(sid: int) -> list[str]:
+    """``pid command`` of every live process of session ``sid`` (a child started in its own)."""
+    out = subprocess.run(["ps", "-eo", "sid=,stat=,pid=,args="], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(None, 3) for line in out.splitlines()]
+    return [f"{r[2]} {r[3][:120]}" for r in rows if len(r) == 4 and r[0] == str(sid) and not r[1].startswith("Z")]
+
+
+# --- a Ray head ----------------------------------------------------------------------------------
+
+
+class RayHead:
+    """``ray start --head --block`` on 127.0.0.1 with token authentication, in its own session.
+
+    Every port it would otherwise take from a fixed default (client server 10001, dashboard 8265,
+    agents) is a free one, and its temp dir is ``temp_dir`` (short: Ray's socket paths must fit
+    in 107 bytes), so it shares nothing with other Ray clusters on the machine. :meth:`stop` ends
+    its process group; a bare ``ray stop`` is never run (it would stop every Ray here).
+    """
+
+    def __init__(self, temp_dir: Path, *, num_cpus: int, log: Path) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.token = secrets_token()
+        ports = {
+            "--dashboard-port": free_port(),
+            "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
+            "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port(),
+        }
+        args = [
+            str(Path(PYTHON).with_name("ray")), "start", "--head", "--block", f"--port={self.port}",
+            "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--num-gpus=0",
+            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+            "--object-store-memory=200000000", *(f"{k}={v}" for k, v in ports.items()),
+        ]
+        self.proc = Process(args, env=self.env(), log=log, cwd=temp_dir.parent)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment a process needs to join this cluster (address and token included)."""
+        return clean_env(RAY_ADDRESS=self.address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, **extra)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        def up() -> bool:
+            assert self.proc.alive(), f"ray start exited:\n{self.proc.output()[-3000:]}"
+            check = subprocess.run(
+                [str(Path(PYTHON).with_name("ray")), "health-check", f"--address={self.address}"],
+                env=self.env(), capture_output=True, timeout=60,
+            )
+            return check.returncode == 0
+
+        wait_for("the Ray head", up, timeout=timeout, interval=1.0)
+
+    def stop(self) -> list[str]:
+        """End the head's process group; returns what was still running in it afterwards."""
+        self.proc.stop(timeout=10)
+        return session_processes(self.proc.pid)
+
+
+def secrets_token() -> str:
+    import secrets
+
+    return secrets.token_hex(32)
