@@ -34,18 +34,27 @@ def run_worker(
     on_study_start=None,
 ) -> int:
     """Claim and run studies until the queue is empty (``once``) or forever. Returns an exit code."""
-    from service import store
-    from service.db import check_schema_current, make_engine, session_scope
-    from service.errors import DatabaseUnavailable
+    from service.db import check_schema_current, make_engine
     from workers import ray_adapter
-    from workers.runner import run_study
 
     settings = settings or get_settings()
     worker_id = worker_id or new_worker_id()
     engine = make_engine(settings.database_url)
-    check_schema_current(engine)
-    ray_adapter.ensure_ray(ray_address or settings.ray_address, settings.state_dir)
-    log.info("worker %s ready", worker_id)
+    try:
+        check_schema_current(engine)
+        ray_adapter.ensure_ray(ray_address or settings.ray_address, settings.state_dir)
+        log.info("worker %s ready", worker_id)
+        return _loop(engine, worker_id, settings, once=once, poll_seconds=poll_seconds,
+                     on_study_start=on_study_start)
+    finally:
+        engine.dispose()  # an in-process worker (demo, tests) must not leave its pool open
+
+
+def _loop(engine, worker_id: str, settings: Settings, *, once: bool, poll_seconds: float, on_study_start) -> int:
+    from service import store
+    from service.db import session_scope
+    from service.errors import DatabaseUnavailable
+    from workers.runner import run_study
 
     backoff = poll_seconds
     while True:
