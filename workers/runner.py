@@ -96,7 +96,43 @@ def absolute_db_url(url: str) -> str:
 
 
 def run_study(engine, study_id: str, worker_id: str, settings: Settings) -> str:
-    """Run every pending trial of a study this worker has claimed; return its final status."""
+    """Run every pending trial of a study this worker has claimed; return its final status.
+
+    Phases: the pilot of optimizers with an ``"auto"`` axis (placing their grids), the grid,
+    then up to ``auto_extend`` rounds of edge repair (:mod:`workers.auto_phase`).
+    """
+    from service import store
+    from service.db import session_scope
+    from workers import auto_phase
+    from workers.blocks import still_owner
+
+    def run(rows, epochs, phase):
+        return run_rows(engine, study_id, worker_id, settings, rows, epochs=epochs, phase=phase)
+
+    def still_ours() -> bool:
+        with session_scope(engine, read_only=True) as s:
+            return still_owner(s, study_id, worker_id)
+
+    if not auto_phase.run_pilots(engine, study_id, run, still_ours):
+        with session_scope(engine, read_only=True) as s:
+            return store.get_study(s, study_id).status
+    with session_scope(engine) as s:
+        rows = [
+            (t.id, t.optimizer, t.lr, t.wd, t.seed)
+            for t in store.pending_trials(s, study_id, phase="grid")
+        ]
+    outcomes = run(rows, {}, "grid")
+    outcomes += auto_phase.run_extensions(engine, study_id, run, still_ours)
+    return _finish(engine, study_id, worker_id, outcomes)
+
+
+def run_rows(engine, study_id: str, worker_id: str, settings: Settings,
+             rows: list[tuple[int, str, float, float, int]], *,
+             epochs: dict[str, int] | None = None, phase: str = "grid") -> list:
+    """Run (id, optimizer, lr, wd, seed) trials as one Ray Tune experiment; return its outcomes.
+
+    ``epochs`` overrides the spec's epochs per optimizer (the pilot may be shorter).
+    """
     from service import store
     from service.db import session_scope
     from service.errors import DatabaseUnavailable
@@ -104,12 +140,10 @@ def run_study(engine, study_id: str, worker_id: str, settings: Settings) -> str:
     from workers.blocks import block_trainable
     from workers.packed import auto_block_size
 
+    if not rows:
+        return []
     with session_scope(engine) as s:
-        study = store.get_study(s, study_id)
-        spec: dict[str, Any] = dict(study.spec)
-        rows = [
-            (t.id, t.optimizer, t.lr, t.wd, t.seed) for t in store.pending_trials(s, study_id)
-        ]
+        spec: dict[str, Any] = dict(store.get_study(s, study_id).spec)
 
     resources = ray_adapter.cluster_resources()
     per_block = ray_adapter.block_resources(resources)
@@ -131,10 +165,13 @@ def run_study(engine, study_id: str, worker_id: str, settings: Settings) -> str:
         # whatever the environment Ray's processes were started with; a remote cluster's nodes
         # use their own DECOUPLE_DATA_DIR.
         base["data_dir"] = str(settings.data_dir.resolve())
+    epochs = epochs or {}
     configs = [
-        {**base, "optimizer": b.optimizer, "trials": [list(t) for t in b.trials]} for b in blocks
+        {**base, "optimizer": b.optimizer, "trials": [list(t) for t in b.trials],
+         "epochs": epochs.get(b.optimizer, spec["epochs"])}
+        for b in blocks
     ]
-    log.info("study %s: %d pending trials in %d blocks", study_id, len(rows), len(blocks))
+    log.info("study %s: %d pending %s trials in %d blocks", study_id, len(rows), phase, len(blocks))
 
     heartbeat = Heartbeat(engine, study_id, worker_id, settings.lease_seconds)
     heartbeat.start()
@@ -142,7 +179,7 @@ def run_study(engine, study_id: str, worker_id: str, settings: Settings) -> str:
         outcomes = ray_adapter.run_trials(
             block_trainable,
             configs,
-            name=f"study-{study_id}",
+            name=f"study-{study_id}" if phase == "grid" else f"study-{study_id}-{phase}",
             storage_dir=settings.state_dir / "results",
             resources=per_block,
             max_failures=BLOCK_RETRIES,
@@ -162,14 +199,22 @@ def run_study(engine, study_id: str, worker_id: str, settings: Settings) -> str:
         except DatabaseUnavailable:
             pass  # still away: the lease runs out instead
         raise DatabaseUnavailable(f"{len(lost)} block(s) of study {study_id} lost the database")
+    return outcomes
+
+
+def _finish(engine, study_id: str, worker_id: str, outcomes: list) -> str:
+    """Fail the trials of blocks that errored and end the study as done (if still ours)."""
+    from service import store
+    from service.db import session_scope
 
     with session_scope(engine) as s:
+        study = store.get_study(s, study_id)
+        if study.status != "running" or study.claimed_by != worker_id:
+            # Cancelled, or another worker owns it now: its trials are no longer ours to fail.
+            return study.status
         for out in outcomes:
             if out.error:
                 ids = [int(t[0]) for t in out.config.get("trials", [])]
                 store.fail_trials(s, ids, f"block failed after {BLOCK_RETRIES} retries: {out.error}")
-        study = store.get_study(s, study_id)
-        if study.status != "running" or study.claimed_by != worker_id:
-            return study.status  # cancelled, or another worker owns it now
         store.finish_study(s, study_id, worker_id, "done")
     return "done"
