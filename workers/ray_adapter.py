@@ -34,6 +34,19 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+#: Variables :func:`_prepare_local_state` set (the user had not): :func:`shutdown` removes them, so
+#: a later local Ray with another data directory, or a process started afterwards, never inherits
+#: a token path into a data directory that is not its own.
+_env_set: set[str] = set()
+
+
+def _set_env(name: str, value: str) -> None:
+    if name in os.environ and name not in _env_set:
+        return  # the user's own setting wins
+    os.environ[name] = value
+    _env_set.add(name)
+
+
 def _prepare_local_state(state_dir: Path) -> None:
     """Point Ray's auth token at a file under ``state_dir`` instead of ``~/.ray``."""
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -41,8 +54,8 @@ def _prepare_local_state(state_dir: Path) -> None:
     if not token_path.exists():
         token_path.write_text(secrets.token_hex(32))
         token_path.chmod(0o600)
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(token_path))
+    _set_env("RAY_AUTH_MODE", "token")
+    _set_env("RAY_AUTH_TOKEN_PATH", str(token_path))
 
 
 #: Longest temp folder Ray can use: 107 bytes of AF_UNIX path minus the 66 its session folder and
@@ -96,14 +109,13 @@ def ensure_ray(address: str | None, state_dir: Path, *, num_cpus: int | None = N
     Idempotent: a process already connected keeps its connection.
     """
     global _local
-    if not address:
-        _prepare_local_state(state_dir)  # before Ray reads its auth settings
     import ray
 
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
+            _prepare_local_state(state_dir)
             _refresh_auth_mode()
             ray.init(
                 num_cpus=num_cpus,
@@ -134,6 +146,9 @@ def shutdown() -> None:
     if ray.is_initialized():
         ray.shutdown()
     _local = False
+    for name in _env_set:
+        os.environ.pop(name, None)
+    _env_set.clear()
 
 
 def report(metrics: dict[str, Any]) -> None:
