@@ -66,18 +66,26 @@ METHOD = ("Difference = study minus the first study. 95% basic bootstrap interva
 assert set(MEASURES) <= set(CI_MEASURES)
 
 
+#: What ``?ids=`` looks like, for the OpenAPI schema (the API also accepts blanks around ids).
+ID_LIST_PATTERN = rf"^[0-9a-f]{{32}}(,[0-9a-f]{{32}}){{1,{MAX_STUDIES - 1}}}$"
+
+
 def parse_ids(raw: str | Sequence[str]) -> list[str]:
-    """Study ids from ``"ID1,ID2"`` (or a list): at least two, at most MAX_STUDIES, distinct."""
+    """Study ids from ``"ID1,ID2"`` (or a list): at least two, at most MAX_STUDIES."""
     parts = raw.split(",") if isinstance(raw, str) else list(raw)
     ids = [p.strip() for p in parts if p.strip()]
     if len(ids) < 2:
         raise InvalidInput("ids", f"give at least two study ids, comma-separated (got {len(ids)})")
     if len(ids) > MAX_STUDIES:
         raise InvalidInput("ids", f"at most {MAX_STUDIES} studies can be compared at once (got {len(ids)})")
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    return ids
+
+
+def check_distinct(ids: Sequence[str]) -> None:
+    """A study compared with itself says nothing: each id once."""
+    dupes = [i for i in dict.fromkeys(ids) if list(ids).count(i) > 1]
     if dupes:
         raise InvalidInput("ids", f"study {dupes[0]} is listed more than once")
-    return ids
 
 
 # --------------------------------------------------------------------------- per-seed grids
@@ -301,8 +309,10 @@ def compare(reports: Sequence[dict], grids: Sequence[dict[str, OptimizerGrid]], 
 
 
 def load_studies(engine: Any, ids: str | Sequence[str]) -> tuple[list[dict], list[dict[str, OptimizerGrid]], list[str]]:
-    """Each study's report, per-seed grids and ``decay_on``: :class:`InvalidInput` for bad ids,
-    :class:`~service.errors.NotFound` for an unknown one, :class:`Conflict` for one not done.
+    """Each study's report, per-seed grids and ``decay_on``: :class:`InvalidInput` for too few or
+    too many ids, :class:`~service.errors.NotFound` for an unknown one, :class:`Conflict` for one
+    not done (checked for every id before any report is built), :class:`InvalidInput` for an id
+    listed twice.
 
     Reports of done studies come from their cache (computed and cached here when missing).
     """
@@ -311,12 +321,16 @@ def load_studies(engine: Any, ids: str | Sequence[str]) -> tuple[list[dict], lis
     from service.report import build_report
 
     ids = parse_ids(ids)
+    with session_scope(engine, read_only=True) as session:  # every id exists and is done, first
+        for sid in ids:
+            study = store.get_study(session, sid)
+            if study.status != "done":
+                raise Conflict(f"study {sid} is {study.status}: only finished (done) studies can be compared")
+    check_distinct(ids)
     reports, grids, decay_on = [], [], []
     for sid in ids:
         with session_scope(engine, read_only=True) as session:
             study = store.get_study(session, sid)
-            if study.status != "done":
-                raise Conflict(f"study {sid} is {study.status}: only finished (done) studies can be compared")
             sdict = store.study_dict(study)
             trials = [store.trial_dict(t) for t in store.list_trials(session, sid)]
             report, needs_caching = store.compute_report(session, sid, build_report)

@@ -15,6 +15,7 @@ import pytest
 from service import store
 from service.compare import (
     MEASURES,
+    check_distinct,
     OptimizerGrid,
     compare,
     difference,
@@ -65,7 +66,6 @@ def finished_study(engine, make_study, surfaces: dict, *, seeds=(0, 1), metric="
     ("", "ids: give at least two study ids, comma-separated (got 0)"),
     ("abc", "ids: give at least two study ids, comma-separated (got 1)"),
     ("a, ,", "ids: give at least two study ids, comma-separated (got 1)"),
-    ("a,b,a", "ids: study a is listed more than once"),
     (",".join("abcdefghi"), "ids: at most 8 studies can be compared at once (got 9)"),
 ])
 def test_parse_ids_refuses_with_the_reason(raw, message):
@@ -74,8 +74,24 @@ def test_parse_ids_refuses_with_the_reason(raw, message):
     assert str(exc.value) == message
 
 
-def test_parse_ids_strips_blanks():
+def test_the_documented_id_pattern_is_the_compare_views():
+    import re
+
+    from service.api.routes.compare import ID_LIST_PATTERN
+    from service.compare import ID_LIST_PATTERN as pattern
+
+    assert ID_LIST_PATTERN == pattern
+    ids = ",".join(["0" * 32] * 8)
+    assert re.fullmatch(pattern, ids) and not re.fullmatch(pattern, ids + "," + "0" * 32)
+    assert not re.fullmatch(pattern, "0" * 32)
+
+
+def test_parse_ids_strips_blanks_and_ids_must_be_distinct():
     assert parse_ids(" a , b,") == ["a", "b"]
+    check_distinct(["a", "b"])
+    with pytest.raises(InvalidInput) as exc:
+        check_distinct(["a", "b", "b", "a"])
+    assert str(exc.value) == "ids: study a is listed more than once"
 
 
 def test_difference_is_the_basic_bootstrap_interval():
@@ -199,6 +215,8 @@ def test_compare_refuses_with_reasons(client, engine, make_study):
     assert r.json()["detail"] == f"study {queued} is failed: only finished (done) studies can be compared"
     r = client.get("/compare")
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "ids"
+    r = client.get("/compare", params={"ids": f"{unknown},{unknown}"})  # existence is checked first
+    assert r.status_code == 404
 
 
 def test_studies_on_different_metrics_are_not_compared():
