@@ -303,19 +303,24 @@ def report(
     report (``"partial": true``)."""
     with Api.open(api_url, token) as api:
         if html is not None:
-            page = api.request("GET", f"/studies/{id}/report.html").text
-            out = Path(html)
-            try:
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(page, encoding="utf-8")
-            except OSError as exc:
-                raise CliError(f"cannot write the report page to {out}: {exc}") from None
+            out = _write_page(api.request("GET", f"/studies/{id}/report.html").text, html, "the report page")
             _stderr(f"wrote the report page of study {id} to {out}")
         if as_json:
             print(json.dumps(api.get_json(f"/studies/{id}/report"), indent=2))
         elif html is None:
             print_table(api.get_json(f"/studies/{id}/report"))
     return 0
+
+
+def _write_page(page: str, path: str, what: str) -> Path:
+    """Write an HTML page the API served to ``path``; a CLI error (not a traceback) if it cannot."""
+    out = Path(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot write {what} to {out}: {exc}") from None
+    return out
 
 
 def compare(
@@ -329,13 +334,7 @@ def compare(
     query = {"ids": ",".join(ids)}
     with Api.open(api_url, token) as api:
         if html is not None:
-            page = api.request("GET", "/compare.html", params=query).text
-            out = Path(html)
-            try:
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(page, encoding="utf-8")
-            except OSError as exc:
-                raise CliError(f"cannot write the comparison page to {out}: {exc}") from None
+            out = _write_page(api.request("GET", "/compare.html", params=query).text, html, "the comparison page")
             _stderr(f"wrote the comparison page to {out}")
         if as_json or html is None:
             result = api._json(api.request("GET", "/compare", params=query))
