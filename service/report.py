@@ -152,8 +152,12 @@ def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, cha
     present = np.zeros((S, n, m), bool)
     ids: dict[tuple[int, int], list[tuple[int, Any]]] = {}
     counts = {"total": len(mine), "done": 0, "failed": 0, "diverged": 0, "pending": 0}
+    # Edge repair below an axis numbers its new points from -1 down (``origin``).
+    oi, oj = ((opt.get(k) or {}).get("origin") or 0 for k in ("lr", "wd"))
     for t in mine:
         i, j = t.get("lr_index"), t.get("wd_index")
+        if i is not None and j is not None:
+            i, j = i - oi, j - oj
         if i is None or j is None or not (0 <= i < n and 0 <= j < m):
             continue
         status = t.get("status")
@@ -192,6 +196,8 @@ def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, cha
         "default_wd": dwd,
         "other_convention": _other_convention(name, res["best"], res["optimal_wd_slope"]),
     }
+    entry["placement"] = placement(opt)
+    entry["pilot"] = pilot_grid(name, trials, metric)
     if counts["failed"]:
         entry["warnings"].append(f"{counts['failed']} trial(s) failed (an error, not divergence) and "
                                  "are left out of the averages.")
@@ -199,6 +205,51 @@ def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, cha
     entry["_best_ids"] = ids.get(tuple(bi), []) if bi is not None else []
     entry["verdict"] = verdict(entry)
     return entry
+
+
+def placement(opt: dict) -> dict:
+    """How each axis was placed: ``given`` (the user's), ``auto`` (by the pilot; also while it
+    waits for it) or ``extended`` (by edge repair)."""
+    out = {}
+    for key in ("lr", "wd"):
+        ax = opt.get(key) or {}
+        out[key] = ax.get("placement") or ("auto" if ax.get("auto") else "given")
+    return out
+
+
+def pilot_grid(name: str, trials: list[dict], metric: str) -> dict | None:
+    """The optimizer's pilot (phase ``pilot``, one seed) as a grid; None when it had none.
+
+    Shown greyed in the HTML page; never part of the grid's measures.
+    """
+    mine = [t for t in trials if t.get("optimizer") == name and t.get("phase") == "pilot"]
+    if not mine:
+        return None
+    lrs = {t["lr_index"]: t["lr"] for t in mine}
+    wds = {t["wd_index"]: t["wd"] for t in mine}
+    li, wi = sorted(lrs), sorted(wds)
+    value = np.full((len(li), len(wi)), np.nan)
+    for t in mine:
+        v = t.get(metric)
+        if t.get("status") == "done" and not t.get("diverged") and _finite(v):
+            value[li.index(t["lr_index"]), wi.index(t["wd_index"])] = float(v)
+    return {"lr": [lrs[i] for i in li], "wd": [wds[j] for j in wi], "value": value}
+
+
+def pilot_png(pilot: dict) -> str:
+    """A small grey heat map of the pilot (darker = better; blank = diverged or not run)."""
+    from matplotlib.figure import Figure
+
+    val = _arr(pilot["value"])
+    fig = Figure(figsize=(2.6, 2.2))
+    ax = fig.add_subplot()
+    ax.imshow(np.ma.masked_invalid(val.T), origin="lower", cmap="Greys_r", aspect="auto")
+    ax.set_xticks(range(len(pilot["lr"])), [_tick(v) for v in pilot["lr"]], rotation=45,
+                  ha="right", fontsize=6)
+    ax.set_yticks(range(len(pilot["wd"])), [_tick(v) for v in pilot["wd"]], fontsize=6)
+    ax.set_title("pilot", fontsize=8, color="#777777")
+    fig.subplots_adjust(left=0.25, right=0.97, top=0.88, bottom=0.3)
+    return _png(fig)
 
 
 def _unplaced_entry(name: str, n_trials: int) -> dict:
@@ -250,6 +301,9 @@ def build_report(study: dict, trials: list[dict],
     except KeyError:
         chance = None
     entries = [_optimizer_entry(o, spec, trials, metric, chance) for o in spec.get("optimizers", [])]
+    for o, e in zip(spec.get("optimizers", []), entries, strict=True):
+        e.setdefault("placement", placement(o))
+        e.setdefault("pilot", pilot_grid(e["name"], trials, metric))
     wanted = [tid for e in entries for tid, _ in e["_best_ids"]]
     curves = load_curves(wanted) if wanted else {}
     for e in entries:
@@ -593,6 +647,12 @@ def render_html(report: dict) -> str:
             parts.append(f"<p class='conv'>{_e(e['other_convention']['sentence'])}</p>")
         if e.get("warnings"):
             parts.append("<ul class='warn'>" + "".join(f"<li>{_e(w)}</li>" for w in e["warnings"]) + "</ul>")
+        pl = e.get("placement") or {}
+        if pl:
+            parts.append(f"<p class='muted'>placed: lr {_e(pl.get('lr'))}, wd {_e(pl.get('wd'))}</p>")
+        if e.get("pilot"):
+            parts.append(f"<img class='pilot' style='opacity:.6' alt='pilot run of {_e(e['name'])} "
+                         f"(one seed, not in the measures)' src='{pilot_png(e['pilot'])}'>")
         t = e.get("trials") or {}
         parts.append(f"<p class='muted'>trials: {t.get('done', 0)} done ({t.get('diverged', 0)} diverged), "
                      f"{t.get('failed', 0)} failed, {t.get('pending', 0)} pending</p></div></div>")

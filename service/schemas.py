@@ -79,6 +79,12 @@ class GridAxis(_Spec):
     max: PositiveFinite | None = None
     num: int | None = Field(None, ge=1, le=MAX_AXIS_POINTS, strict=True)
     auto: bool = Field(False, strict=True)
+    #: How a stored axis came to be (set by the worker/extension, not by users): the user's
+    #: ``"given"`` values, ``"auto"`` placed by the pilot, or ``"extended"`` by edge repair.
+    placement: Literal["given", "auto", "extended"] | None = None
+    #: Trial index of the axis's first point: negative after edge repair added points below
+    #: (trials already run keep their indices), so a point's trial index is ``origin + k``.
+    origin: int | None = Field(None, le=0, strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -108,7 +114,12 @@ class GridAxis(_Spec):
     def _serialize(self) -> dict[str, Any]:
         if self.auto:
             return {"auto": True, "num": self.num}
-        return {"min": self.min, "max": self.max, "num": self.num}
+        out: dict[str, Any] = {"min": self.min, "max": self.max, "num": self.num}
+        if self.placement is not None:
+            out["placement"] = self.placement
+        if self.origin:
+            out["origin"] = self.origin
+        return out
 
 
 def axis_values(axis: Any) -> list[float]:
@@ -250,6 +261,10 @@ class StudySpec(_Spec):
     wd_normalized: bool = Field(False, strict=True)
     decay_on: Literal["all", "weights", "invariant"] = "all"
     priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, strict=True)
+    #: Edge repair: after the grid, extend an optimizer whose best cell is on an edge, up to N times.
+    auto_extend: int = Field(0, ge=0, le=5, strict=True)
+    #: Optimizers of one family (SGD or Adam) share the covering lr window of their auto lr axes.
+    share_lr_window: bool = Field(False, strict=True)
 
     @field_validator("name")
     @classmethod

@@ -1,4 +1,4 @@
-"""``/studies``: submit, list, read, export, cancel and delete studies."""
+"""``/studies``: submit, list, read, export, cancel, extend and delete studies."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Response, status
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from service import store
 from service.api.deps import EngineDep, UserDep
 from service.api.responses import error_responses
 from service.db import session_scope
+from service.errors import Conflict, InvalidInput
+from service.grid_repair import MAX_EXTEND_STEPS, edge_bound
+from service.grid_repair import extend_study as extend_study_grid
 from service.models import Study, Trial
 from service.schemas import (
     SPEC_EXAMPLE,
@@ -206,3 +210,46 @@ def delete_study(study_id: str, engine: EngineDep, user: UserDep) -> dict:
         store.delete_study(session, study_id, user)
     return {"id": study_id, "deleted": True}
 
+
+class ExtendRequest(BaseModel):
+    """Which optimizers to extend (default: every edge-bound one) and by how many points."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    optimizers: list[str] | None = Field(None, min_length=1)
+    #: Points added per extended side (default: a quarter of the axis, at least 2).
+    steps: int | None = Field(None, ge=1, le=MAX_EXTEND_STEPS, strict=True)
+
+
+@router.post("/{study_id}/extend", responses=error_responses(403, 404, 409, 422))
+def extend_study(
+    study_id: str, engine: EngineDep, user: UserDep,
+    body: Annotated[ExtendRequest | None, Body()] = None,
+) -> dict:
+    """Edge repair: extend every optimizer whose best cell lies on its grid's edge (or the named
+    ones) with the same spacing, and queue the study again so a worker runs only the new trials
+    (its owner or an admin; the study must be done)."""
+    body = body or ExtendRequest()
+    with session_scope(engine) as session:
+        study = store.get_study(session, study_id, for_update=True)
+        store._check_can_modify(study, user)
+        if study.status != "done":
+            raise Conflict(f"study {study_id} is {study.status}; only a done study can be extended")
+        names = [o["name"] for o in study.spec["optimizers"]]
+        for name in body.optimizers or []:
+            if name not in names:
+                raise InvalidInput("optimizers", f"the study has no optimizer {name!r} "
+                                   f"(it has {', '.join(names)})")
+        directions = edge_bound(session, study, body.optimizers)
+        if not directions:
+            which = ", ".join(body.optimizers) if body.optimizers else "no optimizer"
+            raise Conflict(f"nothing to extend: {which} has its best cell on an edge of its grid"
+                           if not body.optimizers else
+                           f"nothing to extend: the best cell of {which} is inside its grid")
+        extended = extend_study_grid(session, study, directions, body.steps)
+        now = store.utcnow()
+        study.status, study.finished_at, study.updated_at = "queued", None, now
+        study.claimed_by, study.lease_expires_at = None, None
+        session.flush()
+        return {"id": study_id, "status": study.status, "trials_total": study.trials_total,
+                "extended": extended}

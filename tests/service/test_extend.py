@@ -1,0 +1,121 @@
+"""Edge repair: ``POST /studies/{id}/extend`` and the ``auto_extend`` option, end to end.
+
+``synthetic_offgrid`` puts each optimizer's optimum half a decade below its default lr range and
+above its default wd range, so a study on the default grids is edge-bound in both axes. After
+repair the optimum must lie inside, every trial of the first grid keeps its id and result, and
+no trial is ever run twice (``attempts == 1``).
+"""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from service.db import session_scope
+from service.models import Trial
+from workers import ray_adapter
+from workers.catalog import DEFAULT_GRIDS
+from workers.tasks import get_task
+from workers.worker import run_worker
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """One local Ray (2 CPUs) for the module: start-up costs seconds, tests reuse it."""
+    state = tmp_path_factory.mktemp("ray-state")
+    resources = ray_adapter.ensure_ray(None, state, num_cpus=2)
+    yield resources
+    ray_adapter.shutdown()
+
+
+def offgrid_spec(**extra) -> dict:
+    return {"name": "edge-bound", "task": "synthetic_offgrid", "epochs": 2, "batch_size": 64,
+            "optimizers": [{"name": "sgdw"}], "seeds": [0, 1], **extra}
+
+
+def trials_of(engine, study_id: str) -> list[Trial]:
+    with session_scope(engine, read_only=True) as s:
+        return list(s.scalars(select(Trial).where(Trial.study_id == study_id).order_by(Trial.id)))
+
+
+def best_cell(trials: list[Trial]) -> tuple[int, int]:
+    cells: dict[tuple[int, int], list[float]] = {}
+    for t in trials:
+        cells.setdefault((t.lr_index, t.wd_index), []).append(t.val_error)
+    return min(cells, key=lambda k: sum(cells[k]) / len(cells[k]))
+
+
+def assert_repaired(spec_opt: dict, trials: list[Trial], first: dict[int, tuple]) -> None:
+    lr, wd = spec_opt["lr"], spec_opt["wd"]
+    lr_star, wd_star = get_task("synthetic_offgrid").centre("sgdw")
+    assert lr["min"] < lr_star < lr["max"] and wd["min"] < wd_star < wd["max"]
+    assert lr["placement"] == "extended" and wd["placement"] == "extended"
+    bi, bj = best_cell(trials)
+    assert lr["origin"] < bi < lr["origin"] + lr["num"] - 1 and 0 < bj < wd["num"] - 1
+    assert len(trials) == lr["num"] * wd["num"] * 2
+    assert all(t.status == "done" and t.attempts == 1 for t in trials)
+    # The first grid: same ids, same results.
+    assert {t.id: (t.lr_index, t.wd_index, t.seed, t.val_error) for t in trials if t.id in first} == first
+
+
+def test_extend_endpoint_repairs_an_edge_bound_grid(client, settings, engine, local_ray):
+    sid = client.post("/studies", json=offgrid_spec()).json()["id"]
+    r = client.post(f"/studies/{sid}/extend")
+    assert r.status_code == 409 and r.json()["detail"] == \
+        f"study {sid} is queued; only a done study can be extended"
+    assert run_worker(once=True, settings=settings, worker_id="w-1") == 0
+    first = {t.id: (t.lr_index, t.wd_index, t.seed, t.val_error) for t in trials_of(engine, sid)}
+    assert len(first) == 128
+    assert client.get(f"/studies/{sid}/report").json()["optimizers"][0]["placement"] == \
+        {"lr": "given", "wd": "given"}
+
+    # Bad inputs: reasons, nothing changed.
+    r = client.post(f"/studies/{sid}/extend", json={"optimizers": ["adam"]})
+    assert r.status_code == 422 and "the study has no optimizer 'adam' (it has sgdw)" in r.text
+    assert client.post(f"/studies/{sid}/extend", json={"steps": 0}).status_code == 422
+    assert client.post(f"/studies/{sid}/extend", json={"steps": 9}).status_code == 422
+    assert client.post(f"/studies/{sid}/extend", json={"bogus": 1}).status_code == 422
+    assert client.post("/studies/0123456789abcdef0123456789abcdef/extend").status_code == 404
+    assert client.get(f"/studies/{sid}").json()["status"] == "done"
+
+    r = client.post(f"/studies/{sid}/extend", json={"optimizers": ["sgdw"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    grid = DEFAULT_GRIDS["sgdw"]
+    assert body["status"] == "queued" and body["trials_total"] == 10 * 10 * 2
+    assert body["extended"]["sgdw"]["lr"]["direction"] == "lower"
+    assert body["extended"]["sgdw"]["wd"]["direction"] == "higher"
+    assert body["extended"]["sgdw"]["lr"]["steps"] == 2 and body["extended"]["sgdw"]["lr"]["num"] == 10
+    assert body["extended"]["sgdw"]["trials_added"] == 10 * 10 * 2 - 128
+    assert client.get(f"/studies/{sid}/report").json()["status"] == "queued"  # cache dropped
+
+    assert run_worker(once=True, settings=settings, worker_id="w-2") == 0
+    study = client.get(f"/studies/{sid}").json()
+    assert study["status"] == "done" and study["progress"]["trials_done"] == 200
+    opt = study["spec"]["optimizers"][0]
+    assert opt["lr"]["origin"] == -2 and opt["lr"]["max"] == grid["lr"].max
+    assert_repaired(opt, trials_of(engine, sid), first)
+    report = client.get(f"/studies/{sid}/report").json()["optimizers"][0]
+    assert report["placement"] == {"lr": "extended", "wd": "extended"}
+    assert report["trials"]["total"] == 200 and len(report["grid"]["lr"]) == 10
+
+    r = client.post(f"/studies/{sid}/extend")
+    assert r.status_code == 409 and r.json()["detail"] == \
+        "nothing to extend: no optimizer has its best cell on an edge of its grid"
+
+
+def test_auto_extend_repairs_within_the_same_run(client, settings, engine, local_ray):
+    sid = client.post("/studies", json=offgrid_spec(auto_extend=2)).json()["id"]
+    assert client.get(f"/studies/{sid}").json()["spec"]["auto_extend"] == 2
+    assert run_worker(once=True, settings=settings, worker_id="w-3") == 0
+    study = client.get(f"/studies/{sid}").json()
+    assert study["status"] == "done" and study["attempts"] == 1
+    trials = trials_of(engine, sid)
+    first = {t.id: (t.lr_index, t.wd_index, t.seed, t.val_error) for t in trials[:128]}
+    assert {(t.lr_index, t.wd_index) for t in trials[:128]} == {(i, j) for i in range(8) for j in range(8)}
+    assert_repaired(study["spec"]["optimizers"][0], trials, first)
+
+
+def test_auto_extend_is_bounded(client):
+    r = client.post("/studies", json=offgrid_spec(auto_extend=6))
+    assert r.status_code == 422 and "auto_extend" in r.text

@@ -1,0 +1,146 @@
+"""``"auto"`` axes end to end: API -> worker (pilot, placement, grid) on a real local Ray -> report.
+
+The analytic ``synthetic`` tasks have a known optimum per optimizer (``SyntheticTask.centre``):
+inside each default grid (``synthetic``) and half a decade below its lr range and above its wd
+range (``synthetic_offgrid``), so the five optimizers put the optimum at ten places spread over
+about 8 decades of lr and 9 of wd. The pure placement sweep is in ``test_autogrid.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from service.db import session_scope
+from service.models import CurvePoint, Trial
+from workers import autogrid, ray_adapter
+from workers.optim import OPTIMIZER_NAMES
+from workers.tasks import get_task
+from workers.worker import run_worker
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """One local Ray (2 CPUs) for the module: start-up costs seconds, tests reuse it."""
+    state = tmp_path_factory.mktemp("ray-state")
+    resources = ray_adapter.ensure_ray(None, state, num_cpus=2)
+    yield resources
+    ray_adapter.shutdown()
+
+
+def trials_of(engine, study_id: str) -> list[Trial]:
+    with session_scope(engine, read_only=True) as s:
+        return list(s.scalars(select(Trial).where(Trial.study_id == study_id).order_by(Trial.id)))
+
+
+def seed_means(trials: list[Trial], optimizer: str) -> dict[tuple[int, int], float]:
+    cells: dict[tuple[int, int], list[float]] = {}
+    for t in trials:
+        if t.phase == "grid" and t.optimizer == optimizer:
+            assert t.status == "done", t
+            cells.setdefault((t.lr_index, t.wd_index), []).append(
+                t.val_error if not t.diverged else math.inf)
+    return {k: float(np.mean(v)) for k, v in cells.items()}
+
+
+def assert_optimum_inside(task: str, opt: dict, trials: list[Trial]) -> None:
+    """The true optimum lies strictly inside the final axes, and so does the best cell."""
+    lr_star, wd_star = get_task(task).centre(opt["name"])
+    lr, wd = opt["lr"], opt["wd"]
+    assert lr["min"] < lr_star < lr["max"] and wd["min"] < wd_star < wd["max"], (opt, lr_star, wd_star)
+    means = seed_means(trials, opt["name"])
+    assert len(means) == lr["num"] * wd["num"]
+    (bi, bj) = min(means, key=means.get)
+    lo_i, lo_j = lr.get("origin", 0), wd.get("origin", 0)
+    assert lo_i < bi < lo_i + lr["num"] - 1 and lo_j < bj < lo_j + wd["num"] - 1, (opt, bi, bj)
+
+
+# One database each: every study costs two Ray experiments (pilot, grid).
+@pytest.mark.parametrize(("empty_db_url", "task"), [
+    ("sqlite", "synthetic"), pytest.param("postgresql", "synthetic_offgrid", marks=pytest.mark.pg)],
+    indirect=["empty_db_url"])
+def test_auto_axes_put_every_optimum_inside_and_keep_the_pilot_apart(task, client, settings, engine, local_ray):
+    spec = {"name": f"auto {task}", "task": task, "epochs": 4, "batch_size": 64,
+            "optimizers": [{"name": o, "lr": "auto", "wd": {"auto": True, "num": 6}}
+                           for o in OPTIMIZER_NAMES],
+            "seeds": [3, 4], "metric": "val_error"}
+    r = client.post("/studies", json=spec)
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    assert r.json()["trials_total"] == 5 * 8 * 6 * 2
+    assert run_worker(once=True, settings=settings, worker_id="w-auto") == 0
+
+    study = client.get(f"/studies/{sid}").json()
+    assert study["status"] == "done"
+    assert study["progress"] == {"trials_total": 480, "trials_done": 480, "trials_failed": 0}
+    trials = trials_of(engine, sid)
+    pilot = [t for t in trials if t.phase == "pilot"]
+    # 36 one-seed cells per optimizer, the spec's first seed, each trained once.
+    assert len(pilot) == 5 * 36 and {t.seed for t in pilot} == {3}
+    assert all(t.status == "done" and t.attempts == 1 for t in trials)
+    # pilot_epochs(4, 36 pilot, 96 final) = floor(1/3 * 96*4/36) = 3 epochs (share 25 %).
+    assert autogrid.pilot_epochs(4, pilot_trials=36, final_trials=96) == 3
+    with session_scope(engine, read_only=True) as s:
+        epochs = {tid: n for tid, n in s.execute(
+            select(CurvePoint.trial_id, CurvePoint.epoch).where(
+                CurvePoint.trial_id.in_([t.id for t in trials])))}
+    assert {epochs[t.id] for t in pilot} == {2} and {epochs[t.id] for t in trials if t.phase == "grid"} == {3}
+
+    for opt in study["spec"]["optimizers"]:
+        assert opt["lr"]["placement"] == "auto" and opt["wd"]["placement"] == "auto"
+        assert (opt["lr"]["num"], opt["wd"]["num"]) == (8, 6)
+        assert_optimum_inside(task, opt, trials)
+
+    report = client.get(f"/studies/{sid}/report").json()
+    for e in report["optimizers"]:
+        assert e["placement"] == {"lr": "auto", "wd": "auto"}
+        assert e["trials"]["total"] == 8 * 6 * 2  # pilot trials are not in the grid's measures
+        assert len(e["grid"]["lr"]) == 8 and len(e["grid"]["wd"]) == 6
+    html = client.get(f"/studies/{sid}/report.html").text
+    assert html.count("class='pilot'") == 5 and "placed: lr auto, wd auto" in html
+
+
+@pytest.mark.parametrize("empty_db_url", ["sqlite"], indirect=True)
+def test_resumed_study_reuses_its_pilot_and_shares_lr_windows(client, settings, engine, local_ray):
+    """A worker that died after the pilot: the next one runs no pilot trial again. Also a given
+    wd axis (piloted on its own values) and ``share_lr_window`` within the Adam family."""
+    from service import store
+    from workers.auto_phase import run_pilots
+
+    spec = {"name": "resume", "task": "synthetic", "epochs": 2, "batch_size": 64,
+            "optimizers": [{"name": "adam", "lr": {"auto": True, "num": 5},
+                            "wd": {"min": 1e-6, "max": 1e-2, "num": 3}},
+                           {"name": "adamw", "lr": {"auto": True, "num": 5}, "wd": "auto"}],
+            "seeds": [0], "share_lr_window": True}
+    sid = client.post("/studies", json=spec).json()["id"]
+    with session_scope(engine) as s:
+        store.claim_study(s, "w-dead", 600)
+    from workers.runner import run_rows
+
+    def run(rows, epochs, phase):
+        return run_rows(engine, sid, "w-dead", settings, rows, epochs=epochs, phase=phase)
+
+    assert run_pilots(engine, sid, run, lambda: True)
+    with session_scope(engine) as s:  # the grid was placed, then the worker died
+        study = store.get_study(s, sid)
+        placed = study.spec["optimizers"]
+        study.status, study.claimed_by = "queued", None
+    adam, adamw = placed
+    assert adam["lr"] == adamw["lr"] and adam["lr"]["placement"] == "auto" and adam["lr"]["num"] == 5
+    assert adam["wd"] == {"min": 1e-6, "max": 1e-2, "num": 3, "placement": "given"}
+    pilot_ids = {t.id: t.finished_at for t in trials_of(engine, sid) if t.phase == "pilot"}
+    assert run_worker(once=True, settings=settings, worker_id="w-next") == 0
+    trials = trials_of(engine, sid)
+    assert {t.id: t.finished_at for t in trials if t.phase == "pilot"} == pilot_ids
+    assert all(t.status == "done" and t.attempts == 1 for t in trials)
+    assert len(trials) == (6 * 3 + 36) + (5 * 3 + 5 * 8)
+    # The given wd axis: the pilot runs its own 3 values (it has fewer than 6).
+    assert sorted({t.wd for t in trials if t.phase == "pilot" and t.optimizer == "adam"}) == \
+        pytest.approx([1e-6, 1e-4, 1e-2])
+    study = client.get(f"/studies/{sid}").json()
+    assert study["status"] == "done" and study["spec"]["optimizers"] == placed
+    assert [e["placement"] for e in client.get(f"/studies/{sid}/report").json()["optimizers"]] == \
+        [{"lr": "auto", "wd": "given"}, {"lr": "auto", "wd": "auto"}]
