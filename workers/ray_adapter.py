@@ -76,6 +76,7 @@ def _short_temp_dir(target: Path) -> Path:
         return target
     digest = hashlib.sha256(str(target).encode()).hexdigest()[:12]
     link = Path("/tmp") / f"decouple-ray-{os.getuid()}-{digest}"
+    _remove_dangling_links(Path("/tmp"), f"decouple-ray-{os.getuid()}-")
     try:
         link.symlink_to(target, target_is_directory=True)
     except FileExistsError:
@@ -87,6 +88,16 @@ def _short_temp_dir(target: Path) -> Path:
             f"DECOUPLE_DATA_DIR (Ray's temp folder must be at most {MAX_TEMP_DIR_CHARS} characters)"
         )
     return link
+
+
+def _remove_dangling_links(folder: Path, prefix: str) -> None:
+    """Links of ours whose data directory is gone (a deleted checkout, test folders)."""
+    for link in folder.glob(prefix + "*"):
+        try:
+            if link.is_symlink() and link.lstat().st_uid == os.getuid() and not link.exists():
+                link.unlink()
+        except OSError:
+            pass  # another process removed it first
 
 
 def _refresh_auth_mode() -> None:

@@ -370,9 +370,14 @@ def test_ray_temp_dir_is_the_data_dir_or_a_short_link_to_it(tmp_path):
     finally:
         shutil.rmtree(short)
 
-    # Too long (107-byte socket paths): a link in /tmp, created once, pointing into the data dir.
+    # Too long (107-byte socket paths): a link in /tmp, created once, pointing into the data dir;
+    # links of ours to data dirs that are gone are swept away meanwhile.
+    dangling = Path(f"/tmp/decouple-ray-{os.getuid()}-test{os.getpid()}")
+    dangling.unlink(missing_ok=True)
+    dangling.symlink_to(tmp_path / "deleted")
     target = tmp_path / ("d" * 60) / "ray" / "tmp"
     link = _short_temp_dir(target)
+    assert not dangling.is_symlink()
     try:
         assert link.parent == Path("/tmp") and link.is_symlink() and len(str(link)) <= MAX_TEMP_DIR_CHARS
         assert Path(os.readlink(link)) == target.resolve() and target.is_dir()
