@@ -196,7 +196,8 @@ class Study(Base):
     #: Grid-phase trials the study will have, exact from submission on (also for "auto" axes).
     trials_total: Mapped[int] = mapped_column(Integer)
     #: The report JSON, computed once when the study is done and served from here afterwards.
-    report: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    #: Deferred: tens of kB per done study, which listing or reading studies must not decode.
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True, deferred=True)
     report_computed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     def __repr__(self) -> str:

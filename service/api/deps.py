@@ -21,11 +21,15 @@ LOCAL = Principal(name="local", admin=True)
 _bearer = HTTPBearer(auto_error=False, description="a token from `decouple token create NAME`")
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies that do no I/O are coroutines: FastAPI runs a plain ``def`` dependency in its
+# thread pool, a hop per dependency per request that cost more than these functions' work.
+
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
@@ -53,7 +57,7 @@ def current_user(
 UserDep = Annotated[Principal, Depends(current_user)]
 
 
-def known_query_only(request: Request) -> None:
+async def known_query_only(request: Request) -> None:
     """422 for a query parameter the route does not declare.
 
     FastAPI ignores unknown parameters, so a typo (``/studies?stauts=done``, ``?owner_name=x``)
