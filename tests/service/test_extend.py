@@ -16,6 +16,7 @@ from service.models import Trial
 from workers import ray_adapter
 from workers.catalog import DEFAULT_GRIDS
 from workers.tasks import get_task
+from tests.service.test_api import auth_client  # noqa: F401 (a fixture)
 from workers.worker import run_worker
 
 
@@ -58,6 +59,8 @@ def assert_repaired(spec_opt: dict, trials: list[Trial], first: dict[int, tuple]
     assert {t.id: (t.lr_index, t.wd_index, t.seed, t.val_error) for t in trials if t.id in first} == first
 
 
+# One database each: every worker run is a Ray experiment (~10 s).
+@pytest.mark.parametrize("empty_db_url", [pytest.param("postgresql", marks=pytest.mark.pg)], indirect=True)
 def test_extend_endpoint_repairs_an_edge_bound_grid(client, settings, engine, local_ray):
     sid = client.post("/studies", json=offgrid_spec()).json()["id"]
     r = client.post(f"/studies/{sid}/extend")
@@ -102,8 +105,12 @@ def test_extend_endpoint_repairs_an_edge_bound_grid(client, settings, engine, lo
     r = client.post(f"/studies/{sid}/extend")
     assert r.status_code == 409 and r.json()["detail"] == \
         "nothing to extend: no optimizer has its best cell on an edge of its grid"
+    r = client.post(f"/studies/{sid}/extend", json={"optimizers": ["sgdw"], "steps": 1})
+    assert r.status_code == 409 and r.json()["detail"] == \
+        "nothing to extend: the best cell of sgdw is inside its grid"
 
 
+@pytest.mark.parametrize("empty_db_url", ["sqlite"], indirect=True)
 def test_auto_extend_repairs_within_the_same_run(client, settings, engine, local_ray):
     sid = client.post("/studies", json=offgrid_spec(auto_extend=2)).json()["id"]
     assert client.get(f"/studies/{sid}").json()["spec"]["auto_extend"] == 2
@@ -119,3 +126,16 @@ def test_auto_extend_repairs_within_the_same_run(client, settings, engine, local
 def test_auto_extend_is_bounded(client):
     r = client.post("/studies", json=offgrid_spec(auto_extend=6))
     assert r.status_code == 422 and "auto_extend" in r.text
+
+
+def test_only_owner_or_admin_may_extend(auth_client):
+    c = auth_client
+    sid = c.post("/studies", json=offgrid_spec(), headers=c.tokens["alice"]).json()["id"]
+    r = c.post(f"/studies/{sid}/extend", headers=c.tokens["bob"])
+    assert (r.status_code, r.json()) == (403, {
+        "detail": f"study {sid} belongs to 'alice'; only its owner or an admin may change it"})
+    for who in ("alice", "root"):
+        r = c.post(f"/studies/{sid}/extend", headers=c.tokens[who])
+        assert (r.status_code, r.json()) == (409, {
+            "detail": f"study {sid} is queued; only a done study can be extended"})
+    assert c.post(f"/studies/{sid}/extend").status_code == 401

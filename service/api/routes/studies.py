@@ -253,10 +253,10 @@ def extend_study(
                                    f"(it has {', '.join(names)})")
         directions = edge_bound(session, study, body.optimizers)
         if not directions:
-            which = ", ".join(body.optimizers) if body.optimizers else "no optimizer"
-            raise Conflict(f"nothing to extend: {which} has its best cell on an edge of its grid"
-                           if not body.optimizers else
-                           f"nothing to extend: the best cell of {which} is inside its grid")
+            raise Conflict(
+                f"nothing to extend: the best cell of {', '.join(body.optimizers)} is inside its grid"
+                if body.optimizers else
+                "nothing to extend: no optimizer has its best cell on an edge of its grid")
         extended = extend_study_grid(session, study, directions, body.steps)
         now = store.utcnow()
         study.status, study.finished_at, study.updated_at = "queued", None, now
