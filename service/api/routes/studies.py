@@ -8,7 +8,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Response, status
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel
 from pydantic import BaseModel, ConfigDict, Field
 
 from service import store
