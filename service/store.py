@@ -75,7 +75,9 @@ def grid_rows(spec: StudySpec, *, phase: str = "grid") -> list[dict[str, Any]]:
             for j, wd in enumerate(wds):
                 for seed in spec.seeds:
                     rows.append({
-                        "phase": phase, "optimizer": opt.name, "lr_index": i, "wd_index": j,
+                        "phase": phase, "optimizer": opt.name,
+                        # an extended axis numbers its points from its origin (<= 0)
+                        "lr_index": (opt.lr.origin or 0) + i, "wd_index": (opt.wd.origin or 0) + j,
                         "lr": lr, "wd": wd, "seed": seed,
                     })
     return rows

@@ -139,3 +139,18 @@ def test_only_owner_or_admin_may_extend(auth_client):
         assert (r.status_code, r.json()) == (409, {
             "detail": f"study {sid} is queued; only a done study can be extended"})
     assert c.post(f"/studies/{sid}/extend").status_code == 401
+
+
+def test_a_stored_axis_origin_numbers_its_trials():
+    """An extended axis keeps its first point's trial index (``origin``) through a round trip."""
+    from service.schemas import StudySpec
+    from service.store import grid_rows
+
+    lr = {"min": 1e-3, "max": 1e-1, "num": 3, "placement": "extended", "origin": -1}
+    spec = StudySpec.from_stored({"name": "x", "task": "synthetic", "optimizers": [
+        {"name": "sgdw", "lr": lr, "wd": {"min": 1e-4, "max": 1e-4, "num": 1}}]})
+    assert spec.stored()["optimizers"][0]["lr"] == lr
+    assert [(r["lr_index"], r["wd_index"]) for r in grid_rows(spec)] == [(-1, 0), (0, 0), (1, 0)]
+    with pytest.raises(ValueError, match="origin"):
+        StudySpec.from_stored({"name": "x", "task": "synthetic", "optimizers": [
+            {"name": "sgdw", "lr": {**lr, "origin": 1}}]})
