@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import atexit
 import json
+import select
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +33,7 @@ from service.config import Settings
 from service.db import upgrade_to_head
 from tests.conftest import make_spec, make_study
 from tests.reliability.conftest import MAX_TRIALS, make_tokens
+from tests.reliability.servers import start_api
 
 # --- the fuzzer ----------------------------------------------------------------------------------
 
@@ -396,3 +399,33 @@ def test_worker_registries_refuse_names_without_importing():
             Schedule.from_spec({"name": value}, 10, 10)
     assert set(sys.modules) - modules == set()
     assert not SENTINEL.exists()
+
+
+def test_an_endless_body_is_cut_off_by_the_real_server(lite_url, tmp_path):
+    """Over a socket to ``decouple serve``: a chunked body with no end and no Content-Length is
+    answered 413 after about 1 MB, while the client is still sending (64 MiB on offer)."""
+    server, base = start_api(lite_url, tmp_path / "api.log")
+    port = int(base.rsplit(":", 1)[1])
+    offered, frame = 64 << 20, b"10000\r\n" + b" " * 0x10000 + b"\r\n"
+    sent = 0
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n")
+            while sent < offered and not select.select([sock], [], [], 0)[0]:
+                try:
+                    sock.sendall(frame)
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                sent += 0x10000
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+    finally:
+        server.stop()
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert answer.endswith(b'{"detail":"request body is larger than 1,000,000 bytes"}')
+    assert sent < 16 << 20, sent  # it stopped reading long before the client stopped offering

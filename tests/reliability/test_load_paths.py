@@ -1,0 +1,68 @@
+"""The shortcuts that keep the API fast under load (``bench/api_load.py``) change no answer.
+
+* A done study's report is sent as the JSON text stored in its row, without decoding it: the
+  bytes parse to exactly the report computed the first time, which is exactly what the report
+  builder gives for the stored trials.
+* Study pages and lists never read the report column (a done study's report is tens of kB).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from sqlalchemy import event
+
+from service import store
+from service.db import session_scope
+from service.report import build_report
+from tests.conftest import make_spec
+
+
+def finish(engine, study_id: str) -> None:
+    """Play a worker: every trial done with a value that depends on its cell, study done."""
+    with session_scope(engine) as s:
+        assert store.claim_study(s, "w", 60).id == study_id
+        for t in store.pending_trials(s, study_id):
+            v = 0.1 + 0.01 * t.lr_index + 0.02 * t.wd_index + 0.001 * t.seed
+            store.finish_trial(s, t.id, "w", train_loss=v, val_loss=2 * v, val_error=v)
+            store.record_epochs(s, [{"trial_id": t.id, "epoch": e, "train_loss": v + 1 - e, "val_loss": 2 * v,
+                                     "val_error": v} for e in range(2)])
+        assert store.finish_study(s, study_id, "w", "done")
+
+
+def test_a_cached_report_is_the_computed_report(secure_client, engine):
+    c = secure_client
+    sid = c.post("/studies", json=make_spec(), headers=c.as_["alice"]).json()["id"]
+    partial = c.get(f"/studies/{sid}/report", headers=c.as_["alice"])
+    assert partial.status_code == 200 and partial.json()["partial"] is True
+    finish(engine, sid)
+    first = c.get(f"/studies/{sid}/report", headers=c.as_["alice"])  # computes and caches
+    with session_scope(engine, read_only=True) as s:
+        stored = store.cached_report_json(s, sid)
+        study, trials = store.get_study(s, sid), store.list_trials(s, sid)
+        rebuilt = store.json_safe(build_report(store.study_dict(study), [store.trial_dict(t) for t in trials],
+                                               lambda ids: store.load_curves(s, ids)))
+    second = c.get(f"/studies/{sid}/report", headers=c.as_["bob"])  # served from the row
+    assert second.status_code == 200 and second.headers["content-type"] == "application/json"
+    assert second.content == stored.encode()
+    assert json.loads(second.content) == first.json() == rebuilt
+    assert first.json()["partial"] is False and first.json()["status"] == "done"
+
+
+def test_study_pages_never_read_the_report_column(secure_client, engine):
+    c = secure_client
+    sid = c.post("/studies", json=make_spec(), headers=c.as_["alice"]).json()["id"]
+    finish(engine, sid)
+    assert c.get(f"/studies/{sid}/report", headers=c.as_["alice"]).status_code == 200  # now cached
+    statements: list[str] = []
+    listener = lambda conn, cursor, statement, *args: statements.append(statement)  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        assert c.get("/studies", headers=c.as_["alice"]).json()["count"] == 1
+        assert c.get(f"/studies/{sid}", headers=c.as_["alice"]).json()["status"] == "done"
+        assert c.get("/studies", params={"status": "done"}, headers=c.as_["alice"]).json()["count"] == 1
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert any("FROM studies" in s for s in statements)
+    assert not [s for s in statements if re.search(r"studies\.report\b", s)], statements  # report_computed_at is fine
