@@ -1,6 +1,6 @@
 """The packed trainer against one-config-at-a-time training, and against the machine's matmul peak.
 
-    .venv/bin/python bench/trainer.py [--quick] [--device DEV]
+    .venv/bin/python bench/trainer.py [--quick] [--device DEV] [--threads N]
 
 All in one process, on ``digits_mlp`` (MLP 64-128-10, batch 64, cosine schedule, 20 epochs) with
 a 36-config AdamW grid (6 lr x 6 wd from the default AdamW axes, seed 0):
@@ -25,9 +25,16 @@ a 36-config AdamW grid (6 lr x 6 wd from the default AdamW axes, seed 0):
    the validation forward pass every epoch. The usual MFU convention (6 FLOPs per weight per
    training sample) would count the input gradient too; that rate is printed alongside.
 
+``--threads N`` sets torch's CPU threads for every measurement (Ray's trials keep Ray's default
+of one thread per trial). On a CPU shared with other busy processes, several OpenMP threads per
+process spin at every barrier and all many-small-kernel training slows down by up to ~10x;
+one thread degrades far less. The load average is printed at the start and the end.
+
 ``--quick``: Ray runs 4 of the 36 configs and its time is scaled per trial to 36; the sequential
-loop runs 12 and is scaled likewise; the packed runs are timed once instead of best-of-two. The
-output says which figures are scaled. Where CUDA is present (or ``--device cuda``), step 5 also
+loop runs 12 and is scaled likewise; the FLOP-rate blocks train 5 epochs, timed once instead of
+best-of-two (model building then weighs a little more). The output says which figures are scaled.
+Without ``--threads``, a machine whose load average exceeds its CPU count is measured with one
+thread (said in the output). Where CUDA is present (or ``--device cuda``), step 5 also
 runs on the GPU with a block of 1024 configs and reports trials x epochs per second.
 
 Last line: ``RESULT speedup_vs_sequential=... speedup_vs_ray_default=... fraction_of_matmul_peak=...``
@@ -135,7 +142,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="scaled Ray and sequential subsets, shorter FLOP run")
     ap.add_argument("--device", default=None, help="device of the packed trainer (default: cuda if present)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads for every measurement, the sgemm peak included (default: torch's)")
     args = ap.parse_args()
+    load = os.getloadavg()[0]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif load > (os.cpu_count() or 1):
+        # Oversubscribed: OpenMP threads spinning at barriers make every measurement erratic.
+        torch.set_num_threads(1)
+        print(f"load average {load:.1f} exceeds the {os.cpu_count()} CPUs: measuring with 1 thread")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cpu = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
@@ -169,16 +185,18 @@ def main() -> None:
     peak = matmul_peak(cpu)
     print(f"sgemm peak (4096^3, cpu): {peak / 1e9:.1f} GFLOP/s")
     reps = 1 if args.quick else 2
+    flop_epochs = 5 if args.quick else EPOCHS
     n_val = int(data.x_val.shape[0])
     total_s = total_exec = total_mfu = 0.0
     for opt in DEFAULT_GRIDS:
         demo = grid(8, (0, 1), opt)
-        s = min(timed(train_block, TASK, opt, demo, device=cpu, **kw)[0] for _ in range(reps))
-        executed, mfu = executed_flops(len(demo), EPOCHS, data.n_train, n_val)
+        s = min(timed(train_block, TASK, opt, demo, device=cpu, **{**kw, "epochs": flop_epochs})[0]
+                for _ in range(reps))
+        executed, mfu = executed_flops(len(demo), flop_epochs, data.n_train, n_val)
         total_s, total_exec, total_mfu = total_s + s, total_exec + executed, total_mfu + mfu
-        print(f"packed {opt:11s} {len(demo)} configs x {EPOCHS} epochs: {s:6.2f} s, "
+        print(f"packed {opt:11s} {len(demo)} configs x {flop_epochs} epochs: {s:6.2f} s, "
               f"{executed / s / 1e9:5.1f} GFLOP/s executed ({mfu / s / 1e9:5.1f} in the 6-per-weight "
-              f"convention), {len(demo) * EPOCHS / s:5.0f} trials x epochs per second")
+              f"convention), {len(demo) * flop_epochs / s:5.0f} trials x epochs per second")
     rate = total_exec / total_s
     peak = max(peak, matmul_peak(cpu))  # measured again after: the higher (stricter) of the two
     print(f"sgemm peak again: {peak / 1e9:.1f} GFLOP/s (the higher is used)")
