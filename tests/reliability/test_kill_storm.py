@@ -16,7 +16,7 @@ In the end:
 Half the studies train the real digits MLP (so kills land in the middle of training, and the
 trials left over are re-packed differently), half the analytic ``synthetic`` task (cheap, many
 epochs, each one a database write and an ownership check). The storm is bounded: at most
-``MAX_KILLS`` kills, and the whole test gives up after ``DEADLINE_S``.
+``MAX_KILLS`` kills, and the storm gives up after ``DEADLINE_S``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ WORKERS = 3
 MAX_KILLS = 6
 KILL_EVERY_S = (3.0, 6.0)
 LEASE_S = "3"
-DEADLINE_S = 170
+#: About 100 s on a quiet 2-core machine (each study's Ray Tune run costs ~10 s of process start-up
+#: alone); the bound leaves room for a machine shared with other test runs.
+DEADLINE_S = 240
 
 
 def storm_specs() -> list[dict]:
