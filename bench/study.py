@@ -35,6 +35,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray starts its worker processes at niceness 15; the bare baseline runs at 0 in this process. On
+# a machine shared with other work that alone would slow the end-to-end run, so both run at 0.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 # --- memory of a process tree, from /proc -------------------------------------------------------
