@@ -22,8 +22,13 @@ from workers.worker import run_worker
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
-    """One local Ray (2 CPUs) for the module: start-up costs seconds, tests reuse it."""
-    state = tmp_path_factory.mktemp("ray-state")
+    """One local Ray (2 CPUs) for the module: start-up costs seconds, tests reuse it.
+
+    Its state folder (and so its auth token) is shared by this run's auto-grid modules: a second
+    local Ray in one process with another token failed to start (InvalidAuthToken).
+    """
+    state = tmp_path_factory.getbasetemp() / "ray-state-auto-grids"
+    state.mkdir(exist_ok=True)
     resources = ray_adapter.ensure_ray(None, state, num_cpus=2)
     yield resources
     ray_adapter.shutdown()

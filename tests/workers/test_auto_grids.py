@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from service.db import session_scope
 from service.models import CurvePoint, Trial
@@ -24,8 +24,13 @@ from workers.worker import run_worker
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
-    """One local Ray (2 CPUs) for the module: start-up costs seconds, tests reuse it."""
-    state = tmp_path_factory.mktemp("ray-state")
+    """One local Ray (2 CPUs) for the module: start-up costs seconds, tests reuse it.
+
+    Its state folder (and so its auth token) is shared by this run's auto-grid modules: a second
+    local Ray in one process with another token failed to start (InvalidAuthToken).
+    """
+    state = tmp_path_factory.getbasetemp() / "ray-state-auto-grids"
+    state.mkdir(exist_ok=True)
     resources = ray_adapter.ensure_ray(None, state, num_cpus=2)
     yield resources
     ray_adapter.shutdown()
@@ -84,9 +89,10 @@ def test_auto_axes_put_every_optimum_inside_and_keep_the_pilot_apart(task, clien
     # pilot_epochs(4, 36 pilot, 96 final) = floor(1/3 * 96*4/36) = 3 epochs (share 25 %).
     assert autogrid.pilot_epochs(4, pilot_trials=36, final_trials=96) == 3
     with session_scope(engine, read_only=True) as s:
-        epochs = {tid: n for tid, n in s.execute(
-            select(CurvePoint.trial_id, CurvePoint.epoch).where(
-                CurvePoint.trial_id.in_([t.id for t in trials])))}
+        rows = s.execute(  # the last epoch recorded per trial
+            select(CurvePoint.trial_id, func.max(CurvePoint.epoch)).where(
+                CurvePoint.trial_id.in_([t.id for t in trials])).group_by(CurvePoint.trial_id)).all()
+    epochs = {tid: n for tid, n in rows}
     assert {epochs[t.id] for t in pilot} == {2} and {epochs[t.id] for t in trials if t.phase == "grid"} == {3}
 
     for opt in study["spec"]["optimizers"]:
