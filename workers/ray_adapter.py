@@ -101,13 +101,20 @@ def _remove_dangling_links(folder: Path, prefix: str) -> None:
 
 
 def _refresh_auth_mode() -> None:
-    """Ray caches RAY_AUTH_MODE when first imported; re-read it if Ray was imported earlier."""
+    """Ray caches RAY_AUTH_MODE and the token itself per process; re-read both.
+
+    Without this, a process that started a local Ray once (a test session, a long-lived worker
+    restarted onto another data dir) keeps presenting the first cluster's token to the second,
+    which refuses it (``InvalidAuthToken``).
+    """
     try:
         from ray._private.authentication.authentication_token_setup import _enable_token_auth
+        from ray._raylet import AuthenticationTokenLoader
     except ImportError:  # another Ray version: it reads the environment at init
         return
     if os.environ.get("RAY_AUTH_MODE") == "token":
         _enable_token_auth()
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 #: Whether this process started the Ray it is connected to (its trials share this machine's files).
