@@ -15,7 +15,6 @@ from typing import Any
 from service.schemas import ErrorBody
 
 DESCRIPTIONS = {
-    400: "the body could not be read (not UTF-8)",
     401: "no valid token (with DECOUPLE_AUTH=required)",
     403: "only the study's owner or an admin may do this",
     404: "no such study (or trial)",
