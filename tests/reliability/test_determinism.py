@@ -29,9 +29,11 @@ def curves(results) -> dict:
     return {r.key: [(m.train_loss, m.val_loss, m.val_error, m.diverged) for m in r.curve] for r in results}
 
 
-@pytest.mark.parametrize("task, optimizer", [("digits_mlp", "adamw"), ("digits_mlp_bn", "sgd")])
+@pytest.mark.parametrize("task, optimizer", [("digits_mlp", "adamw"), ("digits_mlp_bn", "adamw")])
 def test_packing_does_not_change_results(task, optimizer):
-    """The MLP engine (batched matmuls) and the functional one (vmap, BatchNorm), each optimizer family."""
+    """The MLP engine (batched matmuls) and the functional one (vmap, BatchNorm); Adam, because
+    with BatchNorm it turns rounding noise into whole steps (``workers.packed``'s docstring), so
+    any dependence on the block's other rows would show."""
     kw = {"epochs": 2, "batch_size": 64, "schedule": {"name": "cosine"}, **DATA}
     whole = curves(train_block(task, optimizer, CONFIGS, **kw))
     split = curves(train_block(task, optimizer, CONFIGS[:1], **kw) + train_block(task, optimizer, CONFIGS[1:], **kw))
