@@ -132,6 +132,7 @@ def apply_update(
             # Skipped at 0 as torch.optim does: 0*theta is NaN once theta has diverged to inf.
             g = g.add(p, alpha=weight_decay)
 
+    step_size = lr
     if variant.base == "sgd":
         if momentum == 0:
             # As torch.optim.SGD: no buffer, since 0*buf would turn one inf gradient into NaN for good.
@@ -156,19 +157,22 @@ def apply_update(
         exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         bias1 = 1 - beta1**step
         bias2_sqrt = math.sqrt(1 - beta2**step)
-        denom = (exp_avg_sq.sqrt() / bias2_sqrt).add_(eps)
-        direction = exp_avg / denom / bias1 if isinstance(lr, torch.Tensor) else None
-        if direction is None:
+        denom = exp_avg_sq.sqrt().div_(bias2_sqrt).add_(eps)
+        if not isinstance(lr, torch.Tensor):
             # Scalar path written as torch.optim.Adam does it, so the two agree to the last bit.
             if variant.decay != "l2":
                 p.mul_(1 - _decay_factor(variant, lr, weight_decay, eta))
             p.addcdiv_(exp_avg, denom, value=-lr / bias1)
             return
+        # Packed path (workers.packed, memory-bound): the quotient reuses denom's buffer and
+        # 1/bias1 goes into the per-config step sizes, two passes over the parameters fewer.
+        direction = torch.div(exp_avg, denom, out=denom)
+        step_size = lr / bias1
 
     if variant.decay != "l2":
         c = _decay_factor(variant, lr, weight_decay, eta)
         p.mul_(1 - c)
-    _axpy_(p, direction, lr)
+    _axpy_(p, direction, step_size)
 
 
 def _decay_factor(variant: Variant, lr: Number, weight_decay: Number, eta: Number) -> Number:
