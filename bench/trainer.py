@@ -5,7 +5,7 @@
 All in one process, on ``digits_mlp`` (MLP 64-128-10, batch 64, cosine schedule, 20 epochs) with
 a 36-config AdamW grid (6 lr x 6 wd from the default AdamW axes, seed 0):
 
-1. **packed**: ``workers.packed.train_block`` on the 36 configs at once (best of two runs);
+1. **packed**: ``workers.packed.train_block`` on the 36 configs at once (best of three runs);
 2. **sequential**: ``workers.trainer.train_single`` (``build_optimizer`` + ``nn.Module`` +
    ``LambdaLR``) for each config in turn;
 3. **Ray Tune, default settings**: a local Ray (temp under ``./data/ray/tmp``, results under
@@ -31,8 +31,8 @@ process spin at every barrier and all many-small-kernel training slows down by u
 one thread degrades far less. The load average is printed at the start and the end.
 
 ``--quick``: Ray runs 4 of the 36 configs and its time is scaled per trial to 36; the sequential
-loop runs 12 and is scaled likewise; the FLOP-rate blocks train 5 epochs, timed once instead of
-best-of-two (model building then weighs a little more). The output says which figures are scaled.
+loop runs 12 and is scaled likewise; every packed run is timed once instead of best-of-several,
+and the FLOP-rate blocks train 5 epochs (model building then weighs a little more). The output says which figures are scaled.
 Without ``--threads``, a machine whose load average exceeds its CPU count is measured with one
 thread (said in the output). Where CUDA is present (or ``--device cuda``), step 5 also
 runs on the GPU with a block of 1024 configs and reports trials x epochs per second.
@@ -162,7 +162,7 @@ def main() -> None:
 
     # 1. packed (warm-up run on 2 configs first: lazy initialisation is nobody's training time)
     train_block(TASK, OPT, configs[:2], epochs=1, batch_size=BATCH, device=cpu)
-    packed_s = min(timed(train_block, TASK, OPT, configs, device=cpu, **kw)[0] for _ in range(2))
+    packed_s = min(timed(train_block, TASK, OPT, configs, device=cpu, **kw)[0] for _ in range(1 if args.quick else 3))
     print(f"packed      36 configs x {EPOCHS} epochs: {packed_s:7.2f} s (cpu)")
 
     # 2. sequential
