@@ -196,7 +196,7 @@ def main() -> int:
     with psycopg.connect(conninfo(), autocommit=True, connect_timeout=5) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     url = schema_url(schema)
-    home = Path(tempfile.mkdtemp(prefix="decouple-bench-"))
+    home = Path(tempfile.mkdtemp(prefix="decouple-apiload-"))
     server = None
     try:
         t0 = time.perf_counter()

@@ -211,6 +211,19 @@ def session_processes(sid: int) -> list[str]:
     return [f"{r[2]} {r[3][:120]}" for r in rows if len(r) == 4 and r[0] == str(sid) and not r[1].startswith("Z")]
 
 
+def processes_naming(marker: str) -> list[int]:
+    """Pids of the processes whose command line contains ``marker`` (a path unique to a test)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
 # --- a Ray head ----------------------------------------------------------------------------------
 
 
@@ -224,6 +237,7 @@ class RayHead:
     """
 
     def __init__(self, temp_dir: Path, *, num_cpus: int, log: Path) -> None:
+        self.temp_dir = temp_dir
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.token = secrets_token()
@@ -256,9 +270,16 @@ class RayHead:
         wait_for("the Ray head", up, timeout=timeout, interval=1.0)
 
     def stop(self) -> list[str]:
-        """End the head's process group; returns what was still running in it afterwards."""
+        """End the head's process group, then any process still naming this head's temp dir
+        (Ray's own, by construction); returns what was left in the group before that sweep."""
         self.proc.stop(timeout=10)
-        return session_processes(self.proc.pid)
+        left = session_processes(self.proc.pid)
+        for pid in processes_naming(str(self.temp_dir)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return left
 
 
 def secrets_token() -> str:
