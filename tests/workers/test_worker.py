@@ -228,11 +228,15 @@ def test_killed_worker_study_is_finished_by_another_without_rerunning(
     log1 = open(tmp_path / "worker1.log", "w")
     w1 = subprocess.Popen([DECOUPLE, "worker"], cwd=tmp_path, env=env1, stdout=log1,
                           stderr=subprocess.STDOUT, start_new_session=True)
+
+    def mid_study():
+        if w1.poll() is not None:
+            pytest.fail(f"worker 1 exited ({w1.returncode}): {(tmp_path / 'worker1.log').read_text()}")
+        counts = status_counts(engine, study_id)
+        return counts.get("done") and counts.get("running")
+
     try:
-        wait_for(
-            lambda: (c := status_counts(engine, study_id)).get("done") and c.get("running") and c,
-            120, "some trials done and some running",
-        )
+        wait_for(mid_study, 120, "some trials done and some running")
     finally:
         kill_session(w1)
         log1.close()
