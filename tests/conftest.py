@@ -187,3 +187,14 @@ def client(settings):
 
     with TestClient(create_app(settings)) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """One local Ray (2 CPUs) per test module: start-up costs seconds, a module's tests reuse it."""
+    from workers import ray_adapter
+
+    state = tmp_path_factory.mktemp("ray-state")
+    resources = ray_adapter.ensure_ray(None, state, num_cpus=2)
+    yield resources
+    ray_adapter.shutdown()

@@ -13,25 +13,10 @@ from sqlalchemy import select
 
 from service.db import session_scope
 from service.models import Trial
-from workers import ray_adapter
 from workers.catalog import DEFAULT_GRIDS
 from workers.tasks import get_task
 from tests.service.test_api import auth_client  # noqa: F401 (a fixture)
 from workers.worker import run_worker
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    """One local Ray (2 CPUs) for the module: start-up costs seconds, tests reuse it.
-
-    Its state folder (and so its auth token) is shared by this run's auto-grid modules: a second
-    local Ray in one process with another token failed to start (InvalidAuthToken).
-    """
-    state = tmp_path_factory.getbasetemp() / "ray-state-auto-grids"
-    state.mkdir(exist_ok=True)
-    resources = ray_adapter.ensure_ray(None, state, num_cpus=2)
-    yield resources
-    ray_adapter.shutdown()
 
 
 def offgrid_spec(**extra) -> dict:
