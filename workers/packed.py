@@ -22,7 +22,7 @@ How a step runs
   and the schedule value eta_t as a float. On the CPU the rows are cut into chunks whose state
   fits in a core's L2 cache (Adam's update is ~10 elementwise passes; chunked, 128 digits MLPs
   updated in 1.9 ms instead of 2.9 ms); on a GPU one call covers the block.
-- **Denormals** are flushed to zero on the CPU, in every intra-op thread, by both trainers
+- **Denormals** are flushed to zero while training on the CPU, by both trainers
   (:func:`flush_denormals`).
 
 Equal to single-config training
@@ -57,6 +57,7 @@ evaluation mode (BatchNorm uses its running statistics).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -129,26 +130,29 @@ class TrainingStopped(Exception):
 OnEpoch = Callable[[int, list[EpochMetrics]], "bool | None"]
 
 
-def flush_denormals() -> None:
-    """Treat denormal floats as zero on the CPU, in every intra-op thread (both trainers call this).
+_flush_depth = 0
 
-    A confident classifier's softmax gradients, Adam's moments of rarely-active weights and
-    decayed unused weights all underflow into the denormal range (below 1.2e-38), where x86
-    arithmetic is one to two orders of magnitude slower. Measured here: a (128, 128, 64) batched
-    matmul with denormal inputs took 100-200 ms instead of 0.5-1.3 ms, and a digits epoch of 128
-    configs 1.8 s instead of 0.4 s. Flushing changes values only below 1.2e-38.
 
-    ``torch.set_flush_denormal`` sets the calling thread's mode only; OpenMP worker threads copy
-    the mode of the thread that creates them, when torch runs its first parallel region. So this
-    module calls it at import (before any training in a worker process has run a parallel
-    region), and the trainers call it again for the calling thread. The mode stays on for the
-    process: PyTorch has no getter to restore a previous one, and a worker thread's mode cannot
-    be changed after its creation.
+@contextlib.contextmanager
+def flush_denormals():
+    """Treat denormal floats as zero on the CPU while training (both trainers do).
+
+    A confident classifier's softmax gradients and Adam's second moments underflow into the
+    denormal range (below 1.2e-38), where x86 arithmetic is one to two orders of magnitude
+    slower: measured here, one digits epoch of 128 configs took 1.8 s with denormals and 0.4 s
+    without. Flushing changes values only below 1.2e-38. PyTorch offers no getter for the mode,
+    so on leaving the outermost block it is set back to PyTorch's default (off).
     """
-    torch.set_flush_denormal(True)
-
-
-flush_denormals()
+    global _flush_depth
+    if _flush_depth == 0:
+        torch.set_flush_denormal(True)
+    _flush_depth += 1
+    try:
+        yield
+    finally:
+        _flush_depth -= 1
+        if _flush_depth == 0:
+            torch.set_flush_denormal(False)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -659,8 +663,8 @@ def train_block(
                      wd_normalized=wd_normalized, decay_on=decay_on, n_train=data.n_train)
     if not configs:
         return []
-    flush_denormals()
-    return PackedRun(spec, configs, data.to(dev), dev).run(on_epoch)
+    with flush_denormals():
+        return PackedRun(spec, configs, data.to(dev), dev).run(on_epoch)
 
 
 # --------------------------------------------------------------------------------------------

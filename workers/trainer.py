@@ -62,8 +62,14 @@ def train_single(
     if t.analytic:
         return train_block(task, optimizer, [config], epochs=epochs, batch_size=batch_size,
                            schedule=schedule, wd_normalized=wd_normalized, decay_on=decay_on)[0]
-    flush_denormals()
-    dev = resolve_device(device)
+    with flush_denormals():
+        return _train(t, optimizer, config, epochs, batch_size, schedule, wd_normalized, decay_on,
+                      resolve_device(device), max_train, max_val)
+
+
+def _train(t, optimizer, config, epochs, batch_size, schedule, wd_normalized, decay_on, dev, max_train, max_val):
+    """The loop of :func:`train_single`, inside ``flush_denormals``."""
+    lr, wd, seed, key = config.lr, config.wd, config.seed, config.key
     data = t.load_data(max_train, max_val).to(dev)
     spec = make_spec(t, optimizer, epochs=epochs, batch_size=batch_size, schedule=schedule,
                      wd_normalized=wd_normalized, decay_on=decay_on, n_train=data.n_train)
