@@ -27,21 +27,11 @@ from sqlalchemy import func, select
 
 from service.db import session_scope
 from service.models import CurvePoint, Study, Trial
-from workers import ray_adapter
 from workers.optim import OPTIMIZER_NAMES
 from workers.runner import BLOCK_RETRIES, make_blocks
 from workers.worker import run_worker
 
 DECOUPLE = str(Path(sys.executable).with_name("decouple"))
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    """One local Ray (2 CPUs) for the module: start-up costs seconds, tests reuse it."""
-    state = tmp_path_factory.mktemp("ray-state")
-    resources = ray_adapter.ensure_ray(None, state, num_cpus=2)
-    yield resources
-    ray_adapter.shutdown()
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
