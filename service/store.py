@@ -194,6 +194,14 @@ def cancel_study(session: Session, study_id: str, who: Principal) -> Study:
     now = utcnow()
     study.status, study.finished_at, study.updated_at = "cancelled", now, now
     study.lease_expires_at = None
+    # Trials in flight will not finish (their block stops at its next epoch, or its worker is
+    # gone): back to queued, so no trial of a cancelled study claims to be running forever.
+    session.execute(
+        update(Trial)
+        .where(Trial.study_id == study_id, Trial.status == "running")
+        .values(status="queued", worker=None, started_at=None)
+        .execution_options(synchronize_session=False)
+    )
     session.flush()
     return study
 
@@ -336,13 +344,16 @@ def cache_report(session: Session, study_id: str, report: dict[str, Any]) -> boo
 # --- the queue (worker side) ---------------------------------------------------------------------
 
 
-def claim_study(session: Session, worker_id: str, lease_seconds: float) -> Study | None:
+def claim_study(
+    session: Session, worker_id: str, lease_seconds: float, *, only: str | None = None,
+) -> Study | None:
     """Take the next study to run, or None when there is none.
 
     The next study is the queued one with the highest priority, oldest first, or a running one
     whose lease has expired (its worker died). Exactly one of several concurrent claimers gets a
     given study: PostgreSQL skips rows another transaction has locked; SQLite serializes the
     claims because write transactions begin IMMEDIATE. The caller commits (``session_scope``).
+    ``only`` restricts the claim to one study (``decouple demo`` runs its own study, not the queue).
     """
     now = utcnow()
     query = (
@@ -354,6 +365,8 @@ def claim_study(session: Session, worker_id: str, lease_seconds: float) -> Study
         .order_by(Study.priority.desc(), Study.created_at.asc(), Study.id.asc())
         .limit(1)
     )
+    if only is not None:
+        query = query.where(Study.id == only)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     study = session.scalars(query).first()

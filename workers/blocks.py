@@ -61,13 +61,17 @@ def execute_block(block: dict[str, Any], db_url: str) -> dict[str, Any]:
     configs = [TrialConfig(lr=float(lr), wd=float(wd), seed=int(seed), key=int(tid)) for tid, lr, wd, seed in todo]
 
     def on_epoch(epoch: int, metrics) -> bool:
+        # Ownership first, in the same transaction: a cancelled study or a lost claim gets no
+        # more curve points from this block.
         with session_scope(engine) as s:
+            if not still_owner(s, study_id, worker_id):
+                return False
             store.record_epochs(s, [
                 {"trial_id": m.key, "epoch": epoch, "train_loss": m.train_loss,
                  "val_loss": m.val_loss, "val_error": m.val_error}
                 for m in metrics
             ])
-            return still_owner(s, study_id, worker_id)
+            return True
 
     try:
         results = train_block(

@@ -330,6 +330,33 @@ def test_cancel_and_delete_end_the_workers_claim(engine, make_study):
         assert store.claim_study(s, "w3", 60) is None
 
 
+def test_cancel_puts_the_trials_in_flight_back_to_queued_and_keeps_results(engine, make_study):
+    study = make_study()
+    with session_scope(engine) as s:
+        store.claim_study(s, "w1", 60)
+        ids = [t.id for t in store.list_trials(s, study.id)]
+        store.mark_trials_running(s, ids[:3], "w1")
+        store.finish_trial(s, ids[0], "w1", train_loss=0.5, val_loss=0.6, val_error=0.1)
+    with session_scope(engine) as s:
+        store.cancel_study(s, study.id, ADMIN)
+    with session_scope(engine) as s:
+        trials = {t.id: t for t in store.list_trials(s, study.id)}
+        assert trials[ids[0]].status == "done" and trials[ids[0]].val_error == 0.1
+        assert [(trials[i].status, trials[i].worker, trials[i].started_at) for i in ids[1:3]] == [("queued", None, None)] * 2
+        assert not any(t.status == "running" for t in trials.values())
+
+
+def test_a_claim_can_be_restricted_to_one_study(engine, make_study):
+    first, second = make_study(), make_study()
+    with session_scope(engine) as s:
+        assert store.claim_study(s, "demo", 60, only=second.id).id == second.id
+    with session_scope(engine) as s:
+        assert store.claim_study(s, "demo", 60, only=second.id) is None  # running, lease held
+        assert store.claim_study(s, "demo", 60, only="no-such-study") is None
+        assert store.get_study(s, first.id).status == "queued"  # the queue's head, untouched
+        assert store.claim_study(s, "w", 60).id == first.id
+
+
 def test_release_puts_a_study_back_in_the_queue(engine, make_study):
     study = make_study()
     with session_scope(engine) as s:
