@@ -96,7 +96,7 @@ def run_demo(out: str | Path = "demo-report", quick: bool = False) -> int:
     watcher = ProgressWatcher(engine, study_id, total)
     watcher.start()
     try:
-        run_worker(once=True, settings=settings)
+        run_worker(once=True, settings=settings, only=study_id)  # the demo's study, not the queue
     finally:
         watcher.stop()
         ray_adapter.shutdown()

@@ -32,8 +32,11 @@ def run_worker(
     worker_id: str | None = None,
     poll_seconds: float = 2.0,
     on_study_start=None,
+    only: str | None = None,
 ) -> int:
-    """Claim and run studies until the queue is empty (``once``) or forever. Returns an exit code."""
+    """Claim and run studies until the queue is empty (``once``) or forever. Returns an exit code.
+
+    ``only``: claim that one study and no other (with ``once``, run it and return)."""
     from service.db import check_schema_current, make_engine
     from workers import ray_adapter
 
@@ -45,12 +48,13 @@ def run_worker(
         ray_adapter.ensure_ray(ray_address or settings.ray_address, settings.state_dir)
         log.info("worker %s ready", worker_id)
         return _loop(engine, worker_id, settings, once=once, poll_seconds=poll_seconds,
-                     on_study_start=on_study_start)
+                     on_study_start=on_study_start, only=only)
     finally:
         engine.dispose()  # an in-process worker (demo, tests) must not leave its pool open
 
 
-def _loop(engine, worker_id: str, settings: Settings, *, once: bool, poll_seconds: float, on_study_start) -> int:
+def _loop(engine, worker_id: str, settings: Settings, *, once: bool, poll_seconds: float, on_study_start,
+          only: str | None = None) -> int:
     from service import store
     from service.db import session_scope
     from service.errors import DatabaseUnavailable
@@ -60,7 +64,7 @@ def _loop(engine, worker_id: str, settings: Settings, *, once: bool, poll_second
     while True:
         try:
             with session_scope(engine) as s:
-                study = store.claim_study(s, worker_id, settings.lease_seconds)
+                study = store.claim_study(s, worker_id, settings.lease_seconds, only=only)
                 study_id = study.id if study is not None else None
             backoff = poll_seconds
         except DatabaseUnavailable as exc:

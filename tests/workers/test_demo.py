@@ -1,8 +1,8 @@
 """`decouple demo --quick` as a user runs it: a fresh directory, nothing but environment variables.
 
 One real run (SQLite file, local Ray, 80 digits trials of 8 epochs): it must exit 0, print the
-separability table, write the report page, keep Ray's files in the data directory, and write
-nothing to $HOME or the temp directory.
+separability table, write the report page, keep Ray's files in the data directory, write
+nothing to $HOME or the temp directory, and leave a study queued before it alone.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from service.db import dispose_engines, make_engine, session_scope
+from service.db import dispose_engines, make_engine, session_scope, upgrade_to_head
 from service.models import CurvePoint, Study, Trial
+from tests.conftest import make_study
 from workers.demo import demo_spec
 from workers.optim import OPTIMIZER_NAMES
 
@@ -42,6 +43,12 @@ def test_demo_quick_end_to_end_writes_only_its_own_directories(tmp_path):
            if not k.startswith(("RAY_", "DECOUPLE_", "MPL", "XDG_"))}
     env.update(HOME=str(home), TMPDIR=str(tmp), DECOUPLE_DATABASE_URL=f"sqlite:///{db}",
                DECOUPLE_DATA_DIR=str(data), PYTHONUNBUFFERED="1")
+    # A study a teammate queued earlier in the same database: the demo runs its own, not this one.
+    url = f"sqlite:///{db}"
+    upgrade_to_head(url)
+    engine = make_engine(url)
+    waiting = make_study(engine, name="queued before the demo").id
+    engine.dispose()
     proc = subprocess.run([DECOUPLE, "demo", "--quick", "--out", str(out)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -71,13 +78,15 @@ def test_demo_quick_end_to_end_writes_only_its_own_directories(tmp_path):
     assert len(list((data / "ray" / "tmp").glob("session_2*"))) == 1
     assert (data / "ray" / "results" / f"study-{study_id}").is_dir()
 
-    url = f"sqlite:///{db}"
     engine = make_engine(url)
     try:
         with session_scope(engine, read_only=True) as s:
             assert s.get(Study, study_id).status == "done"
-            statuses = s.execute(select(Trial.status, func.count()).group_by(Trial.status)).all()
+            assert s.get(Study, waiting).status == "queued"
+            statuses = s.execute(select(Trial.status, func.count()).where(Trial.study_id == study_id)
+                                 .group_by(Trial.status)).all()
             assert [tuple(r) for r in statuses] == [("done", 80)]
+            assert set(s.scalars(select(Trial.status).where(Trial.study_id == waiting))) == {"queued"}
             per_trial = s.execute(
                 select(CurvePoint.trial_id, func.count(), func.min(CurvePoint.epoch), func.max(CurvePoint.epoch))
                 .group_by(CurvePoint.trial_id)
