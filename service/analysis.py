@@ -75,8 +75,10 @@ Measures (``separability``):
     save.
 
 Uncertainty (``separability_with_ci``) takes one grid per seed (S x n x m). The measures are those
-of the seed mean theta. Over ``n_boot`` bootstrap resamples of the seeds (S seeds drawn with
-replacement, grid re-averaged, every measure recomputed; S >= 2) with percentiles q_2.5 and q_97.5,
+of the seed mean theta. Over the bootstrap resamples of the seeds (S seeds drawn with replacement,
+grid re-averaged, every measure recomputed; S >= 2; every distinct resample with its exact
+probability while there are at most ``n_boot`` of them, i.e. up to 5 seeds, else ``n_boot``
+random ones: :func:`bootstrap_resamples`) with percentiles q_2.5 and q_97.5,
 ``ci[measure] = [2 theta - q_97.5, 2 theta - q_2.5]`` (the basic bootstrap interval), clipped to the
 measure's range and widened to hold theta. Why not the plain percentiles: a resample repeats seeds,
 so its mean is noisier than the real one, and noise adds interaction; the percentile interval of
@@ -97,6 +99,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import combinations_with_replacement
 
 import numpy as np
 from scipy.stats import rankdata, studentized_range
@@ -398,12 +401,29 @@ def separability_with_ci(lrs, wds, per_seed_values, *, chance: float | None = No
     return out
 
 
-def _bootstrap(x, y, per_seed, present, mean, c, default_wd, n_boot, rng_seed) -> dict:
-    S = per_seed.shape[0]
+def bootstrap_resamples(S: int, n_boot: int, rng_seed: int = 0) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The seed resamples of the bootstrap and their weights.
+
+    With few seeds every distinct resample is enumerated with its exact probability (a multiset
+    of S seeds drawn with replacement, weight S!/(prod counts!)/S^S) whenever there are no more
+    than ``n_boot`` of them: 3 for S = 2, 10 for S = 3, 35 for S = 4, 126 for S = 5. That is the
+    bootstrap distribution itself, not a Monte Carlo estimate of it, and far cheaper. Otherwise
+    ``n_boot`` random resamples with equal weight (weights ``None``).
+    """
+    if math.comb(2 * S - 1, S) <= n_boot:
+        draws = [np.array(d) for d in combinations_with_replacement(range(S), S)]
+        weights = np.array([math.factorial(S) / math.prod(math.factorial(int(c)) for c in np.bincount(d))
+                            for d in draws]) / S**S
+        return draws, weights
     rng = np.random.default_rng(rng_seed)
-    samples: dict[str, list[float]] = {k: [] for k in CI_MEASURES}
-    for _ in range(n_boot):
-        idx = rng.integers(0, S, size=S)
+    return [rng.integers(0, S, size=S) for _ in range(n_boot)], None
+
+
+def _bootstrap(x, y, per_seed, present, mean, c, default_wd, n_boot, rng_seed) -> dict:
+    draws, weights = bootstrap_resamples(per_seed.shape[0], n_boot, rng_seed)
+    w = np.ones(len(draws)) if weights is None else weights
+    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in CI_MEASURES}
+    for idx, wi in zip(draws, w, strict=True):
         g = _seed_mean(per_seed[idx], present[idx])
         # a cell none of whose drawn seeds finished keeps its full-sample mean
         g = np.where(np.isnan(g), mean, g)
@@ -411,17 +431,22 @@ def _bootstrap(x, y, per_seed, present, mean, c, default_wd, n_boot, rng_seed) -
         r["best_value"] = r["best"]["value"] if r["best"] else None
         for k in CI_MEASURES:
             if r[k] is not None:
-                samples[k].append(r[k])
+                samples[k].append((r[k], wi))
     point = _raw_measures(x, y, mean, c, default_wd)
     point["best_value"] = point["best"]["value"] if point["best"] else None
     ci: dict = {}
     for k, s in samples.items():
-        # a measure undefined in the point estimate or in more than half the resamples has no
-        # interval worth showing
-        if point[k] is None or len(s) * 2 < n_boot:
+        # a measure undefined in the point estimate or in more than half the resamples (by
+        # weight) has no interval worth showing
+        if point[k] is None or sum(wi for _, wi in s) * 2 < w.sum():
             ci[k] = None
             continue
-        q_lo, q_hi = np.percentile(s, [2.5, 97.5])
+        values = [v for v, _ in s]
+        if weights is None:
+            q_lo, q_hi = np.percentile(values, [2.5, 97.5])
+        else:  # the exact distribution's quantiles
+            q_lo, q_hi = np.percentile(values, [2.5, 97.5], weights=[wi for _, wi in s],
+                                       method="inverted_cdf")
         lo, hi = 2 * point[k] - q_hi, 2 * point[k] - q_lo
         lo_bound, hi_bound = _RANGE.get(k, (-math.inf, math.inf))
         ci[k] = [float(min(max(lo, lo_bound), point[k])), float(max(min(hi, hi_bound), point[k]))]

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from service.analysis import interaction_share, separability, separability_with_ci
+from service.analysis import bootstrap_resamples, interaction_share, separability, separability_with_ci
 
 LRS = np.logspace(-4, -1, 8)
 WDS = np.logspace(-5, -2, 8)
@@ -203,6 +203,31 @@ def test_flat_in_wd_surface_reports_no_wd_effect_and_no_slope():
     assert any(w.startswith("Weight decay moves the metric less than the seed-to-seed noise")
                and "wd has no effect here" in w for w in r["warnings"])
     _no_nan(r)
+
+
+def test_few_seeds_enumerate_the_exact_bootstrap_distribution():
+    draws, weights = bootstrap_resamples(2, 400)
+    assert [d.tolist() for d in draws] == [[0, 0], [0, 1], [1, 1]]
+    assert weights.tolist() == [0.25, 0.5, 0.25]
+    for S, n in ((3, 10), (4, 35), (5, 126)):
+        draws, weights = bootstrap_resamples(S, 400)
+        assert len(draws) == n == len({tuple(d) for d in draws})
+        assert weights.sum() == pytest.approx(1.0, abs=1e-12)
+    draws, weights = bootstrap_resamples(6, 400)  # 462 distinct resamples > 400: random ones
+    assert weights is None and len(draws) == 400
+
+
+def test_two_seed_interval_is_the_basic_interval_of_the_three_resamples():
+    per_seed = _seeds(PRODUCT, 0.02, S=2)
+    chance = 1.0
+    r = separability_with_ci(LRS, WDS, per_seed, chance=chance)
+    assert separability_with_ci(LRS, WDS, per_seed, chance=chance, n_boot=5, rng_seed=7)["ci"] == r["ci"]
+    theta = r["interaction_share"]
+    # seed 0 alone (1/4), their mean (1/2), seed 1 alone (1/4): q_2.5 is the smallest, q_97.5 the largest
+    shares = [separability(LRS, WDS, g, chance=chance)["interaction_share"]
+              for g in (per_seed[0], per_seed.mean(axis=0), per_seed[1])]
+    lo, hi = 2 * theta - max(shares), 2 * theta - min(shares)
+    assert r["ci"]["interaction_share"] == [max(min(lo, theta), 0.0), min(max(hi, theta), 1.0)]
 
 
 def test_one_seed_has_no_intervals_and_says_so():
