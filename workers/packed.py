@@ -361,13 +361,13 @@ class MLPEngine:
             if i == last:  # d is (K, C, b)
                 torch.bmm(d, h_in, out=gw)
                 torch.sum(d, dim=2, out=gb)
-                d = torch.bmm(d.transpose(1, 2), w)
             else:  # d is (K, b, out)
                 torch.bmm(d.transpose(1, 2), h_in, out=gw)
                 torch.sum(d, dim=1, out=gb)
-                d = torch.bmm(d, w)
-            if i > 0:
-                d = torch.ops.aten.threshold_backward(d, h_in, 0.0)
+            if i == 0:
+                break  # the input needs no gradient (it would be the step's largest bmm)
+            d = torch.bmm(d.transpose(1, 2) if i == last else d, w)
+            d = torch.ops.aten.threshold_backward(d, h_in, 0.0)
         return loss
 
     @torch.no_grad()
