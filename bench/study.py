@@ -138,7 +138,8 @@ def _train(full: dict, optimizer: str, configs: list, epochs: int | None = None)
 
     train_block(full["task"], optimizer, configs, epochs=epochs or full["epochs"],
                 batch_size=full["batch_size"], schedule=full["schedule"],
-                wd_normalized=full["wd_normalized"], decay_on=full["decay_on"])
+                wd_normalized=full["wd_normalized"], decay_on=full["decay_on"],
+                threads=None)  # the thread count set by the caller (bare_threads probes it)
 
 
 def bare_threads(spec: dict, epochs: int = 2) -> tuple[int, dict[int, float]]:

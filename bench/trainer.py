@@ -13,7 +13,7 @@ a 36-config AdamW grid (6 lr x 6 wd from the default AdamW axes, seed 0):
    (one trial per config, ``reuse_actors=False``), each trial calling ``train_single``. Ray's
    start-up is not timed; ``Tuner.fit()`` is.
 4. **matmul peak**: the best float32 throughput of a 4096 x 4096 x 4096 matmul, this process,
-   this thread count;
+   the same thread count as the trainers;
 5. **achieved FLOP rate**: the packed trainer on the blocks the service runs for the demo: per
    optimizer, its default 8x8 grid x 2 seeds = 128 configs, 20 epochs; the whole
    ``train_block`` call is timed (model building and evaluation included). The figure is the
@@ -25,16 +25,18 @@ a 36-config AdamW grid (6 lr x 6 wd from the default AdamW axes, seed 0):
    the validation forward pass every epoch. The usual MFU convention (6 FLOPs per weight per
    training sample) would count the input gradient too; that rate is printed alongside.
 
-``--threads N`` sets torch's CPU threads for every measurement (Ray's trials keep Ray's default
-of one thread per trial). On a CPU shared with other busy processes, several OpenMP threads per
-process spin at every barrier and all many-small-kernel training slows down by up to ~10x;
-one thread degrades far less. The load average is printed at the start and the end.
+Threads: every measurement, the sgemm peak included, uses the same torch CPU thread count: 1 by
+default, what a block gets in the service (one CPU per block; ``workers.packed.cpu_training``),
+and what Ray gives each trial; ``--threads N`` sets another for all of them (the trainers are
+called with ``threads=N``; with more than one thread only the calling thread flushes denormals).
+On a CPU shared with other busy processes, several OpenMP threads per process spin at every
+barrier and many-small-kernel training slows down by up to ~10x; one thread degrades far less.
+The load average is printed at the start and the end.
 
 ``--quick``: Ray runs 4 of the 36 configs and its time is scaled per trial to 36; the sequential
 loop runs 12 and is scaled likewise; every packed run is timed once instead of best-of-several,
 and the FLOP-rate blocks train 5 epochs (model building then weighs a little more). The output says which figures are scaled.
-Without ``--threads``, a machine whose load average exceeds its CPU count is measured with one
-thread (said in the output). Where CUDA is present (or ``--device cuda``), step 5 also
+Where CUDA is present (or ``--device cuda``), step 5 also
 runs on the GPU with a block of 1024 configs and reports trials x epochs per second.
 
 Last line: ``RESULT speedup_vs_sequential=... speedup_vs_ray_default=... fraction_of_matmul_peak=...``
@@ -57,7 +59,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from workers.catalog import DEFAULT_GRIDS  # noqa: E402
-from workers.packed import TrialConfig, train_block  # noqa: E402
+from workers.packed import CPU_THREADS, TrialConfig, train_block  # noqa: E402
 from workers.tasks import get_task  # noqa: E402
 from workers.trainer import train_single  # noqa: E402
 
@@ -142,26 +144,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="scaled Ray and sequential subsets, shorter FLOP run")
     ap.add_argument("--device", default=None, help="device of the packed trainer (default: cuda if present)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads for every measurement, the sgemm peak included (default: torch's)")
+    ap.add_argument("--threads", type=int, default=CPU_THREADS,
+                    help="torch CPU threads for every measurement, the sgemm peak included "
+                         f"(default {CPU_THREADS}: a block's share in the service)")
     args = ap.parse_args()
-    load = os.getloadavg()[0]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    elif load > (os.cpu_count() or 1):
-        # Oversubscribed: OpenMP threads spinning at barriers make every measurement erratic.
-        torch.set_num_threads(1)
-        print(f"load average {load:.1f} exceeds the {os.cpu_count()} CPUs: measuring with 1 thread")
+    if args.threads < 1:
+        ap.error(f"--threads must be at least 1, not {args.threads}")
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cpu = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     data = get_task(TASK).load_data()
     configs = grid(6, (0,))
-    kw = dict(epochs=EPOCHS, batch_size=BATCH, schedule=SCHEDULE)
+    kw = dict(epochs=EPOCHS, batch_size=BATCH, schedule=SCHEDULE, threads=args.threads)
 
     # 1. packed (warm-up run on 2 configs first: lazy initialisation is nobody's training time)
-    train_block(TASK, OPT, configs[:2], epochs=1, batch_size=BATCH, device=cpu)
+    train_block(TASK, OPT, configs[:2], epochs=1, batch_size=BATCH, device=cpu, threads=args.threads)
     packed_s = min(timed(train_block, TASK, OPT, configs, device=cpu, **kw)[0] for _ in range(1 if args.quick else 3))
     print(f"packed      36 configs x {EPOCHS} epochs: {packed_s:7.2f} s (cpu)")
 
@@ -183,7 +182,7 @@ def main() -> None:
 
     # 4. + 5. matmul peak and the demo blocks' FLOP rate, back to back
     peak = matmul_peak(cpu)
-    print(f"sgemm peak (4096^3, cpu): {peak / 1e9:.1f} GFLOP/s")
+    print(f"sgemm peak (4096^3, cpu, {torch.get_num_threads()} thread(s)): {peak / 1e9:.1f} GFLOP/s")
     reps = 1 if args.quick else 2
     flop_epochs = 5 if args.quick else EPOCHS
     n_val = int(data.x_val.shape[0])

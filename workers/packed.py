@@ -22,8 +22,8 @@ How a step runs
   and the schedule value eta_t as a float. On the CPU the rows are cut into chunks whose state
   fits in a core's L2 cache (Adam's update is ~10 elementwise passes; chunked, 128 digits MLPs
   updated in 1.9 ms instead of 2.9 ms); on a GPU one call covers the block.
-- **Denormals** are flushed to zero while training on the CPU, by both trainers
-  (:func:`flush_denormals`).
+- **One thread, no denormals.** On the CPU a block trains with one intra-op thread and
+  denormals flushed to zero, both restored afterwards (:func:`cpu_training`).
 
 Equal to single-config training
 -------------------------------
@@ -130,29 +130,52 @@ class TrainingStopped(Exception):
 OnEpoch = Callable[[int, list[EpochMetrics]], "bool | None"]
 
 
-_flush_depth = 0
+#: Intra-op threads a block trains with on the CPU: a block is given one CPU (``ray_adapter.block_resources``).
+CPU_THREADS = 1
+
+#: A float32 denormal: 1e-39 survives as itself only where this thread does not flush denormals.
+_DENORMAL = 1e-39
+
+
+def denormals_flushed() -> bool:
+    """Whether the calling thread treats float32 denormals as zero (PyTorch has no getter for it)."""
+    return float(torch.tensor([_DENORMAL], dtype=torch.float32).mul_(1.0)[0]) == 0.0
 
 
 @contextlib.contextmanager
-def flush_denormals():
-    """Treat denormal floats as zero on the CPU while training (both trainers do).
+def cpu_training(threads: int | None = CPU_THREADS):
+    """Run the enclosed training with ``threads`` intra-op threads and denormals flushed to zero.
 
-    A confident classifier's softmax gradients and Adam's second moments underflow into the
-    denormal range (below 1.2e-38), where x86 arithmetic is one to two orders of magnitude
-    slower: measured here, one digits epoch of 128 configs took 1.8 s with denormals and 0.4 s
-    without. Flushing changes values only below 1.2e-38. PyTorch offers no getter for the mode,
-    so on leaving the outermost block it is set back to PyTorch's default (off).
+    Both trainers train inside it, and it restores the thread count and the calling thread's
+    denormal mode it found (so the rest of the process, a test session's Hypothesis included,
+    never sees a changed floating-point mode).
+
+    - **Denormals.** A confident classifier's softmax gradients and Adam's second moments
+      underflow below 1.2e-38, where x86 arithmetic is one to two orders of magnitude slower:
+      measured here, one digits epoch of 128 configs took 1.8 s with denormals and 0.4 s without.
+      Flushing changes values only below 1.2e-38. ``torch.set_flush_denormal`` sets the *calling*
+      thread's mode; OpenMP's worker threads keep the mode they were created with, which is why
+      the default is one thread: then every kernel runs on the thread whose mode is set here.
+    - **Threads.** A block is one CPU's work (it asks Ray for one CPU, and Ray runs the trial with
+      one thread). On this 2-core machine two threads were *slower* than one for these small
+      kernels whenever another process was busy: every OpenMP barrier waits for a descheduled
+      thread. ``threads=None`` keeps the process's setting (worker threads then keep their own
+      denormal mode).
     """
-    global _flush_depth
-    if _flush_depth == 0:
-        torch.set_flush_denormal(True)
-    _flush_depth += 1
+    prev_threads = torch.get_num_threads()
+    prev_flushed = denormals_flushed()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"Invalid threads: {threads}")
+        if threads != prev_threads:
+            torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
     try:
         yield
     finally:
-        _flush_depth -= 1
-        if _flush_depth == 0:
-            torch.set_flush_denormal(False)
+        torch.set_flush_denormal(prev_flushed)
+        if torch.get_num_threads() != prev_threads:
+            torch.set_num_threads(prev_threads)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -640,6 +663,7 @@ def train_block(
     on_epoch: OnEpoch | None = None,
     max_train: int | None = None,
     max_val: int | None = None,
+    threads: int | None = CPU_THREADS,
 ) -> list[TrialResult]:
     """Train every config of ``configs`` together; results in the same order.
 
@@ -647,7 +671,8 @@ def train_block(
     each config's ``wd`` is lam_norm and the decay used is lam_norm*sqrt(b/(B*T)), T the current
     period; ``on_epoch(epoch, metrics)`` is called after every epoch with every config's metrics
     and stops the block (raising :class:`TrainingStopped`) by returning False. ``max_train`` and
-    ``max_val`` keep the first samples of each split (for tests and benchmarks).
+    ``max_val`` keep the first samples of each split (for tests and benchmarks). ``threads`` is
+    the intra-op thread count while training (:func:`cpu_training`; None keeps the process's).
     """
     configs = list(configs)
     t = get_task(task)
@@ -663,7 +688,7 @@ def train_block(
                      wd_normalized=wd_normalized, decay_on=decay_on, n_train=data.n_train)
     if not configs:
         return []
-    with flush_denormals():
+    with cpu_training(threads):
         return PackedRun(spec, configs, data.to(dev), dev).run(on_epoch)
 
 
@@ -739,5 +764,5 @@ def auto_block_size(task: str, device: str | torch.device | None = None, *, budg
 __all__ = [
     "TrialConfig", "EpochMetrics", "TrialResult", "TrainingStopped", "train_block", "auto_block_size",
     "resolve_device", "make_spec", "RunSpec", "PackedRun", "Stack", "StackOptimizer", "MLPEngine",
-    "FuncEngine", "CPU_UPDATE_CHUNK_ELEMENTS", "MAX_BLOCK",
+    "FuncEngine", "CPU_UPDATE_CHUNK_ELEMENTS", "MAX_BLOCK", "CPU_THREADS", "cpu_training", "denormals_flushed",
 ]

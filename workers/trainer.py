@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.optim import build_optimizer, check_hyperparameters
-from workers.packed import EpochMetrics, TrialConfig, TrialResult, flush_denormals, make_spec, resolve_device, train_block
+from workers.packed import CPU_THREADS, EpochMetrics, TrialConfig, TrialResult, cpu_training, make_spec, resolve_device, train_block
 from workers.tasks import get_task
 
 
@@ -54,6 +54,7 @@ def train_single(
     max_train: int | None = None,
     max_val: int | None = None,
     key=None,
+    threads: int | None = CPU_THREADS,
 ) -> TrialResult:
     """Train one config of ``task`` with ``optimizer`` (arguments as in ``train_block``)."""
     check_hyperparameters(lr, wd)
@@ -62,13 +63,13 @@ def train_single(
     if t.analytic:
         return train_block(task, optimizer, [config], epochs=epochs, batch_size=batch_size,
                            schedule=schedule, wd_normalized=wd_normalized, decay_on=decay_on)[0]
-    with flush_denormals():
+    with cpu_training(threads):
         return _train(t, optimizer, config, epochs, batch_size, schedule, wd_normalized, decay_on,
                       resolve_device(device), max_train, max_val)
 
 
 def _train(t, optimizer, config, epochs, batch_size, schedule, wd_normalized, decay_on, dev, max_train, max_val):
-    """The loop of :func:`train_single`, inside ``flush_denormals``."""
+    """The loop of :func:`train_single`, inside ``cpu_training``."""
     lr, wd, seed, key = config.lr, config.wd, config.seed, config.key
     data = t.load_data(max_train, max_val).to(dev)
     spec = make_spec(t, optimizer, epochs=epochs, batch_size=batch_size, schedule=schedule,

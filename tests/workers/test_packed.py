@@ -13,8 +13,8 @@ import torch
 
 from workers.optim import build_optimizer
 from workers.packed import (
-    MLPEngine, FuncEngine, PackedRun, Stack, TrainingStopped, TrialConfig, auto_block_size, make_spec,
-    train_block,
+    MLPEngine, FuncEngine, PackedRun, Stack, TrainingStopped, TrialConfig, auto_block_size, cpu_training,
+    denormals_flushed, make_spec, train_block,
 )
 from workers.tasks import get_task
 from workers.trainer import train_single
@@ -169,6 +169,46 @@ def test_on_epoch_sees_every_epoch_and_can_stop_the_block():
                     on_epoch=lambda epoch, metrics: calls.append(epoch) or epoch < 1)
     assert calls == [0, 1] and e.value.epoch == 1
     assert str(e.value) == "training stopped by on_epoch after epoch 1"
+
+
+def _mode() -> tuple[int, bool, float]:
+    """Thread count, denormal mode, and what the arithmetic does to a denormal on this thread."""
+    return torch.get_num_threads(), denormals_flushed(), float(torch.tensor([3e-39]).mul_(2.0)[0])
+
+
+@pytest.mark.parametrize("trainer", ["packed", "single"])
+def test_training_runs_on_one_thread_without_denormals_and_restores_both(trainer):
+    """Inside training: one thread, denormals flushed; after it (returned or stopped): the
+    process's own settings again, so no other code in the process sees a changed FP mode."""
+    seen = []
+    default = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _mode() == (2, False, pytest.approx(6e-39, rel=1e-6))
+        if trainer == "packed":
+            train_block("digits_mlp", "adamw", block("adamw")[:2], device="cpu",
+                        on_epoch=lambda epoch, metrics: seen.append(_mode()), **SLICE)
+            with pytest.raises(TrainingStopped):
+                train_block("digits_mlp", "adamw", block("adamw")[:2], device="cpu",
+                            on_epoch=lambda epoch, metrics: seen.append(_mode()) or False, **SLICE)
+            assert seen == [(1, True, 0.0)] * 4
+        else:
+            with cpu_training():
+                seen.append(_mode())
+            train_single("digits_mlp", "adamw", 1e-3, 1e-3, 0, device="cpu", **SLICE)
+            assert seen == [(1, True, 0.0)]
+        assert _mode() == (2, False, pytest.approx(6e-39, rel=1e-6))
+
+        torch.set_flush_denormal(True)  # a caller's own flushing is left as it was
+        with cpu_training(threads=None):
+            assert _mode() == (2, True, 0.0)
+        assert _mode() == (2, True, 0.0)
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(default)
+    with pytest.raises(ValueError, match="Invalid threads: 0"):
+        with cpu_training(threads=0):
+            pass
 
 
 @pytest.mark.parametrize("device", DEVICES)
