@@ -18,10 +18,11 @@ How a step runs
   (:class:`FuncEngine`); vmap gives each config its own BatchNorm batch statistics and running
   statistics, so configs never see each other's activations.
 - **Update.** ``workers.optim.apply_update`` (the one implementation of the five rules) runs on
-  row blocks of the (K, P) tensors with per-config ``lr`` and ``weight_decay`` as (K, 1) tensors
-  and the schedule value eta_t as a float. On the CPU the rows are cut into chunks of ~2^17
-  elements (Adam's update is 9 elementwise passes; for 128 digits MLPs, one thread, denormals
-  flushed, it takes 1.6-1.75 ms chunked or whole alike); on a GPU one call covers the block.
+  the (K, P) tensors, one call per column segment, with per-config ``lr`` and ``weight_decay``
+  as (K, 1) tensors and the schedule value eta_t as a float. Adam's update is 9 elementwise
+  passes. Cutting the rows into L2-sized chunks gained nothing once training ran on one thread
+  with denormals flushed (128 digits MLPs: ~2.0 ms chunked, ~2.0 ms whole) and cost small
+  blocks the extra calls (36 MLPs: 0.81 ms chunked, 0.50 ms whole), so it is gone.
   The update is not compiled: a ``torch.compile``-fused Adam update (one C++ loop) measured
   0.3 ms instead of ~1.6 ms, and an adamw block of 128 configs x 20 epochs 3.8 s instead of
   4.4 s, but each process pays ~2.7 s to import and trace it with inductor's cache warm and
@@ -76,10 +77,6 @@ from torch import nn
 from workers.optim import DECAY_ON, apply_update, check_hyperparameters, decayed_parameter_names, get_variant
 from workers.schedules import Schedule, normalized_weight_decay
 from workers.tasks import SyntheticTask, Task, TaskData, get_task
-
-#: Elements per update chunk on the CPU: p, grad and two moments of a chunk stay in a 2 MiB L2.
-CPU_UPDATE_CHUNK_ELEMENTS = 1 << 17
-
 
 @dataclass(frozen=True)
 class TrialConfig:
@@ -280,16 +277,15 @@ class Stack:
 
 
 class StackOptimizer:
-    """Optimizer state as (K, P) tensors; every step is ``apply_update`` on row chunks and segments.
+    """Optimizer state as (K, P) tensors; every step is one ``apply_update`` per column segment.
 
     Segments are the decayed columns [0, n_decayed) and the rest (weight decay 0.0). The state
     starts at zero, which for SGD's momentum buffer gives b_1 = 0.9*0 + g_1 = g_1 exactly, the
     buffer ``apply_update`` would otherwise create.
     """
 
-    def __init__(self, optimizer: str, stack: Stack, chunk_rows: int) -> None:
+    def __init__(self, optimizer: str, stack: Stack) -> None:
         self.variant = get_variant(optimizer)
-        self.chunk_rows = max(1, chunk_rows)
         names = ("momentum_buffer",) if self.variant.base == "sgd" else ("exp_avg", "exp_avg_sq")
         self.state = {n: torch.zeros_like(stack.p) for n in names}
         self.steps = 0
@@ -302,17 +298,13 @@ class StackOptimizer:
     @torch.no_grad()
     def step(self, stack: Stack, lr: torch.Tensor, wd: torch.Tensor, eta: float) -> None:
         """lr: (K, 1) current step sizes a*eta_t; wd: (K, 1) lam; eta: the schedule value."""
-        K = stack.K
-        for r0 in range(0, K, self.chunk_rows):
-            rows = slice(r0, min(K, r0 + self.chunk_rows))
-            for a, b in self.segments:
-                cols = slice(a, b)
-                st: dict[str, Any] = {n: t[rows, cols] for n, t in self.state.items()}
-                st["step"] = self.steps
-                apply_update(
-                    self.variant, stack.p[rows, cols], stack.g[rows, cols], st,
-                    lr=lr[rows], weight_decay=wd[rows] if a < self.n_decayed else 0.0, eta=eta,
-                )
+        for a, b in self.segments:
+            st: dict[str, Any] = {n: t[:, a:b] for n, t in self.state.items()}
+            st["step"] = self.steps
+            apply_update(
+                self.variant, stack.p[:, a:b], stack.g[:, a:b], st,
+                lr=lr, weight_decay=wd if a < self.n_decayed else 0.0, eta=eta,
+            )
         self.steps += 1
 
 
@@ -506,11 +498,7 @@ class PackedRun:
         self.stack = Stack(models, decayed, device)
         self.engine = make_engine(self.template, spec.batch_size)
         self.engine.bind(self.stack)
-        if device.type == "cpu":
-            chunk = max(1, CPU_UPDATE_CHUNK_ELEMENTS // max(1, self.stack.P))
-        else:
-            chunk = self.stack.K
-        self.opt = StackOptimizer(spec.optimizer, self.stack, chunk)
+        self.opt = StackOptimizer(spec.optimizer, self.stack)
         self.gens = [task.data_generator(c.seed) for c in self.configs]
         self.rows = list(range(len(self.configs)))  # config index of each live row
         self.lr64 = torch.tensor([[c.lr] for c in self.configs], dtype=torch.float64, device=device)
@@ -769,5 +757,5 @@ def auto_block_size(task: str, device: str | torch.device | None = None, *, budg
 __all__ = [
     "TrialConfig", "EpochMetrics", "TrialResult", "TrainingStopped", "train_block", "auto_block_size",
     "resolve_device", "make_spec", "RunSpec", "PackedRun", "Stack", "StackOptimizer", "MLPEngine",
-    "FuncEngine", "CPU_UPDATE_CHUNK_ELEMENTS", "MAX_BLOCK", "CPU_THREADS", "cpu_training", "denormals_flushed",
+    "FuncEngine", "MAX_BLOCK", "CPU_THREADS", "cpu_training", "denormals_flushed",
 ]
