@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, exc
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session
 
 from service.errors import Conflict, DatabaseUnavailable, DecoupleError, InvalidInput, SchemaOutOfDate
@@ -166,6 +166,33 @@ def session_scope(engine: Engine | None = None, *, read_only: bool = False) -> I
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def read_scope(engine: Engine | None = None) -> Iterator[Connection]:
+    """A pooled connection for a few reads, without the ORM, errors translated as in
+    :func:`session_scope`: the API's per-request path (the token lookup, a study, a page of
+    studies, a cached report).
+
+    On PostgreSQL the statements run in autocommit mode: each one sees what was committed before
+    it began, exactly as in a ``READ COMMITTED`` transaction, without the ``BEGIN`` and ``COMMIT``
+    round trips. SQLite reads in a deferred transaction (readers never wait under WAL).
+    """
+    engine = engine if engine is not None else get_engine()
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                conn.execution_options(sqlite_begin="DEFERRED")
+            else:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+            if conn.in_transaction():
+                conn.commit()
+    except exc.SQLAlchemyError as error:
+        mapped = translate_db_error(error)
+        if mapped is None:
+            raise
+        raise mapped from error
 
 
 def _rollback_quietly(session: Session) -> None:

@@ -3,9 +3,9 @@
 Two audiences:
 
 * the API — :func:`create_study` (materializes the whole grid, so progress and the CSV are exact
-  from the start), :func:`list_studies`, :func:`get_study`, :func:`progress`,
-  :func:`cancel_study`, :func:`delete_study`, :func:`list_trials`, :func:`get_curve`, and the
-  report cache;
+  from the start), :func:`list_studies`, :func:`get_study`, :func:`progress`, the one-query views
+  :func:`study_views` and :func:`study_view`, :func:`cancel_study`, :func:`delete_study`,
+  :func:`list_trials`, :func:`get_curve`, and the report cache;
 * the workers — the queue: :func:`claim_study`, :func:`heartbeat`, :func:`release_study`,
   :func:`pending_trials`, :func:`mark_trials_running`, :func:`record_epoch(s)`,
   :func:`finish_trial`, :func:`fail_trials`, :func:`finish_study`, :func:`add_trials`.
@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Text, and_, cast, delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from service.errors import Conflict, Forbidden, NotFound
@@ -183,6 +184,65 @@ def progress(session: Session, studies: Sequence[Study]) -> dict[str, StudyProgr
     }
 
 
+def _grid_trials(status: str) -> Any:
+    """How many grid trials of the outer query's study are in ``status``: a correlated count that
+    the ``(study_id, status)`` index answers."""
+    return (
+        select(func.count()).select_from(Trial)
+        .where(Trial.study_id == Study.id, Trial.status == status, Trial.phase == "grid")
+        .correlate(Study).scalar_subquery()
+    )
+
+
+#: What the API shows of a study, as one row: every column but the report (tens of kB for a done
+#: study, never listed) and the lease, the spec as its stored JSON text (``spec_json``), and the
+#: grid progress counted in the same query. Plain rows, not ORM objects: building and tracking 100
+#: ``Study`` instances, decoding their specs and a second grouped progress query cost several
+#: times the rest of ``GET /studies`` (``bench/api_load.py``).
+STUDY_VIEW = (
+    Study.id, Study.name, Study.status, Study.owner, Study.priority,
+    cast(Study.spec, Text).label("spec_json"), Study.trials_total,
+    _grid_trials("done").label("trials_done"), _grid_trials("failed").label("trials_failed"),
+    Study.created_at, Study.started_at, Study.finished_at, Study.updated_at, Study.claimed_by,
+    Study.attempts, Study.last_error,
+)
+
+
+def study_views(
+    session: Session | Connection,
+    *,
+    status: str | None = None,
+    owner: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[list[Any], int]:
+    """:func:`list_studies` as :data:`STUDY_VIEW` rows (progress included), and the total count."""
+    if status is not None and status not in STUDY_STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    conditions = []
+    if status is not None:
+        conditions.append(Study.status == status)
+    if owner is not None:
+        conditions.append(Study.owner == owner)
+    count = session.scalar(select(func.count()).select_from(Study).where(*conditions)) or 0
+    rows = session.execute(
+        select(*STUDY_VIEW).where(*conditions)
+        .order_by(Study.created_at.desc(), Study.id.desc())
+        .limit(limit).offset(offset)
+    ).all()
+    return rows, int(count)
+
+
+def study_view(session: Session | Connection, study_id: str) -> Any:
+    """One study as a :data:`STUDY_VIEW` row, or :class:`NotFound`."""
+    if not _STUDY_ID.fullmatch(study_id):
+        raise NotFound(f"no study {study_id[:64]!r}")
+    row = session.execute(select(*STUDY_VIEW).where(Study.id == study_id)).one_or_none()
+    if row is None:
+        raise NotFound(f"no study {study_id!r}")
+    return row
+
+
 def cancel_study(session: Session, study_id: str, who: Principal) -> Study:
     """Stop a queued or running study (owner or admin). Its worker notices at its next heartbeat."""
     study = get_study(session, study_id, for_update=True)
@@ -311,7 +371,7 @@ def compute_report(session: Session, study_id: str, build: ReportBuilder) -> tup
     return report, study.status == "done"
 
 
-def cached_report_json(session: Session, study_id: str) -> str | None:
+def cached_report_json(session: Session | Connection, study_id: str) -> str | None:
     """A done study's cached report as the JSON text stored in its row, or None (not done, or
     not computed yet); :class:`NotFound` if there is no such study.
 

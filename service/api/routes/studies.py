@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service import store
 from service.api.deps import EngineDep, UserDep
 from service.api.responses import error_responses
-from service.db import session_scope
+from service.db import read_scope, session_scope
 from service.errors import Conflict, InvalidInput
 from service.grid_repair import MAX_EXTEND_STEPS, edge_bound
 from service.grid_repair import extend_study as extend_study_grid
@@ -97,14 +97,39 @@ def create_study(
     return created
 
 
-def as_json(model: BaseModel) -> Response:
-    """``model`` serialized once, by pydantic's own (compiled) serializer.
+def study_public_view(row) -> StudyPublic:
+    """A :data:`service.store.STUDY_VIEW` row as the public study, its ``spec`` left empty: the
+    stored text goes in by :func:`with_specs`."""
+    return StudyPublic(
+        id=row.id, name=row.name, status=row.status, owner=row.owner, priority=row.priority, spec={},
+        progress=Progress(trials_total=row.trials_total, trials_done=row.trials_done, trials_failed=row.trials_failed),
+        created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
+        updated_at=row.updated_at, claimed_by=row.claimed_by, attempts=row.attempts,
+        last_error=row.last_error,
+    )
 
-    The model was validated when it was built; returned as is, FastAPI would validate it again
-    against the ``response_model`` and encode it in Python, which for a page of 100 studies cost
-    several times the database work (``bench/api_load.py``).
+
+#: An empty spec as pydantic writes it. Nowhere else in a study's JSON can these characters
+#: follow each other: inside a JSON string every '"' is escaped.
+_EMPTY_SPEC = '"spec":{}'
+
+
+def with_specs(model: BaseModel, specs: list[str]) -> Response:
+    """``model`` (studies whose ``spec`` is empty, in document order) serialized once by
+    pydantic's compiled serializer, each study's stored spec text then put in its place.
+
+    Returned as a model, FastAPI would validate it again against the ``response_model`` and
+    encode it in Python. The specs are the JSON the database keeps (``json.dumps`` of the
+    validated spec), so they go out as they are: decoding a page of them into dicts, validating
+    and encoding them again cost as much as the rest of the page (``bench/api_load.py``).
     """
-    return Response(model.model_dump_json(), media_type="application/json")
+    parts = model.model_dump_json().split(_EMPTY_SPEC)
+    if len(parts) != len(specs) + 1:
+        raise AssertionError(f"{len(parts) - 1} spec slots for {len(specs)} specs")
+    out = [parts[0]]
+    for spec, rest in zip(specs, parts[1:]):
+        out += ['"spec":', spec, rest]
+    return Response("".join(out), media_type="application/json")
 
 
 @router.get("", response_model=StudiesPublic)
@@ -116,18 +141,18 @@ def list_studies(
     offset: Annotated[int, Query(ge=0, le=MAX_INT32)] = 0,
 ) -> Response:
     """Studies, newest first, with their progress; ``count`` is the total matching the filters."""
-    with session_scope(engine, read_only=True) as session:
-        studies, count = store.list_studies(session, status=status, owner=owner, limit=limit, offset=offset)
-        progs = store.progress(session, studies)
-        return as_json(StudiesPublic(data=[study_public(s, progs[s.id]) for s in studies], count=count))
+    with read_scope(engine) as conn:
+        rows, count = store.study_views(conn, status=status, owner=owner, limit=limit, offset=offset)
+    page = StudiesPublic(data=[study_public_view(row) for row in rows], count=count)
+    return with_specs(page, [row.spec_json for row in rows])
 
 
 @router.get("/{study_id}", response_model=StudyPublic, responses=error_responses(404))
 def get_study(study_id: str, engine: EngineDep) -> Response:
     """A study: its spec (defaults filled in), status, progress, timestamps and owner."""
-    with session_scope(engine, read_only=True) as session:
-        study = store.get_study(session, study_id)
-        return as_json(study_public(study, store.progress(session, [study])[study.id]))
+    with read_scope(engine) as conn:
+        row = store.study_view(conn, study_id)
+    return with_specs(study_public_view(row), [row.spec_json])
 
 
 CSV_COLUMNS = (
