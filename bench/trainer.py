@@ -35,9 +35,9 @@ The load average is printed at the start and the end.
 
 ``--quick``: Ray runs 4 of the 36 configs and its time is scaled per trial to 36; the sequential
 loop runs 12 and is scaled likewise; every packed run is timed once instead of best-of-several,
-and the FLOP-rate blocks train 5 epochs (model building then weighs a little more). The output says which figures are scaled.
-Where CUDA is present (or ``--device cuda``), step 5 also
-runs on the GPU with a block of 1024 configs and reports trials x epochs per second.
+and the FLOP-rate blocks train 5 epochs (model building then weighs a little more). The output
+says which figures are scaled. Where CUDA is present (or ``--device cuda``), step 5 also runs on
+the GPU with a block of 1024 configs and reports trials x epochs per second.
 
 Last line: ``RESULT speedup_vs_sequential=... speedup_vs_ray_default=... fraction_of_matmul_peak=...``
 """
