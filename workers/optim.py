@@ -33,10 +33,12 @@ the packed trainer (``workers.packed``) runs K configurations at once with exact
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -89,11 +91,16 @@ def get_variant(name: str) -> Variant:
         ) from None
 
 
+def _real(v: Any) -> bool:
+    """A real number (NumPy's included); ``True``/``False`` are not learning rates."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
 def check_hyperparameters(lr: float, weight_decay: float) -> None:
     """Reject values no optimizer can run with, naming the value (as torch.optim does)."""
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+    if not _real(lr) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"Invalid learning rate: {lr}")
-    if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
+    if not _real(weight_decay) or not math.isfinite(weight_decay) or weight_decay < 0:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
 
 

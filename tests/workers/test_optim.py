@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy.optimize import minimize_scalar
@@ -466,6 +467,19 @@ def test_bad_hyperparameters_in_a_group_and_directly():
         check_hyperparameters(0.1, float("-inf"))
     assert str(exc.value) == "Invalid weight_decay value: -inf"
     check_hyperparameters(1e-12, 0.0)  # the smallest sensible values pass
+
+
+def test_numpy_numbers_pass_and_booleans_do_not():
+    # A grid built with numpy hands over numpy scalars; a bool is not a learning rate.
+    check_hyperparameters(np.float32(0.1), np.float64(1e-4))
+    check_hyperparameters(np.int64(1), np.int32(0))
+    for lr, wd, message in ((True, 0.1, "Invalid learning rate: True"),
+                            (0.1, np.bool_(False), "Invalid weight_decay value: False"),
+                            ("0.1", 0.1, "Invalid learning rate: 0.1"),
+                            (np.float32("nan"), 0.1, "Invalid learning rate: nan")):
+        with pytest.raises(ValueError) as exc:
+            check_hyperparameters(lr, wd)
+        assert str(exc.value) == message
 
 
 # --------------------------------------------------------------------- diverged values
