@@ -70,7 +70,12 @@ the best compromise over sharp, flat and plateau-then-cliff surfaces at noise 0.
 The smoothed argmin (exact ties: the cell nearest the pilot's centre) is the best cell; the
 *near-optimal region* is the 8-connected set of cells around it whose smoothed value is strictly
 within the tolerance of the best. Per auto axis, the region's extent on that axis is a run of
-pilot indices a..b:
+pilot indices a..b. lr is placed first; the wd extent is read only on the pilot rows whose lr
+the placed lr window covers (and the best cell's row): on digits, paper-style AdamW at lr = 1
+(the pilot's top lr, left out of the lr window) was near-optimal at *every* wd, and reading the
+wd extent on that row as well made the wd window look above the pilot (0.063..631) although
+every lr the grid trains wants wd below 0.1 (the grid's best then sat on its edge). On the
+analytic sweeps below this changes no outcome.
 
 - a single interior cell: the optimum is refined by the vertex of the least-squares quadratic in
   (log10 lr, log10 wd) through the 3 x 3 block of measured values around it (it follows the
@@ -493,12 +498,18 @@ def place_window(pilot_lrs, pilot_wds, pilot_values, num_lr: int, num_wd: int, *
     if 0 < i < xs.size - 1 and 0 < j < ys.size - 1 and (f[i - 1:i + 2, j - 1:j + 2] < worst).all():
         refined = _quadratic_vertex(xs[i - 1:i + 2], ys[j - 1:j + 2], f[i - 1:i + 2, j - 1:j + 2])
     lr_axis, wd_axis = given_lr, given_wd
+    rows = np.ones(xs.size, dtype=bool)
     if lr_auto:
         c = _centre(xs, f[:, j], near.any(axis=1), i, span_decades[0], top=False,
                     refined=None if refined is None else refined[0], worst=worst)
         lr_axis = _window(c, span_decades[0], num_lr, FLOOR["lr"])
+        # The wd extent is read on the pilot rows the placed lr window covers (and the best
+        # row): a near-optimal cell at an lr the grid will not train must not stretch it.
+        lo, hi = math.log10(lr_axis.min) - 1e-3, math.log10(lr_axis.max) + 1e-3
+        rows = (xs >= lo) & (xs <= hi)
+        rows[i] = True
     if wd_auto:
-        c = _centre(ys, f[i, :], near.any(axis=0), j, span_decades[1], top=True,
+        c = _centre(ys, f[i, :], near[rows].any(axis=0), j, span_decades[1], top=True,
                     refined=None if refined is None else refined[1], worst=worst)
         wd_axis = _window(c, span_decades[1], num_wd, FLOOR["wd"])
     return lr_axis, wd_axis

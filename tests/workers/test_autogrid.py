@@ -341,6 +341,25 @@ def test_place_window_where_wd_never_mattered_looks_above():
     assert wd_axis == Axis(0.0631, 631.0, 8)  # from one pilot step below the top, 4 decades up
 
 
+def test_place_window_reads_wd_on_the_lr_rows_it_keeps():
+    """Paper-style AdamW's pilot on digits (30 epochs, cosine; val_error): at lr = 1, the pilot's
+    top row, every wd is near-optimal, but the lr window stops below 1, and at every lr it keeps
+    the error rises at wd = 1. The wd window must cover below 1, not look above the pilot (it was
+    0.0631..631, and the grid's best sat on its lower edge)."""
+    values = [[0.886, 0.886, 0.889, 0.897, 0.897, 0.897],
+              [0.719, 0.719, 0.717, 0.647, 0.897, 0.897],
+              [0.094, 0.094, 0.097, 0.172, 0.619, 0.786],
+              [0.028, 0.028, 0.028, 0.025, 0.106, 0.603],
+              [0.031, 0.031, 0.028, 0.028, 0.019, 0.100],
+              [0.044, 0.028, 0.039, 0.044, 0.031, 0.044]]
+    lrs, wds = pilot_axes("adamw", True, True, None, None)
+    lr_axis, wd_axis = place_window(lrs, wds, values, 8, 8, lr_auto=True, wd_auto=True,
+                                    chance=CHANCE)
+    assert lr_axis == Axis(0.000251, 0.251, 8)  # best row and the one below, then 1.8 decades
+    assert wd_axis == Axis(0.0001, 1.0, 8)  # closed at wd = 1 on the kept rows, open below
+    assert strictly_inside(wd_axis, math.log10(0.0631))  # the pilot's best wd
+
+
 def test_place_window_without_information_centres_on_the_pilot():
     """Every pilot run diverged: nothing to place by, so the pilot's central cell (2, 2);
     the grid's edge repair takes it from there."""
