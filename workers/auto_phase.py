@@ -1,14 +1,21 @@
 """The worker's phases around the grid: the pilot that places ``"auto"`` axes, and edge repair.
 
-:func:`run_pilots` runs before the grid phase. For each optimizer with an auto axis it adds the
-pilot trials (phase ``pilot``, the spec's first seed, :func:`workers.autogrid.pilot_axes`, each
-for :func:`workers.autogrid.pilot_epochs` epochs), runs those not done yet in the same Ray
-experiment machinery as the grid, places the final window with
-:func:`workers.autogrid.place_window` (then :func:`workers.autogrid.share_lr_window` when the spec
-asks), writes the placed axes into the study's spec (``placement: "auto"``; the other axis
-``"given"``) and adds the grid trials for every seed. A study resumed after a crash reuses the
-pilot trials already done (``add_trials`` skips existing cells, blocks skip done trials), and an
-optimizer already placed is not piloted again.
+For each optimizer with an auto axis, :func:`add_pilots` adds the pilot trials (phase ``pilot``,
+the spec's first seed, :func:`workers.autogrid.pilot_axes`, each for
+:func:`workers.autogrid.pilot_epochs` epochs). :class:`PhasedBlocks` then feeds the pilot and
+the grid to *one* Ray experiment (``workers.runner.run_phased``): pilot blocks first, and as soon
+as an optimizer's pilot has finished (its family's, under ``share_lr_window``),
+:func:`place_group` places its final window with :func:`workers.autogrid.place_window` (then
+:func:`workers.autogrid.share_lr_window` when the spec asks), writes the placed axes into the
+study's spec (``placement: "auto"``; the other axis ``"given"``) and adds its grid trials for
+every seed, whose blocks join the queue while the other optimizers' pilots still run. Run one
+phase after the other, a study paid for a second Ray experiment (~5 s between the phases here)
+and for the slots idling at the end of the pilot; measured by ``bench/study.py --auto``.
+
+A study resumed after a crash reuses the pilot trials already done (``add_trials`` skips
+existing cells, blocks skip done trials), and an optimizer already placed is not piloted again.
+:func:`run_pilots` is the same work one phase after the other (tests stop a study between the
+two).
 
 :func:`run_extensions` runs after the grid: up to ``auto_extend`` rounds of edge repair
 (:mod:`service.grid_repair`), each adding and running only the new cells.
@@ -91,11 +98,45 @@ def _axis_dict(axis: Axis, placement: str, old: dict) -> dict[str, Any]:
     return out
 
 
-def run_pilots(engine, study_id: str, run: RunRows, still_ours: Callable[[], bool]) -> bool:
-    """Pilot, place and materialize the grid of every unplaced auto optimizer.
+def add_pilots(engine, study_id: str) -> tuple[list[list[str]], dict[str, int]]:
+    """Add the pilot trials of every unplaced auto optimizer (cells it has are skipped).
 
-    Returns False when the study stopped being ours (cancelled, taken over) on the way.
+    Returns the placement groups (optimizers placed together: one each, or one per family of
+    optimizers with an auto lr axis under ``share_lr_window``, whose shared window needs all of
+    them) and the pilot epochs per optimizer.
     """
+    from service import store
+    from service.db import session_scope
+
+    with session_scope(engine) as s:
+        spec = dict(store.get_study(s, study_id).spec)
+        auto = [o for o in spec["optimizers"] if o["lr"].get("auto") or o["wd"].get("auto")]
+        epochs: dict[str, int] = {}
+        groups: dict[str, list[str]] = {}
+        for opt in auto:
+            rows = pilot_rows(spec, opt)
+            epochs[opt["name"]] = pilot_epochs_for(spec, opt, len(rows))
+            store.add_trials(s, study_id, rows, phase="pilot")
+            shared = spec.get("share_lr_window") and opt["lr"].get("auto")
+            key = "family:" + autogrid.FAMILY[opt["name"]] if shared else opt["name"]
+            groups.setdefault(key, []).append(opt["name"])
+    return list(groups.values()), epochs
+
+
+def pending_rows(engine, study_id: str, phase: str, names=None) -> list[tuple[int, str, float, float, int]]:
+    """(id, optimizer, lr, wd, seed) of the trials of ``phase`` not done yet (of ``names``)."""
+    from service import store
+    from service.db import session_scope
+
+    with session_scope(engine, read_only=True) as s:
+        return [(t.id, t.optimizer, t.lr, t.wd, t.seed)
+                for t in store.pending_trials(s, study_id, phase=phase)
+                if names is None or t.optimizer in names]
+
+
+def place_group(engine, study_id: str, names: list[str]) -> dict[str, tuple[Axis, Axis]]:
+    """Place the optimizers ``names`` from their pilot trials, write the placed axes into the
+    study's spec and add their grid trials (every seed). Failed pilot cells count as the worst."""
     from service import store
     from service.db import session_scope
     from service.schemas import StudySpec
@@ -103,31 +144,7 @@ def run_pilots(engine, study_id: str, run: RunRows, still_ours: Callable[[], boo
     with session_scope(engine) as s:
         study = store.get_study(s, study_id)
         spec = dict(study.spec)
-        auto = [o for o in spec["optimizers"] if o["lr"].get("auto") or o["wd"].get("auto")]
-        if not auto:
-            return True
-        epochs = {}
-        for opt in auto:
-            rows = pilot_rows(spec, opt)
-            epochs[opt["name"]] = pilot_epochs_for(spec, opt, len(rows))
-            store.add_trials(s, study_id, rows, phase="pilot")
-        names = {o["name"] for o in auto}
-        pending = [(t.id, t.optimizer, t.lr, t.wd, t.seed)
-                   for t in store.pending_trials(s, study_id, phase="pilot") if t.optimizer in names]
-    if pending:
-        log.info("study %s: %d pilot trials for %s", study_id, len(pending), ", ".join(sorted(names)))
-        outcomes = run(pending, epochs, "pilot")
-        failed = [int(t[0]) for out in outcomes if out.error for t in out.config.get("trials", [])]
-        if failed:  # placed without them (a failed cell counts as the worst outcome)
-            with session_scope(engine) as s:
-                store.fail_trials(s, failed, "pilot block failed after its retries")
-    if not still_ours():
-        return False
-
-    with session_scope(engine) as s:
-        study = store.get_study(s, study_id)
-        spec = dict(study.spec)
-        pilot = store.list_trials(s, study_id, phase="pilot")
+        pilot = [t for t in store.list_trials(s, study_id, phase="pilot") if t.optimizer in names]
         placed: dict[str, tuple[Axis, Axis]] = {}
         for opt in spec["optimizers"]:
             if opt["name"] in names:
@@ -150,7 +167,173 @@ def run_pilots(engine, study_id: str, run: RunRows, still_ours: Callable[[], boo
         store.add_trials(s, study_id, [{k: v for k, v in r.items() if k != "phase"} for r in grid],
                          phase="grid")
         log.info("study %s: placed %s", study_id, placed)
+    return placed
+
+
+def fail_pilot_blocks(engine, outcomes: list) -> None:
+    """Mark the trials of pilot blocks that failed after their retries as failed."""
+    from service import store
+    from service.db import session_scope
+
+    failed = [int(t[0]) for out in outcomes if out.error for t in out.config.get("trials", [])]
+    if failed:  # placed without them (a failed cell counts as the worst outcome)
+        with session_scope(engine) as s:
+            store.fail_trials(s, failed, "pilot block failed after its retries")
+
+
+def run_pilots(engine, study_id: str, run: RunRows, still_ours: Callable[[], bool]) -> bool:
+    """Pilot, place and materialize the grid of every unplaced auto optimizer, one phase after
+    the other: every pilot as one Ray experiment, then every placement.
+
+    The worker overlaps the phases instead (:func:`workers.runner.run_study`); this sequential
+    form is kept for tests that stop a study between its pilot and its grid. Returns False when
+    the study stopped being ours (cancelled, taken over) on the way.
+    """
+    groups, epochs = add_pilots(engine, study_id)
+    if not groups:
+        return True
+    names = {n for g in groups for n in g}
+    pending = pending_rows(engine, study_id, "pilot", names)
+    if pending:
+        log.info("study %s: %d pilot trials for %s", study_id, len(pending), ", ".join(sorted(names)))
+        fail_pilot_blocks(engine, run(pending, epochs, "pilot"))
+    if not still_ours():
+        return False
+    for group in groups:
+        place_group(engine, study_id, group)
     return True
+
+
+class PhasedBlocks:
+    """A study's pilot and grid as one stream of blocks (a ``ray_adapter.BlockSource``).
+
+    The pilot blocks come first, one per optimizer (its pending pilot cells; more than
+    ``max_block`` are cut evenly). When the last pilot block of a placement group has finished
+    (:func:`add_pilots`), :func:`place_group` places it there and then, inside the experiment,
+    and its grid blocks join the queue, so the slots go on training other optimizers' pilots or
+    grids meanwhile instead of waiting for every pilot, and the study pays for one Ray experiment
+    (one start, one set of warmed-up processes) instead of two. Grid rows that exist from the
+    start (given axes, a resumed study) are queued at once, after the pilots.
+
+    Grid blocks are cut when a slot asks for one, from the optimizer with the most rows waiting:
+    at most ``target`` rows (the size :func:`workers.runner.make_blocks` picks for the whole
+    planned grid), and at most 1/(2 x slots) of the grid rows still to hand out (those of
+    unplaced optimizers included), but not under ``min_block``, so the blocks shrink towards the
+    end and the slots finish together.
+    """
+
+    def __init__(self, engine, study_id: str, *, groups: list[list[str]], pilot_epochs: dict[str, int],
+                 make_config: Callable[[str, list, int | None, str], dict[str, Any]],
+                 max_block: int, slots: int, min_block: int, still_ours: Callable[[], bool]) -> None:
+        from workers.runner import make_blocks
+
+        self.engine, self.study_id = engine, study_id
+        self.make_config, self.slots, self.min_block = make_config, max(1, slots), max(1, min_block)
+        self.still_ours = still_ours
+        self.stopped = False
+        self.error: BaseException | None = None
+        self._pilot_epochs = pilot_epochs
+        self._waiting = {i: list(g) for i, g in enumerate(groups)}  # groups not placed yet
+        self._pilot_running: dict[int, int] = {}  # group -> pilot blocks handed out, not finished
+        self._queue: list[dict[str, Any]] = []  # pilot blocks, in order
+        self._grid: dict[str, list] = {}  # optimizer -> grid rows not handed out yet
+        names = {n for g in groups for n in g}
+        pilot = pending_rows(engine, study_id, "pilot", names)
+        self._group_of = {n: i for i, g in enumerate(groups) for n in g}
+        for i, group in enumerate(groups):
+            rows = [r for r in pilot if r[1] in group]
+            for opt in group:
+                mine = [r for r in rows if r[1] == opt]
+                pieces = math.ceil(len(mine) / max_block) if mine else 0
+                start = 0
+                for n in _even(len(mine), pieces):
+                    self._queue.append(self.make_config(opt, mine[start:start + n],
+                                                        pilot_epochs[opt], "pilot"))
+                    start += n
+        self._queue.sort(key=lambda c: -len(c["trials"]))
+        for row in pending_rows(engine, study_id, "grid"):
+            if row[1] not in names:
+                self._grid.setdefault(row[1], []).append(row)
+        self._expected = self._expected_grid(names)
+        planned = [r for rows in self._grid.values() for r in rows] + [
+            (-k, n, 0.0, 0.0, 0) for n, count in self._expected.items() for k in range(count)]
+        blocks = make_blocks(planned, max_block, self.slots)
+        self.target = max((len(b.trials) for b in blocks), default=max_block)
+        for i in list(self._waiting):  # a group whose pilot is already done: place it now
+            if not any(c["optimizer"] in self._waiting[i] for c in self._queue):
+                self._place(i)
+
+    def _expected_grid(self, names: set[str]) -> dict[str, int]:
+        from service import store
+        from service.db import session_scope
+
+        with session_scope(self.engine, read_only=True) as s:
+            spec = store.get_study(s, self.study_id).spec
+        return {o["name"]: int(o["lr"]["num"]) * int(o["wd"]["num"]) * len(spec["seeds"])
+                for o in spec["optimizers"] if o["name"] in names}
+
+    def _place(self, group: int) -> None:
+        names = self._waiting.pop(group)
+        if not self.still_ours():
+            self.stopped = True
+            return
+        place_group(self.engine, self.study_id, names)
+        for n in names:
+            self._expected.pop(n, None)
+        for row in pending_rows(self.engine, self.study_id, "grid", set(names)):
+            self._grid.setdefault(row[1], []).append(row)
+
+    def next_block(self):
+        from workers.ray_adapter import DONE
+
+        if self.stopped or self.error is not None:
+            return DONE
+        if self._queue:
+            config = self._queue.pop(0)
+            g = self._group_of[config["optimizer"]]
+            self._pilot_running[g] = self._pilot_running.get(g, 0) + 1
+            return config
+        if any(self._grid.values()):
+            opt = max(self._grid, key=lambda n: len(self._grid[n]))
+            rows = self._grid[opt]
+            remaining = sum(len(r) for r in self._grid.values()) + sum(self._expected.values())
+            size = min(self.target, max(self.min_block, math.ceil(remaining / (2 * self.slots))))
+            size = math.ceil(len(rows) / math.ceil(len(rows) / size))  # even pieces, no crumbs
+            self._grid[opt] = rows[size:]
+            return self.make_config(opt, rows[:size], None, "grid")
+        return None if self._waiting else DONE
+
+    def block_done(self, config, metrics, error) -> None:
+        if metrics and metrics.get("stopped"):
+            self.stopped = True  # cancelled, or the claim was lost: hand out nothing more
+        if config.get("phase") != "pilot":
+            return
+        try:
+            if error:
+                fail_pilot_blocks(self.engine, [_Failed(config)])
+            g = self._group_of[config["optimizer"]]
+            self._pilot_running[g] -= 1
+            waiting = g in self._waiting and not self._pilot_running[g] and not any(
+                c["optimizer"] in self._waiting[g] for c in self._queue)
+            if waiting and not self.stopped:
+                self._place(g)
+        except Exception as exc:  # raised again by the runner once the experiment has ended
+            log.exception("study %s: placement failed", self.study_id)
+            self.error = exc
+
+
+class _Failed:
+    """A pilot block that failed for good, shaped as :func:`fail_pilot_blocks` reads outcomes."""
+
+    error = "failed"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+
+def _even(n: int, pieces: int) -> list[int]:
+    q, r = divmod(n, pieces) if pieces else (0, 0)
+    return [q + 1] * r + [q] * (pieces - r)
 
 
 def run_extensions(engine, study_id: str, run: RunRows, still_ours: Callable[[], bool]) -> list:

@@ -242,6 +242,119 @@ def run_trials(
     return outcomes
 
 
+#: What a block source's ``next_block()`` returns when every block has been handed out.
+DONE = "done"
+
+
+class BlockSource:
+    """Blocks handed to :func:`run_dynamic` one at a time, as Ray slots free up.
+
+    ``next_block()`` returns a config, None (nothing yet: a block still running will make more
+    when it completes) or :data:`DONE`; ``block_done(config, metrics, error)`` is called once per
+    block when it has finished, after Ray's retries (``error`` True: it failed for good).
+    """
+
+    def next_block(self) -> dict[str, Any] | str | None:
+        raise NotImplementedError
+
+    def block_done(self, config: dict[str, Any], metrics: dict[str, Any] | None, error: bool) -> None:
+        raise NotImplementedError
+
+
+_searcher_class = None
+
+
+def _source_searcher(source: BlockSource):
+    """A Tune ``Searcher`` that asks ``source`` for each next trial's config (made once, lazily:
+    Ray is imported only where it runs)."""
+    global _searcher_class
+    if _searcher_class is None:
+        from ray.tune.search import Searcher
+
+        class SourceSearcher(Searcher):
+            def __init__(self, source: BlockSource) -> None:
+                super().__init__()
+                self._source = source
+                self._configs: dict[str, dict[str, Any]] = {}
+
+            def suggest(self, trial_id: str):
+                config = self._source.next_block()
+                if config == DONE:
+                    return Searcher.FINISHED
+                if config is None:
+                    return None
+                self._configs[trial_id] = config
+                return {"block": config}
+
+            def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+                config = self._configs.pop(trial_id, None)
+                if config is not None:
+                    self._source.block_done(config, result, error)
+
+            def save_to_dir(self, *args, **kwargs) -> None:
+                pass  # the study database is the state a resumed study starts from
+
+            def __getstate__(self):  # Tune pickles its config; the source holds a database engine
+                return {**self.__dict__, "_source": None}
+
+        _searcher_class = SourceSearcher
+    return _searcher_class(source)
+
+
+def run_dynamic(
+    trainable: Callable[[dict[str, Any]], None],
+    source: BlockSource,
+    *,
+    name: str,
+    storage_dir: Path,
+    resources: dict[str, float],
+    slots: int,
+    max_failures: int = 2,
+    constants: dict[str, Any] | None = None,
+) -> list[TrialOutcome]:
+    """Run one Tune experiment whose trials ``source`` hands out while it runs.
+
+    Unlike :func:`run_trials` the configs need not be known in advance: Tune asks the source
+    (through a ``Searcher``) for the next config each time a slot is free, and tells it when a
+    block has finished, so work that depends on earlier results (an optimizer's grid, placed by
+    its pilot) starts as soon as those results exist, while the other slots keep training.
+    At most ``slots`` trials are live (running or waiting for a slot), so every block is decided
+    as late as possible, and Tune starts ``slots`` processes at once (a custom searcher otherwise
+    gets one pending trial at a time, and the second process starts only once the first runs).
+    Retries, errors and ``constants`` as in :func:`run_trials`.
+    """
+    from ray import tune
+
+    storage_dir.mkdir(parents=True, exist_ok=True)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, **(constants or {})), resources),
+        tune_config=tune.TuneConfig(
+            search_alg=_source_searcher(source),
+            num_samples=-1,  # until the source says DONE
+            max_concurrent_trials=max(1, int(slots)),
+            reuse_actors=True,
+            trial_name_creator=lambda t: t.trial_id,
+            trial_dirname_creator=lambda t: t.trial_id,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(storage_dir.resolve()),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            verbose=0,
+            log_to_file=False,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    return [
+        TrialOutcome(
+            config=dict(result.config.get("block", {})),
+            metrics=dict(result.metrics or {}),
+            error=None if result.error is None else f"{type(result.error).__name__}: {result.error}",
+        )
+        for result in tuner.fit()
+    ]
+
+
 def block_resources(resources: dict[str, float], gpus_per_block: float | None = None) -> dict[str, float]:
     """Resources one packed block asks for: a GPU (or a fraction) where the cluster has GPUs."""
     if resources.get("GPU", 0) > 0:

@@ -137,8 +137,10 @@ def absolute_db_url(url: str) -> str:
 def run_study(engine, study_id: str, worker_id: str, settings: Settings) -> str:
     """Run every pending trial of a study this worker has claimed; return its final status.
 
-    Phases: the pilot of optimizers with an ``"auto"`` axis (placing their grids), the grid,
-    then up to ``auto_extend`` rounds of edge repair (:mod:`workers.auto_phase`).
+    A study with unplaced ``"auto"`` axes runs its pilot and its grid as one Ray experiment
+    (:func:`run_phased`: an optimizer's grid starts as soon as its own pilot has placed it); any
+    other study runs its pending grid trials (:func:`run_rows`). Then up to ``auto_extend`` rounds
+    of edge repair (:mod:`workers.auto_phase`).
     """
     from service import store
     from service.db import session_scope
@@ -152,43 +154,29 @@ def run_study(engine, study_id: str, worker_id: str, settings: Settings) -> str:
         with session_scope(engine, read_only=True) as s:
             return still_owner(s, study_id, worker_id)
 
-    if not auto_phase.run_pilots(engine, study_id, run, still_ours):
-        with session_scope(engine, read_only=True) as s:
-            return store.get_study(s, study_id).status
-    with session_scope(engine) as s:
-        rows = [
-            (t.id, t.optimizer, t.lr, t.wd, t.seed)
-            for t in store.pending_trials(s, study_id, phase="grid")
-        ]
-    outcomes = run(rows, {}, "grid")
+    groups, pilot_epochs = auto_phase.add_pilots(engine, study_id)
+    if groups:
+        outcomes, stopped = run_phased(engine, study_id, worker_id, settings, groups, pilot_epochs,
+                                       still_ours)
+        if stopped:
+            with session_scope(engine, read_only=True) as s:
+                return store.get_study(s, study_id).status
+    else:
+        outcomes = run(auto_phase.pending_rows(engine, study_id, "grid"), {}, "grid")
     outcomes += auto_phase.run_extensions(engine, study_id, run, still_ours)
     return _finish(engine, study_id, worker_id, outcomes)
 
 
-def run_rows(engine, study_id: str, worker_id: str, settings: Settings,
-             rows: list[tuple[int, str, float, float, int]], *,
-             epochs: dict[str, int] | None = None, phase: str = "grid") -> list:
-    """Run (id, optimizer, lr, wd, seed) trials as one Ray Tune experiment; return its outcomes.
+def _slots(per_block: dict[str, float], resources: dict[str, float]) -> int:
+    if "gpu" in per_block:
+        return max(1, int(resources.get("GPU", 0) // per_block.get("gpu", 1)))
+    return max(1, int(resources.get("CPU", 1) // per_block["cpu"]))
 
-    ``epochs`` overrides the spec's epochs per optimizer (the pilot may be shorter).
-    """
-    from service import store
-    from service.db import session_scope
-    from service.errors import DatabaseUnavailable
+
+def _base_config(study_id: str, worker_id: str, spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """What every block of a study's experiment carries besides its optimizer and trials."""
     from workers import ray_adapter
-    from workers.blocks import block_trainable
-    from workers.packed import auto_block_size
 
-    if not rows:
-        return []
-    with session_scope(engine) as s:
-        spec: dict[str, Any] = dict(store.get_study(s, study_id).spec)
-
-    resources = ray_adapter.cluster_resources()
-    per_block = ray_adapter.block_resources(resources)
-    slots = max(1, int(resources.get("GPU", 0) // per_block.get("gpu", 1))) if "gpu" in per_block \
-        else max(1, int(resources.get("CPU", 1) // per_block["cpu"]))
-    blocks = make_blocks(rows, auto_block_size(spec["task"]), slots)
     base = {
         "study_id": study_id,
         "worker_id": worker_id,
@@ -204,26 +192,20 @@ def run_rows(engine, study_id: str, worker_id: str, settings: Settings,
         # whatever the environment Ray's processes were started with; a remote cluster's nodes
         # use their own DECOUPLE_DATA_DIR.
         base["data_dir"] = str(settings.data_dir.resolve())
-    epochs = epochs or {}
-    configs = [
-        {**base, "optimizer": b.optimizer, "trials": [list(t) for t in b.trials],
-         "epochs": epochs.get(b.optimizer, spec["epochs"])}
-        for b in blocks
-    ]
-    log.info("study %s: %d pending %s trials in %d blocks", study_id, len(rows), phase, len(blocks))
+    return base
+
+
+def _with_heartbeat(engine, study_id: str, worker_id: str, settings: Settings, experiment) -> list:
+    """Run ``experiment(db_url)`` (a Ray experiment) while a heartbeat renews the lease; a block
+    that lost the database leaves the study pending and raises ``DatabaseUnavailable``."""
+    from service import store
+    from service.db import session_scope
+    from service.errors import DatabaseUnavailable
 
     heartbeat = Heartbeat(engine, study_id, worker_id, settings.lease_seconds)
     heartbeat.start()
     try:
-        outcomes = ray_adapter.run_trials(
-            block_trainable,
-            configs,
-            name=f"study-{study_id}" if phase == "grid" else f"study-{study_id}-{phase}",
-            storage_dir=settings.state_dir / "results",
-            resources=per_block,
-            max_failures=BLOCK_RETRIES,
-            constants={"db_url": absolute_db_url(engine.url.render_as_string(hide_password=False))},
-        )
+        outcomes = experiment(absolute_db_url(engine.url.render_as_string(hide_password=False)))
     finally:
         heartbeat.stop()
 
@@ -239,6 +221,94 @@ def run_rows(engine, study_id: str, worker_id: str, settings: Settings,
             pass  # still away: the lease runs out instead
         raise DatabaseUnavailable(f"{len(lost)} block(s) of study {study_id} lost the database")
     return outcomes
+
+
+#: Smallest grid block :func:`run_phased` cuts near the end of a study (twice a block's fixed cost).
+MIN_TAIL_BLOCK = 2 * BLOCK_OVERHEAD
+
+
+def run_phased(engine, study_id: str, worker_id: str, settings: Settings, groups: list[list[str]],
+               pilot_epochs: dict[str, int], still_ours) -> tuple[list, bool]:
+    """The pilot and the grid of a study with auto axes as one Ray Tune experiment.
+
+    Blocks come from :class:`workers.auto_phase.PhasedBlocks` while the experiment runs (Tune asks
+    for each next block as a slot frees up, ``ray_adapter.run_dynamic``). Returns the outcomes and
+    whether the run stopped early (cancelled, claim lost).
+    """
+    from service import store
+    from service.db import session_scope
+    from workers import ray_adapter
+    from workers.auto_phase import PhasedBlocks
+    from workers.blocks import block_trainable
+    from workers.packed import auto_block_size
+
+    with session_scope(engine) as s:
+        spec: dict[str, Any] = dict(store.get_study(s, study_id).spec)
+    resources = ray_adapter.cluster_resources()
+    per_block = ray_adapter.block_resources(resources)
+    base = _base_config(study_id, worker_id, spec, settings)
+
+    def make_config(optimizer, rows, epochs, phase):
+        return {**base, "optimizer": optimizer, "trials": [[t[0], t[2], t[3], t[4]] for t in rows],
+                "epochs": epochs or spec["epochs"], "phase": phase}
+
+    slots = _slots(per_block, resources)
+    source = PhasedBlocks(engine, study_id, groups=groups, pilot_epochs=pilot_epochs,
+                          make_config=make_config, max_block=auto_block_size(spec["task"]),
+                          slots=slots, min_block=MIN_TAIL_BLOCK, still_ours=still_ours)
+    log.info("study %s: pilot of %s and their grids in one experiment", study_id,
+             ", ".join(n for g in groups for n in g))
+    outcomes = _with_heartbeat(
+        engine, study_id, worker_id, settings,
+        lambda db_url: ray_adapter.run_dynamic(
+            block_trainable, source, name=f"study-{study_id}",
+            storage_dir=settings.state_dir / "results", resources=per_block, slots=slots,
+            max_failures=BLOCK_RETRIES, constants={"db_url": db_url}))
+    if source.error is not None:
+        raise source.error
+    return outcomes, source.stopped or not still_ours()
+
+
+def run_rows(engine, study_id: str, worker_id: str, settings: Settings,
+             rows: list[tuple[int, str, float, float, int]], *,
+             epochs: dict[str, int] | None = None, phase: str = "grid") -> list:
+    """Run (id, optimizer, lr, wd, seed) trials as one Ray Tune experiment; return its outcomes.
+
+    ``epochs`` overrides the spec's epochs per optimizer (the pilot may be shorter).
+    """
+    from service import store
+    from service.db import session_scope
+    from workers import ray_adapter
+    from workers.blocks import block_trainable
+    from workers.packed import auto_block_size
+
+    if not rows:
+        return []
+    with session_scope(engine) as s:
+        spec: dict[str, Any] = dict(store.get_study(s, study_id).spec)
+
+    resources = ray_adapter.cluster_resources()
+    per_block = ray_adapter.block_resources(resources)
+    blocks = make_blocks(rows, auto_block_size(spec["task"]), _slots(per_block, resources))
+    base = _base_config(study_id, worker_id, spec, settings)
+    epochs = epochs or {}
+    configs = [
+        {**base, "optimizer": b.optimizer, "trials": [list(t) for t in b.trials],
+         "epochs": epochs.get(b.optimizer, spec["epochs"])}
+        for b in blocks
+    ]
+    log.info("study %s: %d pending %s trials in %d blocks", study_id, len(rows), phase, len(blocks))
+    return _with_heartbeat(
+        engine, study_id, worker_id, settings,
+        lambda db_url: ray_adapter.run_trials(
+            block_trainable,
+            configs,
+            name=f"study-{study_id}" if phase == "grid" else f"study-{study_id}-{phase}",
+            storage_dir=settings.state_dir / "results",
+            resources=per_block,
+            max_failures=BLOCK_RETRIES,
+            constants={"db_url": db_url},
+        ))
 
 
 def _finish(engine, study_id: str, worker_id: str, outcomes: list) -> str:

@@ -49,7 +49,7 @@ def assert_optimum_inside(task: str, opt: dict, trials: list[Trial]) -> None:
     assert lo_i < bi < lo_i + lr["num"] - 1 and lo_j < bj < lo_j + wd["num"] - 1, (opt, bi, bj)
 
 
-# One database each: every study costs two Ray experiments (pilot, grid).
+# One database each: every study costs a Ray experiment.
 @pytest.mark.parametrize(("empty_db_url", "task"), [
     ("sqlite", "synthetic"), pytest.param("postgresql", "synthetic_offgrid", marks=pytest.mark.pg)],
     indirect=["empty_db_url"])
@@ -63,12 +63,17 @@ def test_auto_axes_put_every_optimum_inside_and_keep_the_pilot_apart(task, clien
     sid = r.json()["id"]
     assert r.json()["trials_total"] == 5 * 8 * 6 * 2
     assert run_worker(once=True, settings=settings, worker_id="w-auto") == 0
+    # Pilot and grid ran as one Ray experiment (each grid placed as soon as its pilot was done).
+    assert sorted(p.name for p in (settings.state_dir / "results").iterdir()
+                  if p.name.startswith(f"study-{sid}")) == [f"study-{sid}"]
 
     study = client.get(f"/studies/{sid}").json()
     assert study["status"] == "done"
     assert study["progress"] == {"trials_total": 480, "trials_done": 480, "trials_failed": 0}
     trials = trials_of(engine, sid)
     pilot = [t for t in trials if t.phase == "pilot"]
+    # One pilot block per optimizer (its 36 cells), not cut to balance the slots.
+    assert len({(t.optimizer, t.started_at) for t in pilot}) == 5
     # 36 one-seed cells per optimizer, the spec's first seed, each trained once.
     assert len(pilot) == 5 * 36 and {t.seed for t in pilot} == {3}
     assert all(t.status == "done" and t.attempts == 1 for t in trials)
