@@ -141,3 +141,66 @@ def test_resumed_study_reuses_its_pilot_and_shares_lr_windows(client, settings, 
     assert study["status"] == "done" and study["spec"]["optimizers"] == placed
     assert [e["placement"] for e in client.get(f"/studies/{sid}/report").json()["optimizers"]] == \
         [{"lr": "auto", "wd": "given"}, {"lr": "auto", "wd": "auto"}]
+
+
+@pytest.mark.parametrize("empty_db_url", ["sqlite"], indirect=True)
+def test_phased_blocks_place_each_grid_when_its_own_pilot_is_done(client, settings, engine, db_url):
+    """``PhasedBlocks`` driven by hand as Tune drives it (two slots, each block trained for real
+    by ``execute_block`` on the analytic task, no Ray): every pilot block is handed out first, an
+    optimizer's grid appears once its pilot block has finished (both Adam-family optimizers'
+    pilots under ``share_lr_window``), blocks shrink towards the end, and every trial is handed
+    out exactly once."""
+    from service import store
+    from workers import auto_phase
+    from workers.blocks import execute_block
+    from workers.ray_adapter import DONE
+
+    spec = {"name": "phased", "task": "synthetic", "epochs": 2, "batch_size": 64,
+            "optimizers": [{"name": "sgd", "lr": "auto", "wd": "auto"},
+                           {"name": "adam", "lr": "auto", "wd": "auto"},
+                           {"name": "adamw", "lr": "auto", "wd": "auto"}],
+            "seeds": [0, 1], "share_lr_window": True}
+    sid = client.post("/studies", json=spec).json()["id"]
+    with session_scope(engine) as s:
+        store.claim_study(s, "w", 600)
+    groups, epochs = auto_phase.add_pilots(engine, sid)
+    assert sorted(map(sorted, groups)) == [["adam", "adamw"], ["sgd"]] and set(epochs.values()) == {2}
+    base = {"study_id": sid, "worker_id": "w", "task": "synthetic", "batch_size": 64,
+            "schedule": {"name": "constant"}, "wd_normalized": False, "decay_on": "all"}
+
+    def make_config(opt, rows, ep, phase):
+        return {**base, "optimizer": opt, "trials": [[r[0], r[2], r[3], r[4]] for r in rows],
+                "epochs": ep or 2, "phase": phase}
+
+    source = auto_phase.PhasedBlocks(engine, sid, groups=groups, pilot_epochs=epochs,
+                                     make_config=make_config, max_block=256, slots=2, min_block=8,
+                                     still_ours=lambda: True)
+    running, handed, log = [], [], []
+    while True:
+        while len(running) < 2:  # Tune asks while fewer than `slots` blocks are live
+            config = source.next_block()
+            if config is None or config == DONE:
+                break
+            running.append(config)
+            handed.append(config)
+            log.append((config["phase"], config["optimizer"], len(config["trials"])))
+        if not running:
+            assert config == DONE
+            break
+        done = running.pop(0)  # the oldest block finishes first
+        source.block_done(done, execute_block(done, db_url), False)
+
+    # The three pilots (36 cells each) first; sgd's grid (64 x 2 seeds) could start after its
+    # pilot, the Adam family's only after both of its pilots.
+    assert log[:3] == [("pilot", "sgd", 36), ("pilot", "adam", 36), ("pilot", "adamw", 36)]
+    assert log[3][:2] == ("grid", "sgd")
+    assert [n for p, o, n in log[3:] if p == "pilot"] == []
+    sizes = [n for p, _, n in log if p == "grid"]
+    assert sum(sizes) == 3 * 128 and sizes[-1] < sizes[0]
+    ids = [t[0] for c in handed for t in c["trials"]]
+    assert len(ids) == len(set(ids)) == 3 * 36 + 3 * 128
+    trials = trials_of(engine, sid)
+    assert len(trials) == len(ids) and all(t.status == "done" for t in trials)
+    with session_scope(engine, read_only=True) as s:
+        placed = store.get_study(s, sid).spec["optimizers"]
+    assert placed[1]["lr"] == placed[2]["lr"] and placed[1]["lr"]["placement"] == "auto"
