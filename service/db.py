@@ -4,29 +4,36 @@
   default) gets WAL (readers never block the writer), a busy timeout (writers queue instead of
   failing), foreign keys (``ON DELETE CASCADE`` needs them) and ``BEGIN IMMEDIATE`` transactions,
   so a read-then-write such as claiming a study takes the write lock up front and two workers can
-  never both see the same study as free. PostgreSQL gets a sized pool that is pre-pinged and
-  recycled, so an idle or restarted server does not break the API.
+  never both see the same study as free. PostgreSQL gets a sized, recycled pool whose
+  connections are checked for life as they leave it (without a round trip, see
+  :func:`idle_connection_open`), so an idle or restarted server does not break the API.
 * :func:`session_scope` commits or rolls back and turns driver errors into the project's own
   (:class:`~service.errors.DatabaseUnavailable`, :class:`~service.errors.SchemaOutOfDate`,
   :class:`~service.errors.Conflict`), as Optuna's RDB storage does.
+* :func:`read` runs a few reads on a plain connection (the API's per-request path): no ORM, no
+  transaction round trips on PostgreSQL, once more on a fresh connection if the server had just
+  ended the pooled one.
 * :func:`upgrade_to_head` is ``decouple migrate``; :func:`check_schema_current` is how the API
   and the workers refuse to run on a schema that is behind.
 """
 
 from __future__ import annotations
 
+import select
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event, exc
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
 from service.errors import Conflict, DatabaseUnavailable, DecoupleError, InvalidInput, SchemaOutOfDate
+
+T = TypeVar("T")
 
 #: How long an SQLite writer waits for the lock before giving up (seconds).
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -54,8 +61,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(u, connect_args=connect_args, **kwargs)
         _install_sqlite_hooks(engine, wal=not in_memory)
         return engine
+    # psycopg 3 connections are checked for life on checkout without a round trip (below);
+    # any other driver gets SQLAlchemy's pre-ping, a round trip per checkout.
+    checked_locally = u.get_backend_name() == "postgresql" and u.get_driver_name() == "psycopg"
     options: dict[str, Any] = {
-        "pool_pre_ping": True,
+        "pool_pre_ping": not checked_locally,
         "pool_size": PG_POOL_SIZE,
         "max_overflow": PG_MAX_OVERFLOW,
         "pool_recycle": PG_POOL_RECYCLE_S,
@@ -64,7 +74,38 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if u.get_backend_name() == "postgresql":
         options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     options.update(kwargs)
-    return create_engine(u, **options)
+    engine = create_engine(u, **options)
+    if checked_locally and not engine.pool._pre_ping:
+        event.listen(engine, "checkout", _refuse_closed_connection)
+    return engine
+
+
+def idle_connection_open(dbapi_connection: Any) -> bool:
+    """Whether an idle psycopg connection is still open, told without a round trip.
+
+    On an idle connection PostgreSQL sends nothing unless it is ending it (``idle_session_timeout``,
+    ``pg_terminate_backend``, a shutdown or restart: an error message, then end of file), and a
+    proxy that drops it closes the socket: so anything to read, or a hang-up, means it is gone.
+    What it costs is one ``poll`` with a zero timeout, where SQLAlchemy's pre-ping is a query to
+    the server and back on every checkout: under load, a wake-up of the server process and of
+    this thread per request. (A server that vanishes without closing the socket hangs a pre-ping
+    just the same; ``pool_recycle`` retires such connections.)
+    """
+    if dbapi_connection.closed or dbapi_connection.broken:
+        return False
+    try:
+        fd = dbapi_connection.pgconn.socket
+    except Exception:  # psycopg.OperationalError: no socket any more
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return not poller.poll(0)
+
+
+def _refuse_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    # DisconnectionError on checkout: the pool discards this connection and hands out a new one.
+    if not idle_connection_open(dbapi_connection):
+        raise exc.DisconnectionError("the server closed this pooled connection")
 
 
 def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
@@ -168,31 +209,39 @@ def session_scope(engine: Engine | None = None, *, read_only: bool = False) -> I
         session.close()
 
 
-@contextmanager
-def read_scope(engine: Engine | None = None) -> Iterator[Connection]:
-    """A pooled connection for a few reads, without the ORM, errors translated as in
-    :func:`session_scope`: the API's per-request path (the token lookup, a study, a page of
-    studies, a cached report).
+def read(engine: Engine | None, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``work(connection, *args, **kwargs)`` on a pooled connection, for a few reads without
+    the ORM; driver errors translated as in :func:`session_scope`. The API's per-request path: the
+    token lookup, a study, a page of studies, a cached report.
 
     On PostgreSQL the statements run in autocommit mode: each one sees what was committed before
     it began, exactly as in a ``READ COMMITTED`` transaction, without the ``BEGIN`` and ``COMMIT``
     round trips. SQLite reads in a deferred transaction (readers never wait under WAL).
+
+    A pooled connection that the server ended in the instant between its checkout check
+    (:func:`idle_connection_open`) and the first query fails with a disconnect: the work then
+    runs once more, on a fresh connection (it only reads, so there is nothing to undo).
     """
     engine = engine if engine is not None else get_engine()
-    try:
-        with engine.connect() as conn:
-            if engine.dialect.name == "sqlite":
-                conn.execution_options(sqlite_begin="DEFERRED")
-            else:
-                conn.execution_options(isolation_level="AUTOCOMMIT")
-            yield conn
-            if conn.in_transaction():
-                conn.commit()
-    except exc.SQLAlchemyError as error:
-        mapped = translate_db_error(error)
-        if mapped is None:
-            raise
-        raise mapped from error
+    for attempt in (1, 2):
+        try:
+            with engine.connect() as conn:
+                if engine.dialect.name == "sqlite":
+                    conn.execution_options(sqlite_begin="DEFERRED")
+                else:
+                    conn.execution_options(isolation_level="AUTOCOMMIT")
+                result = work(conn, *args, **kwargs)
+                if conn.in_transaction():
+                    conn.commit()
+                return result
+        except exc.SQLAlchemyError as error:
+            if attempt == 1 and isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+                continue
+            mapped = translate_db_error(error)
+            if mapped is None:
+                raise
+            raise mapped from error
+    raise AssertionError("unreachable")
 
 
 def _rollback_quietly(session: Session) -> None:

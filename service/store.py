@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, and_, cast, delete, func, insert, or_, select, update
+from sqlalchemy import Text, and_, bindparam, cast, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -208,6 +208,9 @@ STUDY_VIEW = (
 )
 
 
+_ONE_STUDY_VIEW = select(*STUDY_VIEW).where(Study.id == bindparam("study_id"))
+
+
 def study_views(
     session: Session | Connection,
     *,
@@ -237,7 +240,7 @@ def study_view(session: Session | Connection, study_id: str) -> Any:
     """One study as a :data:`STUDY_VIEW` row, or :class:`NotFound`."""
     if not _STUDY_ID.fullmatch(study_id):
         raise NotFound(f"no study {study_id[:64]!r}")
-    row = session.execute(select(*STUDY_VIEW).where(Study.id == study_id)).one_or_none()
+    row = session.execute(_ONE_STUDY_VIEW, {"study_id": study_id}).one_or_none()
     if row is None:
         raise NotFound(f"no study {study_id!r}")
     return row
@@ -371,6 +374,9 @@ def compute_report(session: Session, study_id: str, build: ReportBuilder) -> tup
     return report, study.status == "done"
 
 
+_CACHED_REPORT = select(Study.status, cast(Study.report, Text)).where(Study.id == bindparam("study_id"))
+
+
 def cached_report_json(session: Session | Connection, study_id: str) -> str | None:
     """A done study's cached report as the JSON text stored in its row, or None (not done, or
     not computed yet); :class:`NotFound` if there is no such study.
@@ -380,9 +386,7 @@ def cached_report_json(session: Session | Connection, study_id: str) -> str | No
     """
     if not _STUDY_ID.fullmatch(study_id):
         raise NotFound(f"no study {study_id[:64]!r}")
-    row = session.execute(
-        select(Study.status, cast(Study.report, Text)).where(Study.id == study_id)
-    ).one_or_none()
+    row = session.execute(_CACHED_REPORT, {"study_id": study_id}).one_or_none()
     if row is None:
         raise NotFound(f"no study {study_id!r}")
     status, text = row

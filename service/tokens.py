@@ -12,7 +12,7 @@ import re
 import secrets
 import sys
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -43,13 +43,16 @@ def create_token(session: Session, name: str, *, admin: bool = False) -> str:
     return token
 
 
+#: The one query every authenticated request makes, built once (``authenticate``).
+_LOOKUP = select(ApiToken.name, ApiToken.admin).where(
+    ApiToken.token_hash == bindparam("token_hash"), ApiToken.revoked_at.is_(None)
+)
+
+
 def authenticate(session: Session | Connection, token: str) -> Principal | None:
     """Who holds ``token``, or None if it is unknown or revoked: one indexed query by its hash,
-    the same for every token (a plain connection will do; the API uses ``db.read_scope``)."""
-    row = session.execute(
-        select(ApiToken.name, ApiToken.admin)
-        .where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
-    ).one_or_none()
+    the same for every token (a plain connection will do; the API goes through ``db.read``)."""
+    row = session.execute(_LOOKUP, {"token_hash": hash_token(token)}).one_or_none()
     return None if row is None else Principal(name=row.name, admin=row.admin)
 
 

@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 
 from service.config import Settings
-from service.db import read_scope
+from service.db import read
 from service.errors import Unauthorized
 from service.store import Principal
 from service.tokens import authenticate
@@ -47,8 +47,7 @@ def current_user(
         return LOCAL
     if credentials is None or not credentials.credentials:
         raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
-    with read_scope(engine) as conn:
-        who = authenticate(conn, credentials.credentials)
+    who = read(engine, authenticate, credentials.credentials)
     if who is None:
         raise Unauthorized("invalid or revoked token")
     return who

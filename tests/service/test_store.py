@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from service import store
-from service.db import make_engine, session_scope
+from service.db import _refuse_closed_connection, idle_connection_open, make_engine, read, session_scope
 from service.errors import Conflict, DatabaseUnavailable, Forbidden, NotFound, SchemaOutOfDate
 from service.models import CurvePoint, Study, Trial, utcnow
 from service.schemas import StudySpec, axis_values
@@ -475,4 +475,72 @@ def test_engines_are_tuned_for_their_backend(engine, backend):
         assert pragmas == ["wal", 1, 30_000]
     else:
         assert statements == ["SELECT 1", "SELECT 1"]
-        assert engine.pool._pre_ping is True and engine.pool.size() == 5 and engine.pool._recycle == 1800
+        # No pre-ping round trip: pooled connections are checked for life locally on checkout.
+        assert engine.pool._pre_ping is False and engine.pool.size() == 5 and engine.pool._recycle == 1800
+        assert event.contains(engine, "checkout", _refuse_closed_connection)
+
+
+def test_pooled_connections_the_server_ended_are_replaced(engine, backend):
+    """PostgreSQL: a pooled connection that the server ended while it was idle is refused at
+    checkout (its socket has the server's goodbye to read), and one ended between that check and
+    the first query makes ``db.read`` run its work again on a fresh connection."""
+    if backend != "postgresql":
+        pytest.skip("the PostgreSQL pool's checkout check")
+    import psycopg
+    from sqlalchemy import event
+
+    from tests.conftest import _pg_conninfo
+
+    def terminate(pid: int) -> None:
+        with psycopg.connect(_pg_conninfo(), autocommit=True, connect_timeout=5) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0] is True
+            deadline = time.monotonic() + 10
+            while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]:
+                assert time.monotonic() < deadline, f"backend {pid} still running"
+                time.sleep(0.02)
+
+    def backend_pid(conn) -> int:
+        return conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+
+    own = make_engine(engine.url.render_as_string(hide_password=False))
+    try:
+        first = read(own, backend_pid)
+        assert own.pool.checkedin() == 1 and read(own, backend_pid) == first  # one pooled connection, reused
+        with own.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert idle_connection_open(raw)
+        # 1. Ended while idle in the pool: refused at checkout, so even a session (which is
+        #    never run again) gets a live connection.
+        terminate(first)
+        assert not idle_connection_open(raw)
+        with session_scope(own) as s:
+            second = s.execute(text("SELECT pg_backend_pid()")).scalar()
+        assert second != first and own.pool.checkedin() == 1
+
+        # 2. Ended after the checkout check passed, before the first query.
+        ended: list[int] = []
+
+        def end_after_check(dbapi_connection, _record, _proxy):
+            if not ended:
+                ended.append(dbapi_connection.info.backend_pid)
+                terminate(ended[0])
+
+        event.listen(own, "checkout", end_after_check)  # runs after the engine's own check
+        try:
+            third = read(own, backend_pid)
+        finally:
+            event.remove(own, "checkout", end_after_check)
+        assert ended == [second] and third not in (first, second)
+        # A session (writes) is not run again: it answers 503, as for any connection lost mid-way.
+        ended.clear()
+        event.listen(own, "checkout", end_after_check)
+        try:
+            with pytest.raises(DatabaseUnavailable):
+                with session_scope(own) as s:
+                    s.execute(text("SELECT 1"))
+        finally:
+            event.remove(own, "checkout", end_after_check)
+        assert ended == [third]
+        assert read(own, backend_pid) not in (first, second, third)
+    finally:
+        own.dispose()

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from service import store
 from service.api.deps import EngineDep
 from service.api.responses import error_responses
-from service.db import read_scope, session_scope
+from service.db import read, session_scope
 
 router = APIRouter(prefix="/studies", tags=["reports"])
 
@@ -41,8 +41,7 @@ def study_report(engine: Any, study_id: str) -> dict[str, Any]:
 )
 def get_report(study_id: str, engine: EngineDep) -> Response:
     """Per optimizer: best cell, separability measures with intervals, the grid; and the ranking."""
-    with read_scope(engine) as conn:
-        cached = store.cached_report_json(conn, study_id)
+    cached = read(engine, store.cached_report_json, study_id)
     if cached is not None:  # a done study's report, kept in its row: sent as stored
         return Response(cached, media_type="application/json")
     return JSONResponse(study_report(engine, study_id))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Response, status
 from fastapi.responses import PlainTextResponse
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service import store
 from service.api.deps import EngineDep, UserDep
 from service.api.responses import error_responses
-from service.db import read_scope, session_scope
+from service.db import read, session_scope
 from service.errors import Conflict, InvalidInput
 from service.grid_repair import MAX_EXTEND_STEPS, edge_bound
 from service.grid_repair import extend_study as extend_study_grid
@@ -97,16 +98,23 @@ def create_study(
     return created
 
 
-def study_public_view(row) -> StudyPublic:
-    """A :data:`service.store.STUDY_VIEW` row as the public study, its ``spec`` left empty: the
-    stored text goes in by :func:`with_specs`."""
-    return StudyPublic(
-        id=row.id, name=row.name, status=row.status, owner=row.owner, priority=row.priority, spec={},
-        progress=Progress(trials_total=row.trials_total, trials_done=row.trials_done, trials_failed=row.trials_failed),
-        created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
-        updated_at=row.updated_at, claimed_by=row.claimed_by, attempts=row.attempts,
-        last_error=row.last_error,
-    )
+#: The names of :data:`service.store.STUDY_VIEW`'s columns, in order.
+_VIEW_KEYS = tuple(column.key for column in store.STUDY_VIEW)
+
+
+def study_fields(row: Sequence[Any]) -> dict[str, Any]:
+    """A :data:`service.store.STUDY_VIEW` row as :class:`StudyPublic`'s fields, its ``spec``
+    left empty (:func:`with_specs` puts the stored text in). Plain dicts, validated by pydantic
+    in one call per answer, cost a third of building a model per study."""
+    fields = dict(zip(_VIEW_KEYS, row))
+    del fields["spec_json"]
+    fields["spec"] = {}
+    fields["progress"] = {
+        "trials_total": fields.pop("trials_total"),
+        "trials_done": fields.pop("trials_done"),
+        "trials_failed": fields.pop("trials_failed"),
+    }
+    return fields
 
 
 #: An empty spec as pydantic writes it. Nowhere else in a study's JSON can these characters
@@ -141,18 +149,16 @@ def list_studies(
     offset: Annotated[int, Query(ge=0, le=MAX_INT32)] = 0,
 ) -> Response:
     """Studies, newest first, with their progress; ``count`` is the total matching the filters."""
-    with read_scope(engine) as conn:
-        rows, count = store.study_views(conn, status=status, owner=owner, limit=limit, offset=offset)
-    page = StudiesPublic(data=[study_public_view(row) for row in rows], count=count)
+    rows, count = read(engine, store.study_views, status=status, owner=owner, limit=limit, offset=offset)
+    page = StudiesPublic.model_validate({"data": [study_fields(row) for row in rows], "count": count})
     return with_specs(page, [row.spec_json for row in rows])
 
 
 @router.get("/{study_id}", response_model=StudyPublic, responses=error_responses(404))
 def get_study(study_id: str, engine: EngineDep) -> Response:
     """A study: its spec (defaults filled in), status, progress, timestamps and owner."""
-    with read_scope(engine) as conn:
-        row = store.study_view(conn, study_id)
-    return with_specs(study_public_view(row), [row.spec_json])
+    row = read(engine, store.study_view, study_id)
+    return with_specs(StudyPublic.model_validate(study_fields(row)), [row.spec_json])
 
 
 CSV_COLUMNS = (
