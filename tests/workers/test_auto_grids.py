@@ -204,3 +204,28 @@ def test_phased_blocks_place_each_grid_when_its_own_pilot_is_done(client, settin
     with session_scope(engine, read_only=True) as s:
         placed = store.get_study(s, sid).spec["optimizers"]
     assert placed[1]["lr"] == placed[2]["lr"] and placed[1]["lr"]["placement"] == "auto"
+
+
+@pytest.mark.parametrize("empty_db_url", ["sqlite"], indirect=True)
+def test_a_pilot_that_fails_is_placed_without_it_and_the_study_finishes(client, settings, engine, local_ray):
+    """A real failure inside the one experiment (CIFAR-10 is not in the data directory): the
+    pilot block fails after its retries, the optimizer is placed without it (nothing measured:
+    centred on the pilot), its grid is queued and fails the same way, and the study ends as done
+    instead of waiting for a placement that never comes."""
+    from workers.runner import BLOCK_RETRIES
+
+    spec = {"name": "no data", "task": "cifar10_resnet", "epochs": 1, "batch_size": 128,
+            "optimizers": [{"name": "adamw", "lr": {"auto": True, "num": 2},
+                            "wd": {"min": 1e-4, "max": 1e-4, "num": 1}}],
+            "seeds": [0]}
+    sid = client.post("/studies", json=spec).json()["id"]
+    assert run_worker(once=True, settings=settings, worker_id="w-nodata") == 0
+    study = client.get(f"/studies/{sid}").json()
+    assert study["status"] == "done"
+    assert study["progress"] == {"trials_total": 2, "trials_done": 0, "trials_failed": 2}
+    (opt,) = study["spec"]["optimizers"]
+    assert opt["lr"] == {"min": 7.94e-06, "max": 0.00794, "num": 2, "placement": "auto"}
+    trials = trials_of(engine, sid)
+    assert [(t.phase, t.status, t.attempts) for t in trials] == \
+        [("pilot", "failed", 1 + BLOCK_RETRIES)] * 6 + [("grid", "failed", 1 + BLOCK_RETRIES)] * 2
+    assert all("CIFAR-10 not found" in t.error for t in trials)
