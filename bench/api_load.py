@@ -17,8 +17,10 @@ time after a short warm-up, each request drawn at random: ``GET /studies/{finish
 Baseline, measured in the same run against the same server: ``GET /health`` alone (one query),
 which is what the framework, the server and loopback cost before any study data is involved.
 
-Prints per kind p50/p99 and ``RESULT report_p99_ms=... list_p99_ms=... requests_per_s=...
-errors=... health_p99_ms=...``. Targets on a 2-core machine: report p99 <= 50 ms, zero errors.
+Prints per kind p50/p99, the CPU time the server process used per request over the measured
+window (user + system, from ``/proc``: what a request costs the server, far less noisy on a shared
+machine than latencies) and ``RESULT report_p99_ms=... list_p99_ms=... requests_per_s=...
+errors=... health_p99_ms=... server_cpu_ms_per_request=...``. Targets on a 2-core machine: report p99 <= 50 ms, zero errors.
 ``--quick``: 15 s of load (under two minutes with set-up).
 """
 
@@ -123,10 +125,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds that process ``pid`` has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def drive(base: str, token: str, finished: str, ids: list[str], seconds: float, concurrency: int,
-                warmup: float, seed: int = 0) -> tuple[dict[str, list[float]], dict[str, int], float]:
-    """Run the mix for ``seconds`` after ``warmup``; latencies (ms) and errors per kind, and the
-    measured wall time."""
+                warmup: float, seed: int = 0, server_pid: int | None = None
+                ) -> tuple[dict[str, list[float]], dict[str, int], float, float]:
+    """Run the mix for ``seconds`` after ``warmup``; latencies (ms) and errors per kind, the
+    measured wall time, and the CPU seconds the server process used meanwhile (NaN without
+    ``server_pid``)."""
     rng = random.Random(seed)
     kinds, weights = list(MIX), list(MIX.values())
     latencies: dict[str, list[float]] = {k: [] for k in MIX}
@@ -160,9 +170,18 @@ async def drive(base: str, token: str, finished: str, ids: list[str], seconds: f
                     latencies[kind].append(elapsed_ms)
                     errors[kind] += 0 if ok else 1
 
-        await asyncio.gather(*(one_client() for _ in range(concurrency)))
+        cpu_at_start = math.nan
+
+        async def cpu_probe() -> None:
+            nonlocal cpu_at_start
+            await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+            if server_pid is not None:
+                cpu_at_start = process_cpu_s(server_pid)
+
+        await asyncio.gather(cpu_probe(), *(one_client() for _ in range(concurrency)))
         wall = time.perf_counter() - measure_from
-    return latencies, errors, wall
+        server_cpu = process_cpu_s(server_pid) - cpu_at_start if server_pid is not None else math.nan
+    return latencies, errors, wall, server_cpu
 
 
 async def baseline(base: str, seconds: float, concurrency: int) -> list[float]:
@@ -210,8 +229,9 @@ def main() -> int:
         print(f"first report request (computes and caches it): {(time.perf_counter() - t0) * 1e3:.0f} ms, "
               f"{len(r.content) / 1e3:.0f} kB")
         health = asyncio.run(baseline(base, min(5.0, seconds / 3), args.concurrency))
-        latencies, errors, wall = asyncio.run(
-            drive(base, token, finished, ids, seconds, args.concurrency, warmup=min(3.0, seconds / 5))
+        latencies, errors, wall, server_cpu = asyncio.run(
+            drive(base, token, finished, ids, seconds, args.concurrency, warmup=min(3.0, seconds / 5),
+                  server_pid=server.pid)
         )
     finally:
         if server is not None:
@@ -228,9 +248,13 @@ def main() -> int:
         v = latencies[kind]
         print(f"  {kind:7s} n={len(v):6d}  p50={percentile(v, 50):7.1f} ms  p99={percentile(v, 99):7.1f} ms  errors={errors[kind]}")
     print(f"  health  n={len(health):6d}  p50={percentile(health, 50):7.1f} ms  p99={percentile(health, 99):7.1f} ms  (baseline)")
+    cpu_per_request = server_cpu / total * 1e3 if total else math.nan
+    print(f"  server process CPU (user + system): {server_cpu:.1f} s, {cpu_per_request:.2f} ms per request; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
         f"RESULT report_p99_ms={percentile(latencies['report'], 99):.1f} list_p99_ms={percentile(latencies['list'], 99):.1f} "
-        f"requests_per_s={total / wall:.0f} errors={sum(errors.values())} health_p99_ms={percentile(health, 99):.1f}"
+        f"requests_per_s={total / wall:.0f} errors={sum(errors.values())} health_p99_ms={percentile(health, 99):.1f} "
+        f"server_cpu_ms_per_request={cpu_per_request:.2f}"
     )
     return 0
 

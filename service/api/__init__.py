@@ -237,4 +237,5 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
         raise CliError(str(exc)) from exc
     except DatabaseUnavailable as exc:
         log.warning("the database is unavailable (%s); serving anyway, /health answers 503", exc)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    # loop/http "auto": uvloop and httptools (project dependencies) where installed.
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", loop="auto", http="auto")
