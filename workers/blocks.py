@@ -41,9 +41,19 @@ def execute_block(block: dict[str, Any], db_url: str) -> dict[str, Any]:
     from service.db import session_scope
     from service.models import Trial
     from workers.packed import TrainingStopped, TrialConfig, train_block
+    from workers.tasks import get_task
 
     if block.get("data_dir"):
         os.environ["DECOUPLE_DATA_DIR"] = block["data_dir"]  # where workers.tasks finds data sets
+    # The data set loads once per process (cached): before the trials' clock starts, so their
+    # started_at is when training starts. A failure is raised once the attempt is recorded.
+    load_error: Exception | None = None
+    try:
+        task = get_task(block["task"])
+        if not task.analytic:
+            task.load_data()
+    except Exception as exc:
+        load_error = exc
     engine = _engine(db_url)
     study_id, worker_id = block["study_id"], block["worker_id"]
     ids = [int(t[0]) for t in block["trials"]]
@@ -57,6 +67,8 @@ def execute_block(block: dict[str, Any], db_url: str) -> dict[str, Any]:
         if not todo:
             return {"trials_done": 0, "stopped": False}
         store.mark_trials_running(s, [int(t[0]) for t in todo], worker_id)
+    if load_error is not None:
+        raise load_error
 
     configs = [TrialConfig(lr=float(lr), wd=float(wd), seed=int(seed), key=int(tid)) for tid, lr, wd, seed in todo]
 
