@@ -24,6 +24,11 @@ strictly inside. The last line holds:
   ``workers.runner.make_blocks`` (even rounds of equal blocks) while the auto run cuts its grid
   blocks smaller towards the end (``workers.auto_phase.PhasedBlocks``), which can finish its
   slots more evenly: read it as a bound check, not as the pilot's cost;
+- ``pilot_share_cpu``: the same pilot blocks (one per optimizer) and grid blocks (64 cells) trained
+  again by the bare packed trainer in this process, one thread, in CPU seconds: the pilot's share
+  of the training compute, which neither the other load of a shared machine nor Ray's scheduling
+  moves (0.198-0.213 here, where ``pilot_share`` read 0.15-0.25 and ``pilot_extra_wall_share``
+  -0.05-0.47 in runs under load averages 2.5-6 on a 2-core machine shared with other work);
 - ``pilot_share_trial_epochs``: the planned share in trial-epochs
   (``workers.autogrid.pilot_share``), independent of the machine;
 - ``all_inside``, ``seconds`` (auto run) and ``given_seconds``.
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -48,6 +54,41 @@ def _block_seconds(trials: list) -> dict[str, float]:
     out = {"pilot": 0.0, "grid": 0.0}
     for (phase, _opt, started), finished in blocks.items():
         out[phase] = out.get(phase, 0.0) + (max(finished) - started).total_seconds()
+    return out
+
+
+def cpu_seconds(spec: dict) -> dict[str, float]:
+    """CPU seconds of the pilot's and the placed grid's blocks, trained again in this process by
+    the bare packed trainer on one thread (see the module docstring, ``pilot_share_cpu``)."""
+    import torch
+
+    from service.schemas import axis_values
+    from workers.auto_phase import pilot_epochs_for, pilot_rows
+    from workers.packed import TrialConfig, train_block
+
+    def train(opt: str, configs: list, epochs: int) -> float:
+        t0 = time.process_time()
+        train_block(spec["task"], opt, configs, epochs=epochs, batch_size=spec["batch_size"],
+                    schedule=spec["schedule"], wd_normalized=spec["wd_normalized"],
+                    decay_on=spec["decay_on"])
+        return time.process_time() - t0
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {"pilot": 0.0, "grid": 0.0}
+    try:
+        for placed in spec["optimizers"]:  # every axis was auto: pilot it as such
+            auto = {"name": placed["name"],
+                    **{k: {"auto": True, "num": placed[k]["num"]} for k in ("lr", "wd")}}
+            rows = pilot_rows(spec, auto)
+            out["pilot"] += train(auto["name"], [TrialConfig(r["lr"], r["wd"], r["seed"]) for r in rows],
+                                  pilot_epochs_for(spec, placed, len(rows)))
+            grid = [TrialConfig(lr, wd, seed) for lr in axis_values(placed["lr"])
+                    for wd in axis_values(placed["wd"]) for seed in spec["seeds"]]
+            for i in range(0, len(grid), 64):
+                out["grid"] += train(placed["name"], grid[i:i + 64], spec["epochs"])
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -89,6 +130,7 @@ def run_auto(args, study_spec, end_to_end) -> None:
     with tempfile.TemporaryDirectory(prefix="decouple-bench-") as tmp:
         given_s, given_study, _ = end_to_end(given_spec(spec, placed), Path(tmp))
     busy = _block_seconds(trials)
+    cpu = cpu_seconds(study["spec"])
     pilot_n = sum(t.phase == "pilot" for t in trials)
     grid_n = len(trials) - pilot_n
     assert grid_n == given_study["progress"]["trials_total"], (grid_n, given_study["progress"])
@@ -106,10 +148,12 @@ def run_auto(args, study_spec, end_to_end) -> None:
               f"{'inside' if inside[e['name']] else 'ON AN EDGE'} (pilot {epochs[e['name']]} epochs)")
     print(f"{pilot_n} pilot + {grid_n} grid trials, {study['spec']['epochs']} epochs: auto "
           f"{e2e_s:.1f} s end to end, the same grid given {given_s:.1f} s; block-seconds pilot "
-          f"{busy['pilot']:.1f}, grid {busy['grid']:.1f}")
+          f"{busy['pilot']:.1f}, grid {busy['grid']:.1f}; CPU seconds (bare trainer, one thread) "
+          f"pilot {cpu['pilot']:.1f}, grid {cpu['grid']:.1f}")
     fields = {
         "pilot_share": f"{busy['pilot'] / (busy['pilot'] + busy['grid']):.3f}",
         "pilot_extra_wall_share": f"{(e2e_s - given_s) / e2e_s:.3f}",
+        "pilot_share_cpu": f"{cpu['pilot'] / (cpu['pilot'] + cpu['grid']):.3f}",
         "pilot_share_trial_epochs": f"{share_te:.3f}",
         "all_inside": str(all(inside.values())).lower(),
         "seconds": f"{e2e_s:.1f}",
