@@ -19,7 +19,7 @@ which is what the framework, the server and loopback cost before any study data 
 
 Prints per kind p50/p99, the CPU time the server process used per request over the measured
 window (user + system, from ``/proc``: what a request costs the server, far less noisy on a shared
-machine than latencies) and ``RESULT report_p99_ms=... list_p99_ms=... requests_per_s=...
+machine than latencies; the load generator's own, which shares the two cores, beside it) and ``RESULT report_p99_ms=... list_p99_ms=... requests_per_s=...
 errors=... health_p99_ms=... server_cpu_ms_per_request=...``. Targets on a 2-core machine: report p99 <= 50 ms, zero errors.
 ``--quick``: 15 s of load (under two minutes with set-up).
 """
@@ -133,10 +133,10 @@ def process_cpu_s(pid: int) -> float:
 
 async def drive(base: str, token: str, finished: str, ids: list[str], seconds: float, concurrency: int,
                 warmup: float, seed: int = 0, server_pid: int | None = None
-                ) -> tuple[dict[str, list[float]], dict[str, int], float, float]:
+                ) -> tuple[dict[str, list[float]], dict[str, int], float, float, float]:
     """Run the mix for ``seconds`` after ``warmup``; latencies (ms) and errors per kind, the
-    measured wall time, and the CPU seconds the server process used meanwhile (NaN without
-    ``server_pid``)."""
+    measured wall time, and the CPU seconds the server process (NaN without ``server_pid``) and
+    this load generator used meanwhile."""
     rng = random.Random(seed)
     kinds, weights = list(MIX), list(MIX.values())
     latencies: dict[str, list[float]] = {k: [] for k in MIX}
@@ -170,18 +170,20 @@ async def drive(base: str, token: str, finished: str, ids: list[str], seconds: f
                     latencies[kind].append(elapsed_ms)
                     errors[kind] += 0 if ok else 1
 
-        cpu_at_start = math.nan
+        cpu_at_start, own_cpu_at_start = math.nan, math.nan
 
         async def cpu_probe() -> None:
-            nonlocal cpu_at_start
+            nonlocal cpu_at_start, own_cpu_at_start
             await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+            own_cpu_at_start = process_cpu_s(os.getpid())
             if server_pid is not None:
                 cpu_at_start = process_cpu_s(server_pid)
 
         await asyncio.gather(cpu_probe(), *(one_client() for _ in range(concurrency)))
         wall = time.perf_counter() - measure_from
         server_cpu = process_cpu_s(server_pid) - cpu_at_start if server_pid is not None else math.nan
-    return latencies, errors, wall, server_cpu
+        own_cpu = process_cpu_s(os.getpid()) - own_cpu_at_start
+    return latencies, errors, wall, server_cpu, own_cpu
 
 
 async def baseline(base: str, seconds: float, concurrency: int) -> list[float]:
@@ -229,7 +231,7 @@ def main() -> int:
         print(f"first report request (computes and caches it): {(time.perf_counter() - t0) * 1e3:.0f} ms, "
               f"{len(r.content) / 1e3:.0f} kB")
         health = asyncio.run(baseline(base, min(5.0, seconds / 3), args.concurrency))
-        latencies, errors, wall, server_cpu = asyncio.run(
+        latencies, errors, wall, server_cpu, client_cpu = asyncio.run(
             drive(base, token, finished, ids, seconds, args.concurrency, warmup=min(3.0, seconds / 5),
                   server_pid=server.pid)
         )
@@ -249,7 +251,8 @@ def main() -> int:
         print(f"  {kind:7s} n={len(v):6d}  p50={percentile(v, 50):7.1f} ms  p99={percentile(v, 99):7.1f} ms  errors={errors[kind]}")
     print(f"  health  n={len(health):6d}  p50={percentile(health, 50):7.1f} ms  p99={percentile(health, 99):7.1f} ms  (baseline)")
     cpu_per_request = server_cpu / total * 1e3 if total else math.nan
-    print(f"  server process CPU (user + system): {server_cpu:.1f} s, {cpu_per_request:.2f} ms per request; "
+    print(f"  server process CPU (user + system): {server_cpu:.1f} s, {cpu_per_request:.2f} ms per request "
+          f"(this load generator: {client_cpu / total * 1e3 if total else math.nan:.2f} ms per request); "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
         f"RESULT report_p99_ms={percentile(latencies['report'], 99):.1f} list_p99_ms={percentile(latencies['list'], 99):.1f} "
