@@ -208,12 +208,14 @@ class PhasedBlocks:
     """A study's pilot and grid as one stream of blocks (a ``ray_adapter.BlockSource``).
 
     The pilot blocks come first, one per optimizer (its pending pilot cells; more than
-    ``max_block`` are cut evenly). When the last pilot block of a placement group has finished
-    (:func:`add_pilots`), :func:`place_group` places it there and then, inside the experiment,
-    and its grid blocks join the queue, so the slots go on training other optimizers' pilots or
-    grids meanwhile instead of waiting for every pilot, and the study pays for one Ray experiment
-    (one start, one set of warmed-up processes) instead of two. Grid rows that exist from the
-    start (given axes, a resumed study) are queued at once, after the pilots.
+    ``max_block`` are cut evenly, and with more slots than piloted optimizers each pilot is cut
+    into enough pieces for every slot to start on one). When the last pilot block of a
+    placement group has finished (:func:`add_pilots`), :func:`place_group` places it there and
+    then, inside the experiment, and its grid blocks join the queue, so the slots go on
+    training other optimizers' pilots or grids meanwhile instead of waiting for every pilot, and
+    the study pays for one Ray experiment (one start, one set of warmed-up processes) instead of
+    two. Grid rows that exist from the start (given axes, a resumed study) are queued at once,
+    after the pilots.
 
     Grid blocks are cut when a slot asks for one, from the optimizer with the most rows waiting:
     at most ``target`` rows (the size :func:`workers.runner.make_blocks` picks for the whole
@@ -240,11 +242,14 @@ class PhasedBlocks:
         names = {n for g in groups for n in g}
         pilot = pending_rows(engine, study_id, "pilot", names)
         self._group_of = {n: i for i, g in enumerate(groups) for n in g}
+        # More slots than pilots (a GPU cluster): cut each pilot so that every slot starts on one.
+        piloted = {r[1] for r in pilot}
+        share = math.ceil(self.slots / len(piloted)) if piloted else 1
         for i, group in enumerate(groups):
             rows = [r for r in pilot if r[1] in group]
             for opt in group:
                 mine = [r for r in rows if r[1] == opt]
-                pieces = math.ceil(len(mine) / max_block) if mine else 0
+                pieces = min(len(mine), max(math.ceil(len(mine) / max_block), share))
                 start = 0
                 for n in _even(len(mine), pieces):
                     self._queue.append(self.make_config(opt, mine[start:start + n],

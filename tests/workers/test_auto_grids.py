@@ -172,9 +172,16 @@ def test_phased_blocks_place_each_grid_when_its_own_pilot_is_done(client, settin
         return {**base, "optimizer": opt, "trials": [[r[0], r[2], r[3], r[4]] for r in rows],
                 "epochs": ep or 2, "phase": phase}
 
-    source = auto_phase.PhasedBlocks(engine, sid, groups=groups, pilot_epochs=epochs,
-                                     make_config=make_config, max_block=256, slots=2, min_block=8,
-                                     still_ours=lambda: True)
+    def source_for(slots):
+        return auto_phase.PhasedBlocks(engine, sid, groups=groups, pilot_epochs=epochs,
+                                       make_config=make_config, max_block=256, slots=slots,
+                                       min_block=8, still_ours=lambda: True)
+
+    # Eight slots for three pilots: each pilot in three pieces of 12, so every slot starts on one.
+    many = source_for(8)
+    assert [(c["optimizer"], len(c["trials"])) for c in many._queue] == \
+        [(o, 12) for o in ("sgd", "adam", "adamw") for _ in range(3)]
+    source = source_for(2)
     running, handed, log = [], [], []
     while True:
         while len(running) < 2:  # Tune asks while fewer than `slots` blocks are live
