@@ -681,7 +681,7 @@ def train_block(
                      wd_normalized=wd_normalized, decay_on=decay_on, n_train=data.n_train)
     if not configs:
         return []
-    with cpu_training(threads):
+    with cpu_training(threads) if dev.type == "cpu" else contextlib.nullcontext():
         return PackedRun(spec, configs, data.to(dev), dev).run(on_epoch)
 
 

@@ -16,6 +16,7 @@ sequential and Ray Tune baselines of ``bench/trainer.py`` run. The run protocol 
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -65,9 +66,10 @@ def train_single(
     if t.analytic:
         return train_block(task, optimizer, [config], epochs=epochs, batch_size=batch_size,
                            schedule=schedule, wd_normalized=wd_normalized, decay_on=decay_on)[0]
-    with cpu_training(threads):
+    dev = resolve_device(device)
+    with cpu_training(threads) if dev.type == "cpu" else contextlib.nullcontext():
         return _train(t, optimizer, config, epochs, batch_size, schedule, wd_normalized, decay_on,
-                      resolve_device(device), max_train, max_val)
+                      dev, max_train, max_val)
 
 
 def _train(t, optimizer, config, epochs, batch_size, schedule, wd_normalized, decay_on, dev, max_train, max_val):
