@@ -63,7 +63,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     # psycopg 3 connections are checked for life on checkout without a round trip (below);
     # any other driver gets SQLAlchemy's pre-ping, a round trip per checkout.
-    checked_locally = u.get_backend_name() == "postgresql" and u.get_driver_name() == "psycopg"
+    # (Not on Windows, whose select module has no poll.)
+    checked_locally = (u.get_backend_name() == "postgresql" and u.get_driver_name() == "psycopg"
+                       and hasattr(select, "poll"))
     options: dict[str, Any] = {
         "pool_pre_ping": not checked_locally,
         "pool_size": PG_POOL_SIZE,
@@ -89,7 +91,8 @@ def idle_connection_open(dbapi_connection: Any) -> bool:
     What it costs is one ``poll`` with a zero timeout, where SQLAlchemy's pre-ping is a query to
     the server and back on every checkout: under load, a wake-up of the server process and of
     this thread per request. (A server that vanishes without closing the socket hangs a pre-ping
-    just the same; ``pool_recycle`` retires such connections.)
+    just the same; ``pool_recycle`` retires such connections.) The rare harmless message on an
+    idle connection (a ParameterStatus after a configuration reload) costs one reconnect.
     """
     if dbapi_connection.closed or dbapi_connection.broken:
         return False

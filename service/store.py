@@ -185,8 +185,8 @@ def progress(session: Session, studies: Sequence[Study]) -> dict[str, StudyProgr
 
 
 def _grid_trials(status: str) -> Any:
-    """How many grid trials of the outer query's study are in ``status``: a correlated count that
-    the ``(study_id, status)`` index answers."""
+    """How many grid trials of the outer query's study are in ``status``: a correlated count
+    (the ``(study_id, status)`` index finds the rows; ``phase`` is read from each)."""
     return (
         select(func.count()).select_from(Trial)
         .where(Trial.study_id == Study.id, Trial.status == status, Trial.phase == "grid")
