@@ -28,11 +28,21 @@ def _engine(db_url: str):
 
 
 def still_owner(session, study_id: str, worker_id: str) -> bool:
-    """True while ``worker_id`` holds the claim on a study that is still running."""
+    """True while ``worker_id`` holds the claim on a study that is still running.
+
+    On PostgreSQL the study row stays share-locked until the caller's transaction ends, so a
+    cancel (which locks the row for update) cannot commit between this check and the writes that
+    follow it (marking trials running, an epoch's curve points): it waits, then sees them. SQLite
+    serializes write transactions anyway.
+    """
+    from sqlalchemy import select
+
     from service.models import Study
 
-    study = session.get(Study, study_id)
-    return study is not None and study.status == "running" and study.claimed_by == worker_id
+    row = session.execute(
+        select(Study.status, Study.claimed_by).where(Study.id == study_id).with_for_update(read=True)
+    ).first()
+    return row is not None and row.status == "running" and row.claimed_by == worker_id
 
 
 def execute_block(block: dict[str, Any], db_url: str) -> dict[str, Any]:
@@ -73,8 +83,8 @@ def execute_block(block: dict[str, Any], db_url: str) -> dict[str, Any]:
     configs = [TrialConfig(lr=float(lr), wd=float(wd), seed=int(seed), key=int(tid)) for tid, lr, wd, seed in todo]
 
     def on_epoch(epoch: int, metrics) -> bool:
-        # Ownership first, in the same transaction: a cancelled study or a lost claim gets no
-        # more curve points from this block.
+        # Ownership first, in the same transaction (see still_owner): a cancelled study or a
+        # lost claim gets no more curve points from this block.
         with session_scope(engine) as s:
             if not still_owner(s, study_id, worker_id):
                 return False
