@@ -27,8 +27,9 @@ strictly inside. The last line holds:
 - ``pilot_share_cpu``: the same pilot blocks (one per optimizer) and grid blocks (64 cells) trained
   again by the bare packed trainer in this process, one thread, in CPU seconds: the pilot's share
   of the training compute, which neither the other load of a shared machine nor Ray's scheduling
-  moves (0.198-0.213 here, where ``pilot_share`` read 0.15-0.25 and ``pilot_extra_wall_share``
-  -0.05-0.47 in runs under load averages 2.5-6 on a 2-core machine shared with other work);
+  moves (0.198-0.213 here, where ``pilot_share`` read 0.15-0.29 and ``pilot_extra_wall_share``
+  -0.05-0.47 in runs under load averages 2-6 on a 2-core machine shared with other work; the
+  calmest run, load 1.9-3.7: 0.215 and 0.181, auto 23.1 s, given 18.9 s);
 - ``pilot_share_trial_epochs``: the planned share in trial-epochs
   (``workers.autogrid.pilot_share``), independent of the machine;
 - ``all_inside``, ``seconds`` (auto run) and ``given_seconds``.
