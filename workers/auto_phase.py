@@ -227,7 +227,7 @@ class PhasedBlocks:
     def __init__(self, engine, study_id: str, *, groups: list[list[str]], pilot_epochs: dict[str, int],
                  make_config: Callable[[str, list, int | None, str], dict[str, Any]],
                  max_block: int, slots: int, min_block: int, still_ours: Callable[[], bool]) -> None:
-        from workers.runner import make_blocks
+        from workers.runner import _even_split, make_blocks
 
         self.engine, self.study_id = engine, study_id
         self.make_config, self.slots, self.min_block = make_config, max(1, slots), max(1, min_block)
@@ -251,7 +251,7 @@ class PhasedBlocks:
                 mine = [r for r in rows if r[1] == opt]
                 pieces = min(len(mine), max(math.ceil(len(mine) / max_block), share))
                 start = 0
-                for n in _even(len(mine), pieces):
+                for n in _even_split(len(mine), pieces):
                     self._queue.append(self.make_config(opt, mine[start:start + n],
                                                         pilot_epochs[opt], "pilot"))
                     start += n
@@ -309,6 +309,13 @@ class PhasedBlocks:
         return None if self._waiting else DONE
 
     def block_done(self, config, metrics, error) -> None:
+        if metrics and metrics.get("db_lost"):
+            # Not a failed pilot: its cells stay pending and nothing is placed. The runner gives
+            # the study back once the experiment has ended (``runner._with_heartbeat``).
+            from service.errors import DatabaseUnavailable
+
+            self.error = DatabaseUnavailable(f"a pilot block of study {self.study_id} lost the database")
+            return
         if metrics and metrics.get("stopped"):
             self.stopped = True  # cancelled, or the claim was lost: hand out nothing more
         if config.get("phase") != "pilot":
@@ -334,11 +341,6 @@ class _Failed:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
-
-
-def _even(n: int, pieces: int) -> list[int]:
-    q, r = divmod(n, pieces) if pieces else (0, 0)
-    return [q + 1] * r + [q] * (pieces - r)
 
 
 def run_extensions(engine, study_id: str, run: RunRows, still_ours: Callable[[], bool]) -> list:

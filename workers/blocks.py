@@ -46,7 +46,26 @@ def still_owner(session, study_id: str, worker_id: str) -> bool:
 
 
 def execute_block(block: dict[str, Any], db_url: str) -> dict[str, Any]:
-    """Train the block's trials that are not done yet; return counts for Tune to report."""
+    """Train the block's trials that are not done yet; return counts for Tune to report.
+
+    A block that loses the database raises (Ray retries it; ``runner._with_heartbeat`` gives the
+    study back if the loss outlasts the retries), except a *pilot* block: it reports
+    ``db_lost`` instead, because a pilot block that fails is placed without its cells for good
+    (``auto_phase.PhasedBlocks.block_done``), while cells a lost database kept from finishing
+    must stay pending until the study is resumed.
+    """
+    from service.errors import DatabaseUnavailable
+
+    try:
+        return _execute_block(block, db_url)
+    except DatabaseUnavailable as exc:
+        if block.get("phase") != "pilot":
+            raise
+        log.warning("pilot block of study %s lost the database: %s", block["study_id"], exc)
+        return {"trials_done": 0, "stopped": True, "db_lost": True}
+
+
+def _execute_block(block: dict[str, Any], db_url: str) -> dict[str, Any]:
     from service import store
     from service.db import session_scope
     from service.models import Trial

@@ -65,7 +65,9 @@ BLOCK_OVERHEAD = 4
 
 
 def _even_split(n: int, pieces: int) -> list[int]:
-    """``pieces`` sizes summing to ``n`` that differ by at most one (largest first)."""
+    """``pieces`` sizes summing to ``n`` that differ by at most one (largest first); none for 0."""
+    if pieces <= 0:
+        return []
     q, r = divmod(n, pieces)
     return [q + 1] * r + [q] * (pieces - r)
 
@@ -209,7 +211,8 @@ def _with_heartbeat(engine, study_id: str, worker_id: str, settings: Settings, e
     finally:
         heartbeat.stop()
 
-    lost = [out for out in outcomes if out.error and "DatabaseUnavailable" in out.error]
+    lost = [out for out in outcomes
+            if (out.error and "DatabaseUnavailable" in out.error) or out.metrics.get("db_lost")]
     if lost:
         # The database went away under these blocks (and Ray's retries came too soon): their
         # trials did not fail, they are unfinished. Leave them pending and give the study back,

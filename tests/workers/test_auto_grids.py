@@ -213,6 +213,44 @@ def test_phased_blocks_place_each_grid_when_its_own_pilot_is_done(client, settin
     assert placed[1]["lr"] == placed[2]["lr"] and placed[1]["lr"]["placement"] == "auto"
 
 
+def test_a_pilot_block_that_loses_the_database_is_not_a_failed_pilot(client, engine, db_url):
+    """A pilot block whose database is unreachable (a real refused connection) reports
+    ``db_lost``: its cells stay queued, nothing is placed, the source hands out nothing more and
+    holds DatabaseUnavailable for the runner; a grid block in the same state raises instead
+    (Ray retries it)."""
+    from service import store
+    from service.errors import DatabaseUnavailable
+    from workers import auto_phase
+    from workers.blocks import execute_block
+    from workers.ray_adapter import DONE
+
+    spec = {"name": "lost", "task": "synthetic", "epochs": 2, "batch_size": 64,
+            "optimizers": [{"name": "adamw", "lr": "auto", "wd": "auto"}], "seeds": [0]}
+    sid = client.post("/studies", json=spec).json()["id"]
+    with session_scope(engine) as s:
+        store.claim_study(s, "w", 600)
+    groups, epochs = auto_phase.add_pilots(engine, sid)
+    base = {"study_id": sid, "worker_id": "w", "task": "synthetic", "batch_size": 64,
+            "schedule": {"name": "constant"}, "wd_normalized": False, "decay_on": "all"}
+    source = auto_phase.PhasedBlocks(
+        engine, sid, groups=groups, pilot_epochs=epochs, max_block=256, slots=1, min_block=8,
+        make_config=lambda opt, rows, ep, phase: {**base, "optimizer": opt, "epochs": ep or 2, "phase": phase,
+                                                  "trials": [[r[0], r[2], r[3], r[4]] for r in rows]},
+        still_ours=lambda: True)
+    pilot = source.next_block()
+    unreachable = "postgresql+psycopg://postgres@127.0.0.1:9/test"  # nothing listens on port 9
+    metrics = execute_block(pilot, unreachable)
+    assert metrics == {"trials_done": 0, "stopped": True, "db_lost": True}
+    source.block_done(pilot, metrics, False)
+    assert isinstance(source.error, DatabaseUnavailable) and source.next_block() == DONE
+    trials = trials_of(engine, sid)
+    assert len(trials) == 36 and {(t.phase, t.status) for t in trials} == {("pilot", "queued")}
+    with session_scope(engine, read_only=True) as s:
+        assert store.get_study(s, sid).spec["optimizers"][0]["lr"] == {"auto": True, "num": 8}
+    with pytest.raises(DatabaseUnavailable):
+        execute_block({**pilot, "phase": "grid"}, unreachable)
+
+
 @pytest.mark.parametrize("empty_db_url", ["sqlite"], indirect=True)
 def test_a_pilot_that_fails_is_placed_without_it_and_the_study_finishes(client, settings, engine, local_ray):
     """A real failure inside the one experiment (CIFAR-10 is not in the data directory): the

@@ -268,8 +268,9 @@ def extend_study(
     body: Annotated[ExtendRequest | None, Body()] = None,
 ) -> dict:
     """Edge repair: extend every optimizer whose best cell lies on its grid's edge (or the named
-    ones) with the same spacing, and queue the study again so a worker runs only the new trials
-    (its owner or an admin; the study must be done)."""
+    ones) with the same spacing, and queue the study again so a worker runs the new trials (and
+    retries any that failed; done trials never run again). Its owner or an admin; the study must
+    be done."""
     body = body or ExtendRequest()
     with session_scope(engine) as session:
         study = store.get_study(session, study_id, for_update=True)
