@@ -480,12 +480,12 @@ def test_engines_are_tuned_for_their_backend(engine, backend):
         assert event.contains(engine, "checkout", _refuse_closed_connection)
 
 
+@pytest.mark.parametrize("empty_db_url", [pytest.param("postgresql", marks=pytest.mark.pg)], indirect=True)
 def test_pooled_connections_the_server_ended_are_replaced(engine, backend):
     """PostgreSQL: a pooled connection that the server ended while it was idle is refused at
     checkout (its socket has the server's goodbye to read), and one ended between that check and
     the first query makes ``db.read`` run its work again on a fresh connection."""
-    if backend != "postgresql":
-        pytest.skip("the PostgreSQL pool's checkout check")
+    assert backend == "postgresql"
     import psycopg
     from sqlalchemy import event
 
