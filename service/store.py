@@ -121,6 +121,18 @@ def get_study(session: Session, study_id: str, *, for_update: bool = False) -> S
     return study
 
 
+def _filtered_count(session: Session | Connection, status: str | None, owner: str | None) -> tuple[list, int]:
+    """The WHERE conditions of a studies listing and how many studies match them in all."""
+    if status is not None and status not in STUDY_STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    conditions = []
+    if status is not None:
+        conditions.append(Study.status == status)
+    if owner is not None:
+        conditions.append(Study.owner == owner)
+    return conditions, session.scalar(select(func.count()).select_from(Study).where(*conditions)) or 0
+
+
 def list_studies(
     session: Session,
     *,
@@ -130,14 +142,7 @@ def list_studies(
     offset: int = 0,
 ) -> tuple[list[Study], int]:
     """A page of studies, newest first, and how many match the filters in all."""
-    if status is not None and status not in STUDY_STATUSES:
-        raise ValueError(f"unknown status {status!r}")
-    conditions = []
-    if status is not None:
-        conditions.append(Study.status == status)
-    if owner is not None:
-        conditions.append(Study.owner == owner)
-    count = session.scalar(select(func.count()).select_from(Study).where(*conditions)) or 0
+    conditions, count = _filtered_count(session, status, owner)
     query = (
         select(Study).where(*conditions)
         .order_by(Study.created_at.desc(), Study.id.desc())
@@ -220,14 +225,7 @@ def study_views(
     offset: int = 0,
 ) -> tuple[list[Any], int]:
     """:func:`list_studies` as :data:`STUDY_VIEW` rows (progress included), and the total count."""
-    if status is not None and status not in STUDY_STATUSES:
-        raise ValueError(f"unknown status {status!r}")
-    conditions = []
-    if status is not None:
-        conditions.append(Study.status == status)
-    if owner is not None:
-        conditions.append(Study.owner == owner)
-    count = session.scalar(select(func.count()).select_from(Study).where(*conditions)) or 0
+    conditions, count = _filtered_count(session, status, owner)
     rows = session.execute(
         select(*STUDY_VIEW).where(*conditions)
         .order_by(Study.created_at.desc(), Study.id.desc())

@@ -219,27 +219,35 @@ def run_trials(
             trial_name_creator=lambda t: t.trial_id,
             trial_dirname_creator=lambda t: t.trial_id,
         ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=str(storage_dir.resolve()),
-            failure_config=tune.FailureConfig(max_failures=max_failures),
-            verbose=0,
-            log_to_file=False,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        ),
+        run_config=_run_config(name, storage_dir, max_failures),
     )
-    grid = tuner.fit()
-    outcomes = []
-    for result in grid:
-        err = result.error
-        outcomes.append(
-            TrialOutcome(
-                config=dict(result.config.get("block", {})),
-                metrics=dict(result.metrics or {}),
-                error=None if err is None else f"{type(err).__name__}: {err}",
-            )
+    return _outcomes(tuner.fit())
+
+
+def _run_config(name: str, storage_dir: Path, max_failures: int):
+    """Where an experiment keeps its files (under the data dir), its retries, no console noise."""
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name,
+        storage_path=str(storage_dir.resolve()),
+        failure_config=tune.FailureConfig(max_failures=max_failures),
+        verbose=0,
+        log_to_file=False,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+    )
+
+
+def _outcomes(results) -> list[TrialOutcome]:
+    """Tune's results as outcomes: each trial's block, last metrics and error (as text)."""
+    return [
+        TrialOutcome(
+            config=dict(result.config.get("block", {})),
+            metrics=dict(result.metrics or {}),
+            error=None if result.error is None else f"{type(result.error).__name__}: {result.error}",
         )
-    return outcomes
+        for result in results
+    ]
 
 
 #: What a block source's ``next_block()`` returns when every block has been handed out.
@@ -336,23 +344,9 @@ def run_dynamic(
             trial_name_creator=lambda t: t.trial_id,
             trial_dirname_creator=lambda t: t.trial_id,
         ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=str(storage_dir.resolve()),
-            failure_config=tune.FailureConfig(max_failures=max_failures),
-            verbose=0,
-            log_to_file=False,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        ),
+        run_config=_run_config(name, storage_dir, max_failures),
     )
-    return [
-        TrialOutcome(
-            config=dict(result.config.get("block", {})),
-            metrics=dict(result.metrics or {}),
-            error=None if result.error is None else f"{type(result.error).__name__}: {result.error}",
-        )
-        for result in tuner.fit()
-    ]
+    return _outcomes(tuner.fit())
 
 
 def block_resources(resources: dict[str, float], gpus_per_block: float | None = None) -> dict[str, float]:
