@@ -170,15 +170,14 @@ def place_group(engine, study_id: str, names: list[str]) -> dict[str, tuple[Axis
     return placed
 
 
-def fail_pilot_blocks(engine, outcomes: list) -> None:
+def fail_pilot_trials(engine, trial_ids: list[int]) -> None:
     """Mark the trials of pilot blocks that failed after their retries as failed."""
     from service import store
     from service.db import session_scope
 
-    failed = [int(t[0]) for out in outcomes if out.error for t in out.config.get("trials", [])]
-    if failed:  # placed without them (a failed cell counts as the worst outcome)
+    if trial_ids:  # placed without them (a failed cell counts as the worst outcome)
         with session_scope(engine) as s:
-            store.fail_trials(s, failed, "pilot block failed after its retries")
+            store.fail_trials(s, trial_ids, "pilot block failed after its retries")
 
 
 def run_pilots(engine, study_id: str, run: RunRows, still_ours: Callable[[], bool]) -> bool:
@@ -196,7 +195,9 @@ def run_pilots(engine, study_id: str, run: RunRows, still_ours: Callable[[], boo
     pending = pending_rows(engine, study_id, "pilot", names)
     if pending:
         log.info("study %s: %d pilot trials for %s", study_id, len(pending), ", ".join(sorted(names)))
-        fail_pilot_blocks(engine, run(pending, epochs, "pilot"))
+        outcomes = run(pending, epochs, "pilot")
+        fail_pilot_trials(engine, [int(t[0]) for out in outcomes if out.error
+                                   for t in out.config.get("trials", [])])
     if not still_ours():
         return False
     for group in groups:
@@ -234,7 +235,6 @@ class PhasedBlocks:
         self.still_ours = still_ours
         self.stopped = False
         self.error: BaseException | None = None
-        self._pilot_epochs = pilot_epochs
         self._waiting = {i: list(g) for i, g in enumerate(groups)}  # groups not placed yet
         self._pilot_running: dict[int, int] = {}  # group -> pilot blocks handed out, not finished
         self._queue: list[dict[str, Any]] = []  # pilot blocks, in order
@@ -245,10 +245,9 @@ class PhasedBlocks:
         # More slots than pilots (a GPU cluster): cut each pilot so that every slot starts on one.
         piloted = {r[1] for r in pilot}
         share = math.ceil(self.slots / len(piloted)) if piloted else 1
-        for i, group in enumerate(groups):
-            rows = [r for r in pilot if r[1] in group]
+        for group in groups:
             for opt in group:
-                mine = [r for r in rows if r[1] == opt]
+                mine = [r for r in pilot if r[1] == opt]
                 pieces = min(len(mine), max(math.ceil(len(mine) / max_block), share))
                 start = 0
                 for n in _even_split(len(mine), pieces):
@@ -322,7 +321,7 @@ class PhasedBlocks:
             return
         try:
             if error:
-                fail_pilot_blocks(self.engine, [_Failed(config)])
+                fail_pilot_trials(self.engine, [int(t[0]) for t in config["trials"]])
             g = self._group_of[config["optimizer"]]
             self._pilot_running[g] -= 1
             waiting = g in self._waiting and not self._pilot_running[g] and not any(
@@ -332,15 +331,6 @@ class PhasedBlocks:
         except Exception as exc:  # raised again by the runner once the experiment has ended
             log.exception("study %s: placement failed", self.study_id)
             self.error = exc
-
-
-class _Failed:
-    """A pilot block that failed for good, shaped as :func:`fail_pilot_blocks` reads outcomes."""
-
-    error = "failed"
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
 
 
 def run_extensions(engine, study_id: str, run: RunRows, still_ours: Callable[[], bool]) -> list:
