@@ -10,6 +10,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+#: The names a browser on this machine uses for a server on loopback.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
@@ -23,6 +27,25 @@ class Settings(BaseSettings):
     max_trials: int = Field(20_000, gt=0, validation_alias="DECOUPLE_MAX_TRIALS")
     data_dir: Path = Field(Path("./data"), validation_alias="DECOUPLE_DATA_DIR")
     lease_seconds: float = Field(60.0, gt=0, validation_alias="DECOUPLE_LEASE_SECONDS")
+    #: Trials a non-admin user may have queued or running at once, over all their studies.
+    max_queued_trials: int = Field(100_000, gt=0, validation_alias="DECOUPLE_MAX_QUEUED_TRIALS")
+    #: Trials x epochs one study may ask for (a 20,000-trial study of 100 epochs is 2,000,000).
+    max_trial_epochs: int = Field(2_000_000, gt=0, validation_alias="DECOUPLE_MAX_TRIAL_EPOCHS")
+    #: Host names the API answers to, comma-separated (``*``: any). Unset: the loopback names
+    #: when auth is off (a browser tricked by DNS rebinding sends another name), any name when
+    #: auth is required (a rebinding page has no token to send). See docs/security.md.
+    allowed_hosts: str | None = Field(None, validation_alias="DECOUPLE_ALLOWED_HOSTS")
+    #: Seconds a client has to send a whole request (headers and body) once its connection is
+    #: open or its previous answer sent; slower ones get 408 and are disconnected.
+    request_timeout: float = Field(20.0, gt=0, validation_alias="DECOUPLE_REQUEST_TIMEOUT")
+
+    @property
+    def trusted_hosts(self) -> list[str]:
+        """:attr:`allowed_hosts` as a list, the default filled in."""
+        if self.allowed_hosts is None:
+            return list(LOOPBACK_HOSTS) if self.auth == "off" else ["*"]
+        hosts = [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
+        return hosts or ["*"]
 
     @property
     def state_dir(self) -> Path:

@@ -44,6 +44,10 @@ class InvalidInput(DecoupleError):
         self.field = field
 
 
+class QuotaExceeded(DecoupleError):
+    """A user would have more trials queued or running than ``DECOUPLE_MAX_QUEUED_TRIALS``."""
+
+
 class PayloadTooLarge(DecoupleError):
     """A request body above the API's size limit."""
 

@@ -50,7 +50,15 @@ MAX_PRIORITY = 1_000
 #: overrides both; ``None`` there skips the check (re-reading a stored spec).
 max_trials_var: ContextVar[int | None] = ContextVar("decouple_max_trials", default=None)
 
-PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
+#: Largest lr or wd an axis may reach (a test diverges SGD on purpose at lr 1,000); bounds an
+#: extension as it bounds a submission.
+MAX_AXIS_VALUE = 1e4
+
+PositiveFinite = Annotated[float, Field(gt=0, le=MAX_AXIS_VALUE, allow_inf_nan=False, strict=True)]
+
+#: Fields the service sets on a stored spec and users may not: a submission that carries one is
+#: a 422 naming it. ``StudySpec.from_stored`` (context ``{"stored": True}``) reads them back.
+SERVICE_OWNED = ("placement", "origin")
 
 
 def _names(names: Any) -> str:
@@ -84,7 +92,14 @@ class GridAxis(_Spec):
     placement: Literal["given", "auto", "extended"] | None = None
     #: Trial index of the axis's first point: negative after edge repair added points below
     #: (trials already run keep their indices), so a point's trial index is ``origin + k``.
-    origin: int | None = Field(None, le=0, strict=True)
+    origin: int | None = Field(None, ge=-(2**31 - 1), le=0, strict=True)
+
+    @field_validator("placement", "origin")
+    @classmethod
+    def _service_owned(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not (info.context or {}).get("stored"):
+            raise ValueError("is set by the service only; leave it out")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -331,7 +346,7 @@ class StudySpec(_Spec):
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> StudySpec:
         """Re-read a stored spec (no trial cap: it was checked at submission)."""
-        return cls.model_validate(data, context={"max_trials": None})
+        return cls.model_validate(data, context={"max_trials": None, "stored": True})
 
 
 def _max_trials(info: ValidationInfo) -> int | None:

@@ -372,6 +372,27 @@ def compute_report(session: Session, study_id: str, build: ReportBuilder) -> tup
     return report, study.status == "done"
 
 
+def report_key(session: Session | Connection, study_id: str) -> tuple[Any, ...]:
+    """What a study's report depends on, in one cheap query: status, when the stored report was
+    computed, trials total/done/failed and how many epochs have been recorded. The report of a
+    running study changes only when one of these does (at most once per finished epoch), so a
+    cache keyed by it never serves a stale report nor rebuilds an unchanged one.
+    :class:`NotFound` if there is no such study."""
+    if not _STUDY_ID.fullmatch(study_id):
+        raise NotFound(f"no study {study_id[:64]!r}")
+    epochs = (
+        select(func.count()).select_from(CurvePoint).join(Trial, Trial.id == CurvePoint.trial_id)
+        .where(Trial.study_id == Study.id).correlate(Study).scalar_subquery()
+    )
+    row = session.execute(
+        select(Study.status, Study.report_computed_at, Study.trials_total, _grid_trials("done"),
+               _grid_trials("failed"), epochs).where(Study.id == study_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no study {study_id!r}")
+    return tuple(row)
+
+
 _CACHED_REPORT = select(Study.status, cast(Study.report, Text)).where(Study.id == bindparam("study_id"))
 
 
@@ -382,13 +403,23 @@ def cached_report_json(session: Session | Connection, study_id: str) -> str | No
     The text goes to the client as it is: decoding the report into Python objects only to encode
     it again cost more than everything else in a request (a 640-trial report is ~50 kB).
     """
+    status, text = report_state(session, study_id)
+    return text if status == "done" else None
+
+
+def report_state(session: Session | Connection, study_id: str, *, with_report: bool = True) -> tuple[str, str | None]:
+    """(status, the stored report's JSON text or None), by primary key; :class:`NotFound` if there
+    is no such study. ``with_report=False`` reads the status only."""
     if not _STUDY_ID.fullmatch(study_id):
         raise NotFound(f"no study {study_id[:64]!r}")
-    row = session.execute(_CACHED_REPORT, {"study_id": study_id}).one_or_none()
+    query = _CACHED_REPORT if with_report else _STATUS_ONLY
+    row = session.execute(query, {"study_id": study_id}).one_or_none()
     if row is None:
         raise NotFound(f"no study {study_id!r}")
-    status, text = row
-    return text if status == "done" else None
+    return row[0], (row[1] if with_report else None)
+
+
+_STATUS_ONLY = select(Study.status).where(Study.id == bindparam("study_id"))
 
 
 def cache_report(session: Session, study_id: str, report: dict[str, Any]) -> bool:

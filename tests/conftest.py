@@ -171,11 +171,16 @@ def session(engine) -> Iterator[Session]:
         s.close()
 
 
+#: DECOUPLE_ALLOWED_HOSTS for in-process apps: Starlette's TestClient sends ``Host: testserver``,
+#: which the default for auth off (loopback names only) refuses.
+TEST_HOSTS = "testserver,localhost,127.0.0.1"
+
+
 @pytest.fixture
 def settings(db_url, tmp_path) -> Settings:
     return Settings(
         database_url=db_url, auth="off", data_dir=tmp_path / "data", max_trials=20_000,
-        lease_seconds=60.0,
+        lease_seconds=60.0, allowed_hosts=TEST_HOSTS,
     )
 
 

@@ -8,6 +8,14 @@ A local Ray (no ``RAY_ADDRESS``) keeps everything it writes under ``<data dir>/r
 and session folders, Tune's results, and the cluster's auth token (Ray 2.60 would otherwise write
 ``~/.ray/auth_token``); usage statistics are off.
 
+A local Ray listens on loopback only: by default Ray takes this machine's outward address as the
+node's and binds its GCS, raylet and worker gRPC ports to every interface, so anyone who can
+reach the machine could submit code to it. :func:`_loopback_only` makes Ray treat the node as a
+single-machine cluster (its own switch for laptops, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), whose
+node address is 127.0.0.1 and whose servers bind to it; the token authentication above stays on.
+A Ray the project starts for a cluster (compose's head, ``docker/worker-entrypoint.sh``) must be
+reachable from other machines, and relies on that token (``RAY_AUTH_TOKEN``) instead.
+
 One exception, forced by the kernel: Ray puts its Unix sockets in the temp folder, at
 ``<temp>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store``, and a Unix socket path may not
 exceed 107 bytes. When ``<data dir>/ray/tmp`` is longer than :data:`MAX_TEMP_DIR_CHARS`, Ray is
@@ -100,6 +108,29 @@ def _remove_dangling_links(folder: Path, prefix: str) -> None:
             pass  # another process removed it first
 
 
+_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: Ray's own value of the switch while :func:`_loopback_only` has it off.
+_cluster_default: bool | None = None
+
+
+def _loopback_only(on: bool) -> None:
+    """Make the next local Ray (``on``) a loopback-only single-node cluster, or undo that.
+
+    Ray reads the switch once, at import, into ``ray_constants.ENABLE_RAY_CLUSTER``; it is set
+    there for this process and in the environment for the processes Ray starts.
+    """
+    from ray._private import ray_constants
+
+    global _cluster_default
+    if on:
+        _set_env(_CLUSTER_SWITCH, "0")
+        if _cluster_default is None:
+            _cluster_default = ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    elif _cluster_default is not None:
+        ray_constants.ENABLE_RAY_CLUSTER, _cluster_default = _cluster_default, None
+
+
 def _refresh_auth_mode() -> None:
     """Ray caches RAY_AUTH_MODE and the token itself per process; re-read both.
 
@@ -135,6 +166,7 @@ def ensure_ray(address: str | None, state_dir: Path, *, num_cpus: int | None = N
         else:
             _prepare_local_state(state_dir)
             _refresh_auth_mode()
+            _loopback_only(True)
             ray.init(
                 num_cpus=num_cpus,
                 include_dashboard=False,
@@ -163,6 +195,8 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+    if _local:
+        _loopback_only(False)
     _local = False
     for name in _env_set:
         os.environ.pop(name, None)

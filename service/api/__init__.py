@@ -3,6 +3,10 @@
 * Domain errors (``service.errors``) become HTTP statuses here, in one table
   (:data:`ERROR_STATUS`); a bad spec is a 422 whose ``detail`` names the field.
 * Request bodies over 1 MB are refused with 413 before anything parses them.
+* Every response carries the security headers of ``service.api.security`` (CSP, ``nosniff``,
+  ``no-store``, no framing, no referrer); a ``Host`` not in ``DECOUPLE_ALLOWED_HOSTS`` is a 400
+  (Starlette's ``TrustedHostMiddleware``); ``/docs`` and ``/redoc`` come from packaged files.
+* Reports are built off the request thread pool and cached (``service.api.report_cache``).
 * The app refuses to start on a database whose schema is behind (naming ``decouple migrate``);
   an unreachable database does not stop it: ``/health`` says 503 until the database is back.
 """
@@ -20,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.routing import compile_path
 
 from service.config import Settings, get_settings
@@ -32,16 +37,23 @@ from service.errors import (
     InvalidInput,
     NotFound,
     PayloadTooLarge,
+    QuotaExceeded,
     SchemaOutOfDate,
     Unauthorized,
 )
+from service.api.report_cache import ReportCache
 from service.api.responses import error_responses
+from service.api.security import SecurityHeaders, docs_router
 from service.schemas import errors_summary, format_errors, max_trials_var
 
 log = logging.getLogger(__name__)
 
 #: Largest request body accepted (bytes); a spec is a few hundred bytes.
 MAX_BODY_BYTES = 1_000_000
+#: Seconds an idle keep-alive connection stays open.
+KEEP_ALIVE_S = 5
+#: Connections plus requests in flight that uvicorn accepts before it answers 503.
+MAX_CONCURRENCY = 1000
 
 #: The one place where the project's errors meet HTTP.
 ERROR_STATUS: dict[type[DecoupleError], int] = {
@@ -51,6 +63,7 @@ ERROR_STATUS: dict[type[DecoupleError], int] = {
     Forbidden: 403,
     Conflict: 409,
     PayloadTooLarge: 413,
+    QuotaExceeded: 429,
     DatabaseUnavailable: 503,
     SchemaOutOfDate: 503,
 }
@@ -81,7 +94,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _domain_error(request: Request, exc: DecoupleError) -> JSONResponse:
         code = status_for(exc)
         headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
-        return JSONResponse(status_code=code, content={"detail": str(exc)}, headers=headers)
+        detail = str(exc)
+        if isinstance(exc, DatabaseUnavailable) and request.app.state.settings.auth != "off":
+            # Nobody is authenticated while the database is down, and a driver's message names
+            # hosts, users and versions: the reason goes to the log only.
+            log.warning("%s %s: %s", request.method, request.url.path, exc)
+            detail = "database unavailable: the reason is in the server's log"
+        return JSONResponse(status_code=code, content={"detail": detail}, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -208,6 +227,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except DatabaseUnavailable as exc:
             log.warning("starting without the database (%s); /health answers 503 until it is back", exc)
         yield
+        app.state.report_cache.close()
 
     app = FastAPI(
         title="Decouple Lab",
@@ -215,12 +235,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=API_DESCRIPTION,
         lifespan=lifespan,
         responses=error_responses(422, 503),
+        docs_url=None,  # served from packaged files instead of a CDN (service.api.security)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.report_cache = ReportCache()
     install_error_handlers(app)
     app.add_middleware(RequestLimits, max_body_bytes=MAX_BODY_BYTES, max_trials=settings.max_trials)
+    # Added last, so outermost: a refused Host gets its 400 before anything else runs, and the
+    # security headers go on every answer, that 400 included.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts)
+    app.add_middleware(SecurityHeaders)
     app.include_router(api_router)
+    app.include_router(docs_router)
     return app
 
 
@@ -228,6 +256,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
     """``decouple serve``: run the API with uvicorn; refuse an out-of-date schema."""
     import uvicorn
 
+    from service.api.server import protocol_with_deadline
     from service.cli import CliError
 
     settings = settings or get_settings()
@@ -237,5 +266,13 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
         raise CliError(str(exc)) from exc
     except DatabaseUnavailable as exc:
         log.warning("the database is unavailable (%s); serving anyway, /health answers 503", exc)
-    # loop/http "auto": uvloop and httptools (project dependencies) where installed.
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", loop="auto", http="auto")
+    # loop "auto": uvloop where installed; http: httptools (a project dependency) with a deadline
+    # for each request. Timeouts and limits (docs/security.md): a connection that has not sent a
+    # whole request (headers and body) within DECOUPLE_REQUEST_TIMEOUT seconds is answered 408
+    # and closed (service.api.server); an idle keep-alive connection is closed after
+    # KEEP_ALIVE_S; beyond MAX_CONCURRENCY connections and requests uvicorn answers 503.
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_level="info", loop="auto",
+        http=protocol_with_deadline(settings.request_timeout), timeout_keep_alive=KEEP_ALIVE_S,
+        limit_concurrency=MAX_CONCURRENCY,
+    )

@@ -16,10 +16,11 @@ from service.schemas import ErrorBody
 
 DESCRIPTIONS = {
     401: "no valid token (with DECOUPLE_AUTH=required)",
-    403: "only the study's owner or an admin may do this",
+    403: "only the study's owner or an admin may do this (priority above 0: admins only)",
     404: "no such study (or trial)",
     409: "not possible in the study's current state",
     413: "request body over 1 MB",
+    429: "over DECOUPLE_MAX_QUEUED_TRIALS: too many of your trials are queued or running",
     422: "invalid request; `detail` names the field",
     503: "the database is unavailable",
 }

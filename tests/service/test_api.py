@@ -25,7 +25,7 @@ from service.db import session_scope
 from service.errors import SchemaOutOfDate
 from service.schemas import OPTIMIZER_NAMES, user_task_names
 from service.tokens import create_token
-from tests.conftest import make_spec
+from tests.conftest import TEST_HOSTS, make_spec
 from workers.catalog import DEFAULT_GRIDS
 
 UNREACHABLE_PG = "postgresql+psycopg://postgres@127.0.0.1:9/nowhere"
@@ -415,7 +415,7 @@ def test_health_ok(client):
 
 
 def test_health_503_when_the_database_is_unreachable(tmp_path):
-    settings = Settings(database_url=UNREACHABLE_PG, auth="off", data_dir=tmp_path)
+    settings = Settings(database_url=UNREACHABLE_PG, auth="off", data_dir=tmp_path, allowed_hosts=TEST_HOSTS)
     with TestClient(create_app(settings)) as c:  # starts anyway: the database may come back
         r = c.get("/health")
         assert r.status_code == 503
@@ -428,7 +428,7 @@ def test_health_503_when_the_database_is_unreachable(tmp_path):
 
 
 def test_api_refuses_an_out_of_date_schema(empty_db_url, tmp_path):
-    settings = Settings(database_url=empty_db_url, auth="off", data_dir=tmp_path)
+    settings = Settings(database_url=empty_db_url, auth="off", data_dir=tmp_path, allowed_hosts=TEST_HOSTS)
     app = create_app(settings)
     with pytest.raises(SchemaOutOfDate, match=r"run `decouple migrate`$"):
         with TestClient(app):
@@ -517,7 +517,7 @@ def test_api_survives_postgresql_dropping_its_connections(tmp_path):
     url = make_url(pg_schema_url(tag)).update_query_dict({"application_name": tag}).render_as_string(hide_password=False)
     try:
         upgrade_to_head(url)
-        with TestClient(create_app(Settings(database_url=url, auth="off", data_dir=tmp_path))) as c:
+        with TestClient(create_app(Settings(database_url=url, auth="off", data_dir=tmp_path, allowed_hosts=TEST_HOSTS))) as c:
             assert post(c).status_code == 201
             assert c.get("/studies").json()["count"] == 1  # the pool now holds an idle connection
             _pg_execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{tag}'")

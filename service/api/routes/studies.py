@@ -9,15 +9,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Response, status
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import store
-from service.api.deps import EngineDep, UserDep
+from service.api.deps import EngineDep, SettingsDep, UserDep
 from service.api.responses import error_responses
 from service.db import read, session_scope
 from service.errors import Conflict, InvalidInput
 from service.grid_repair import MAX_EXTEND_STEPS, edge_bound
 from service.grid_repair import extend_study as extend_study_grid
+from service.limits import check_priority, check_queue, check_trial_epochs
 from service.models import Study, Trial
 from service.schemas import (
     SPEC_EXAMPLE,
@@ -31,6 +32,7 @@ from service.schemas import (
     TrialPublic,
     TrialsPublic,
     finite_or_none,
+    format_errors,
 )
 
 router = APIRouter(prefix="/studies", tags=["studies"])
@@ -82,16 +84,24 @@ def trial_public(t: Trial) -> TrialPublic:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=StudyCreated,
-    responses=error_responses(413),
+    responses=error_responses(403, 413, 429),
 )
 def create_study(
     spec: Annotated[StudySpec, Body(openapi_examples=SPEC_EXAMPLES)],
     engine: EngineDep,
+    settings: SettingsDep,
     user: UserDep,
     response: Response,
 ) -> StudyCreated:
-    """Queue a study; its whole trial grid is stored at once (status ``queued``)."""
+    """Queue a study; its whole trial grid is stored at once (status ``queued``).
+
+    Within the per-user limits (docs/security.md): trials x epochs at most
+    ``DECOUPLE_MAX_TRIAL_EPOCHS`` (422), at most ``DECOUPLE_MAX_QUEUED_TRIALS`` of a non-admin's
+    trials queued or running at once (429), ``priority`` above 0 for admins only (403)."""
+    check_priority(spec.priority, user)
+    check_trial_epochs(spec.trials_total, spec.epochs or 1, settings)
     with session_scope(engine) as session:
+        check_queue(session, user.name, spec.trials_total, user, settings)
         study = store.create_study(session, spec, owner=user.name)
         created = StudyCreated(id=study.id, status=study.status, trials_total=study.trials_total)
     response.headers["Location"] = f"/studies/{created.id}"
@@ -262,15 +272,16 @@ class ExtendRequest(BaseModel):
     steps: int | None = Field(None, ge=1, le=MAX_EXTEND_STEPS, strict=True)
 
 
-@router.post("/{study_id}/extend", responses=error_responses(403, 404, 409, 422))
+@router.post("/{study_id}/extend", responses=error_responses(403, 404, 409, 422, 429))
 def extend_study(
-    study_id: str, engine: EngineDep, user: UserDep,
+    study_id: str, engine: EngineDep, settings: SettingsDep, user: UserDep,
     body: Annotated[ExtendRequest | None, Body()] = None,
 ) -> dict:
     """Edge repair: extend every optimizer whose best cell lies on its grid's edge (or the named
     ones) with the same spacing, and queue the study again so a worker runs the new trials (and
     retries any that failed; done trials never run again). Its owner or an admin; the study must
-    be done."""
+    be done. The extended study must meet every limit a submission meets (trial cap, axis length
+    and value range, trial-epochs, the owner's queue limit), else nothing changes."""
     body = body or ExtendRequest()
     with session_scope(engine) as session:
         study = store.get_study(session, study_id, for_update=True)
@@ -293,5 +304,18 @@ def extend_study(
         study.status, study.finished_at, study.updated_at = "queued", None, now
         study.claimed_by, study.lease_expires_at = None, None
         session.flush()
+        check_extended(session, study, user, settings)
         return {"id": study_id, "status": study.status, "trials_total": study.trials_total,
                 "extended": extended}
+
+
+def check_extended(session: Any, study: Study, user: store.Principal, settings: Any) -> None:
+    """The limits of a submission, on a study just extended (the caller's transaction is rolled
+    back by the error, so a refused extension stores nothing)."""
+    try:
+        StudySpec.model_validate(study.spec, context={"stored": True, "max_trials": settings.max_trials})
+    except ValidationError as exc:
+        first = format_errors(list(exc.errors()))[0]
+        raise InvalidInput(first["field"], f"{first['message']} (after this extension)") from None
+    check_trial_epochs(study.trials_total, int(study.spec.get("epochs") or 1), settings)
+    check_queue(session, study.owner, 0, user, settings)
