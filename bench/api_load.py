@@ -21,7 +21,12 @@ Prints per kind p50/p99, the CPU time the server process used per request over t
 window (user + system, from ``/proc``: what a request costs the server, far less noisy on a shared
 machine than latencies; the load generator's own, which shares the two cores, beside it) and ``RESULT report_p99_ms=... list_p99_ms=... requests_per_s=...
 errors=... health_p99_ms=... server_cpu_ms_per_request=...``. Targets on a 2-core machine: report p99 <= 50 ms, zero errors.
-``--quick``: 15 s of load (under two minutes with set-up).
+Then the report storm (issue 15): a running 3,000-trial study (1,500 trials done, 10-epoch curves)
+is added, 60 clients in a process of their own fetch its ``report.html`` in a loop (at least
+10 s and three pages each), and another user's ``GET /studies?limit=5`` is timed meanwhile, one
+request every 50 ms; the same request on the quiet server, just before, is the baseline:
+``list_p99_under_report_storm_ms=... list_p99_quiet_ms=...`` (target: under 250 ms).
+``--quick``: 15 s of load (under two minutes with set-up, the storm aside).
 """
 
 from __future__ import annotations
@@ -203,6 +208,47 @@ async def baseline(base: str, seconds: float, concurrency: int) -> list[float]:
     return out
 
 
+def time_list(base: str, token: str, seconds: float | None = None, until: object = None) -> list[float]:
+    """``GET /studies?limit=5`` every 50 ms for ``seconds``, or while ``until()`` is true (ms)."""
+    out: list[float] = []
+    start = time.monotonic()
+    with httpx.Client(base_url=base, timeout=120, headers={"Authorization": f"Bearer {token}"}) as http:
+        while (until() if until is not None else time.monotonic() - start < seconds):  # type: ignore[operator]
+            t0 = time.perf_counter()
+            r = http.get("/studies", params={"limit": 5})
+            if r.status_code == 200:
+                out.append((time.perf_counter() - t0) * 1e3)
+            time.sleep(0.05)
+    return out
+
+
+def report_storm(url: str, base: str, token: str, home: Path) -> tuple[list[float], list[float], int]:
+    """(quiet list latencies, list latencies under the storm, report pages served)."""
+    from service.db import make_engine
+    from service.tokens import create_token
+    from tests.reliability.servers import seed_running_study, start_report_viewers, viewer_statuses
+
+    engine = make_engine(url)
+    try:
+        sid = seed_running_study(engine, n_done=1500)
+        from service.db import session_scope
+
+        with session_scope(engine) as s:
+            viewer_token = create_token(s, "alice")
+    finally:
+        engine.dispose()
+    quiet = time_list(base, token, seconds=5.0)
+    viewers = start_report_viewers(base, f"/studies/{sid}/report.html", viewer_token, 60, home / "viewers.log")
+    try:
+        time.sleep(1.0)
+        stormy = time_list(base, token, until=viewers.alive)
+        viewers.popen.wait(timeout=30)
+    finally:
+        viewers.stop()
+    pages = [x for x in viewer_statuses(viewers.output()) if x == "200"]
+    return quiet, stormy, len(pages)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="15 s of load instead of 60")
@@ -235,6 +281,7 @@ def main() -> int:
             drive(base, token, finished, ids, seconds, args.concurrency, warmup=min(3.0, seconds / 5),
                   server_pid=server.pid)
         )
+        quiet, stormy, storm_pages = report_storm(url, base, token, home)
     finally:
         if server is not None:
             server.stop()
@@ -254,10 +301,14 @@ def main() -> int:
     print(f"  server process CPU (user + system): {server_cpu:.1f} s, {cpu_per_request:.2f} ms per request "
           f"(this load generator: {client_cpu / total * 1e3 if total else math.nan:.2f} ms per request); "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"  report storm: {storm_pages} report pages of a running 3,000-trial study to 60 clients; another "
+          f"user's list: n={len(stormy)} p50={percentile(stormy, 50):.1f} ms p99={percentile(stormy, 99):.1f} ms "
+          f"(quiet: p50={percentile(quiet, 50):.1f} ms p99={percentile(quiet, 99):.1f} ms)")
     print(
         f"RESULT report_p99_ms={percentile(latencies['report'], 99):.1f} list_p99_ms={percentile(latencies['list'], 99):.1f} "
         f"requests_per_s={total / wall:.0f} errors={sum(errors.values())} health_p99_ms={percentile(health, 99):.1f} "
-        f"server_cpu_ms_per_request={cpu_per_request:.2f}"
+        f"server_cpu_ms_per_request={cpu_per_request:.2f} list_p99_under_report_storm_ms={percentile(stormy, 99):.1f} "
+        f"list_p99_quiet_ms={percentile(quiet, 99):.1f}"
     )
     return 0
 

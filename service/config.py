@@ -9,7 +9,6 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 #: The names a browser on this machine uses for a server on loopback.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 

@@ -27,6 +27,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.routing import compile_path
 
+from service.api.report_cache import ReportCache
+from service.api.responses import error_responses
+from service.api.security import SecurityHeaders, docs_router
 from service.config import Settings, get_settings
 from service.db import check_schema_current, get_engine, translate_db_error
 from service.errors import (
@@ -41,9 +44,6 @@ from service.errors import (
     SchemaOutOfDate,
     Unauthorized,
 )
-from service.api.report_cache import ReportCache
-from service.api.responses import error_responses
-from service.api.security import SecurityHeaders, docs_router
 from service.schemas import errors_summary, format_errors, max_trials_var
 
 log = logging.getLogger(__name__)

@@ -286,3 +286,74 @@ def secrets_token() -> str:
     import secrets
 
     return secrets.token_hex(32)
+
+
+# --- a running study and a crowd watching its report ---------------------------------------------
+
+
+def seed_running_study(engine: Any, n_done: int) -> str:
+    """A running study (owner alice) of 3,000 trials (five optimizers, 10 x 10 grids, six seeds), ``n_done``
+    of them finished with 10-epoch curves, as a worker would have written them."""
+    import math
+
+    from service import store
+    from service.db import session_scope
+    from service.schemas import StudySpec
+
+    spec = StudySpec.model_validate({
+        "name": "big, running", "task": "synthetic", "epochs": 10,
+        "optimizers": [{"name": n, "lr": {"min": 1e-4, "max": 1e-1, "num": 10},
+                        "wd": {"min": 1e-6, "max": 1e-2, "num": 10}}
+                       for n in ("sgd", "sgdw", "adam", "adamw", "adamw_torch")],
+        "seeds": [0, 1, 2, 3, 4, 5],
+    }, context={"max_trials": None})
+    with session_scope(engine) as s:
+        sid = store.create_study(s, spec, owner="alice").id
+    with session_scope(engine) as s:
+        store.claim_study(s, "w", 3600, only=sid)
+        trials = store.pending_trials(s, sid)[:n_done]
+        points = []
+        for t in trials:
+            v = 0.1 + (math.log10(t.lr) + 2.5) ** 2 / 10 + (math.log10(t.wd) + 4) ** 2 / 10 + t.seed * 1e-3
+            points += [{"trial_id": t.id, "epoch": e, "train_loss": v + 1 / e, "val_loss": v + 1 / e,
+                        "val_error": min(1.0, v + 1 / e)} for e in range(1, 11)]
+            store.finish_trial(s, t.id, "w", train_loss=v, val_loss=v, val_error=min(1.0, v))
+        store.record_epochs(s, points)
+    return sid
+
+
+#: The 60 viewers, in a process of their own: parsing 60 report pages of 0.7 MB each in the
+#: measuring process would delay its own clock readings, not the server's answers.
+VIEWERS = """
+import asyncio, sys, time, httpx
+base, path, token, viewers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+statuses = []
+async def main():
+    started = time.monotonic()
+    def over():
+        elapsed = time.monotonic() - started
+        return (elapsed > 10 and len(statuses) >= 3 * viewers) or elapsed > 120
+    limits = httpx.Limits(max_connections=viewers)
+    async with httpx.AsyncClient(base_url=base, timeout=180, limits=limits,
+                                 headers={"Authorization": "Bearer " + token}) as client:
+        async def viewer():
+            while not over():
+                statuses.append((await client.get(path)).status_code)
+        await asyncio.gather(*(viewer() for _ in range(viewers)))
+asyncio.run(main())
+print("STATUSES", " ".join(map(str, statuses)))
+"""
+
+
+
+
+def start_report_viewers(base: str, path: str, token: str, viewers: int, log: Path) -> Process:
+    """:data:`VIEWERS` against ``base``: ``viewers`` clients fetching ``path`` in a loop until
+    10 s have passed and each has had three answers (at most 120 s)."""
+    return Process([PYTHON, "-c", VIEWERS, base, path, token, str(viewers)], env=clean_env(), log=log)
+
+
+def viewer_statuses(output: str) -> list[str]:
+    """The statuses :data:`VIEWERS` printed last."""
+    assert "STATUSES" in output, output[-3000:]
+    return output.split("STATUSES", 1)[1].split()

@@ -24,7 +24,17 @@ from service.db import get_engine, session_scope
 from service.schemas import StudySpec
 from tests.conftest import make_spec
 from tests.reliability.conftest import make_tokens
-from tests.reliability.servers import PYTHON, Process, clean_env, free_port, start_api, wait_for
+from tests.reliability.servers import (
+    PYTHON,
+    Process,
+    clean_env,
+    free_port,
+    seed_running_study,
+    start_api,
+    start_report_viewers,
+    viewer_statuses,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,64 +70,15 @@ def finish(engine, study_id: str, value) -> None:
 # --- 1. a report storm does not stall other users --------------------------------------------------
 
 
-def running_study(engine, n_done: int) -> str:
-    """A running study of 3,000 trials (five optimizers, 10 x 10 grids, six seeds), ``n_done``
-    of them finished with 10-epoch curves, as a worker would have written them."""
-    spec = StudySpec.model_validate({
-        "name": "big, running", "task": "synthetic", "epochs": 10,
-        "optimizers": [{"name": n, "lr": {"min": 1e-4, "max": 1e-1, "num": 10},
-                        "wd": {"min": 1e-6, "max": 1e-2, "num": 10}}
-                       for n in ("sgd", "sgdw", "adam", "adamw", "adamw_torch")],
-        "seeds": [0, 1, 2, 3, 4, 5],
-    }, context={"max_trials": None})
-    with session_scope(engine) as s:
-        sid = store.create_study(s, spec, owner="alice").id
-    with session_scope(engine) as s:
-        store.claim_study(s, "w", 3600, only=sid)
-        trials = store.pending_trials(s, sid)[:n_done]
-        points = []
-        for t in trials:
-            v = 0.1 + (math.log10(t.lr) + 2.5) ** 2 / 10 + (math.log10(t.wd) + 4) ** 2 / 10 + t.seed * 1e-3
-            points += [{"trial_id": t.id, "epoch": e, "train_loss": v + 1 / e, "val_loss": v + 1 / e,
-                        "val_error": min(1.0, v + 1 / e)} for e in range(1, 11)]
-            store.finish_trial(s, t.id, "w", train_loss=v, val_loss=v, val_error=min(1.0, v))
-        store.record_epochs(s, points)
-    return sid
-
-
-#: The 60 viewers, in a process of their own: parsing 60 report pages of 0.7 MB each in the
-#: measuring process would delay its own clock readings, not the server's answers.
-VIEWERS = """
-import asyncio, sys, time, httpx
-base, path, token, viewers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-statuses = []
-async def main():
-    started = time.monotonic()
-    def over():
-        elapsed = time.monotonic() - started
-        return (elapsed > 10 and len(statuses) >= 3 * viewers) or elapsed > 120
-    limits = httpx.Limits(max_connections=viewers)
-    async with httpx.AsyncClient(base_url=base, timeout=180, limits=limits,
-                                 headers={"Authorization": "Bearer " + token}) as client:
-        async def viewer():
-            while not over():
-                statuses.append((await client.get(path)).status_code)
-        await asyncio.gather(*(viewer() for _ in range(viewers)))
-asyncio.run(main())
-print("STATUSES", " ".join(map(str, statuses)))
-"""
-
-
 def test_a_report_storm_does_not_stall_another_users_list(served, lite_url, tmp_path):
     """60 viewers of a running 3,000-trial study's report page at once, for at least 10 s and
     three pages each; meanwhile bob's ``GET /studies?limit=5`` keeps p99 under 250 ms. Before
     the cache every request built the report on the request thread pool, and bob waited as long
     as the builds took (tens of seconds)."""
-    sid = running_study(get_engine(lite_url), n_done=1500)
+    sid = seed_running_study(get_engine(lite_url), n_done=1500)
     base, as_ = served()
     token = as_["alice"]["Authorization"].split()[1]
-    storm = Process([PYTHON, "-c", VIEWERS, base, f"/studies/{sid}/report.html", token, "60"],
-                    env=clean_env(), log=tmp_path / "viewers.log")
+    storm = start_report_viewers(base, f"/studies/{sid}/report.html", token, 60, tmp_path / "viewers.log")
     list_ms: list[float] = []
     try:
         time.sleep(1.0)  # the storm is under way
@@ -133,7 +94,7 @@ def test_a_report_storm_does_not_stall_another_users_list(served, lite_url, tmp_
         storm.stop()
     out = storm.output()
     assert "STATUSES" in out, out[-3000:]
-    statuses = out.split("STATUSES", 1)[1].split()
+    statuses = viewer_statuses(out)
     assert len(statuses) >= 180 and set(statuses) == {"200"}, out[-3000:]
     ordered = sorted(list_ms)
     p99 = ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
