@@ -815,19 +815,33 @@ def decide(lrs, wds, per_seed_values, *, chance: float | None = None, default_wd
     sd = pure_sd if pure_sd is not None else sd
     regrets = regret_by_start(v, key)
     worst = max(regrets)
-    samples = (lambda r: r * val_size) if (val_size and error_metric) else (lambda r: None)
+    worst_j = int(np.argmax(regrets))
+    from_default = _regret(y, v, key, default_wd)[0]
+
+    def samples(r: float) -> float | None:
+        return r * val_size if (val_size and error_metric) else None
+
     out["regret"] = {
         "by_start_column": regrets, "max": worst, "seed_sd": sd,
         "max_in_seed_sd": worst / sd if sd else None,
         "by_start_column_in_seed_sd": [r / sd for r in regrets] if sd else None,
         "max_in_samples": samples(worst), "val_size": val_size if error_metric else None,
-        "default_start": _regret(y, v, key, default_wd)[0],
+        "worst_start_wd": float(10 ** y[worst_j]), "from_default_wd": from_default,
     }
+    basin = basin_mask(mean)
+    out["top_cells"] = [[int(i), int(j)] for i, j in zip(*np.nonzero(basin))]
+    if worst <= 1e-12:
+        regret_txt = "one-at-a-time tuning (lr, then wd) finds the grid's best from every start wd"
+    else:
+        regret_txt = f"one-at-a-time tuning (lr, then wd) loses at most {worst:.3g}"
+        if sd:
+            smp = samples(worst)
+            regret_txt += f" ({worst / sd:.2f} seed SD" + (f", {smp:.1f} of {val_size} validation samples)"
+                                                            if smp is not None else ")")
+        regret_txt += f", starting from wd = {10 ** y[worst_j]:.3g}"
+        regret_txt += (", and nothing from the default wd" if from_default <= 1e-12
+                       else f", and {from_default:.3g} from the default wd")
     out["interaction"] = _local_interaction(clamped_seeds, int(bi), int(bj))
-    regret_txt = f"one-at-a-time tuning loses at most {worst:.3g} from any start wd"
-    if sd:
-        regret_txt += f" ({worst / sd:.2f} seed SD"
-        regret_txt += f", {samples(worst):.1f} of {val_size} validation samples)" if samples(worst) is not None else ")"
     if S < 2:
         return finish("not_enough_data", f"One seed only: no way to tell the ridge from seed noise "
                       f"({regret_txt}). Run two or more seeds.")
@@ -953,7 +967,7 @@ def parametrizations(lrs, wds, decision: dict, convention: str, *, iters_per_epo
     under these shears, so each slope is the original plus the shear (an identity the tests check);
     what changes is which system's interval lies inside the tolerance: ``axis_aligned`` (inside
     +-tolerance), ``tilted`` (clear of 0 beyond it) or ``inconclusive``. Also the best cell's tau in
-    epochs and the range of tau over the fitted cells. None when the decision has no ridge or the
+    epochs and its range over the TOP_K best cells (``basin_mask``). None when the decision has no ridge or the
     convention has no rewriting (``l2``).
     """
     fit0 = decision.get("ridge")
@@ -982,8 +996,10 @@ def parametrizations(lrs, wds, decision: dict, convention: str, *, iters_per_epo
     best = decision.get("best") or {}
     bi, bj = best.get("index", [None, None])
     best_tau = float(tau[bi, bj]) if tau is not None and bi is not None else None
+    top = np.array(decision.get("top_cells") or [[bi, bj]])
+    tau_top = tau[top[:, 0], top[:, 1]] if tau is not None and bi is not None else None
     aligned = [o["coordinates"] for o in out if o["reading"] == "axis_aligned"]
     return {"systems": out, "axis_aligned_in": aligned,
             "best_tau": best_tau, "tau_unit": "epochs" if iters_per_epoch else "iterations",
-            "tau_range_fitted": [float(tau[ii, jj].min()), float(tau[ii, jj].max())] if tau is not None else None,
+            "tau_range_top_cells": None if tau_top is None else [float(tau_top.min()), float(tau_top.max())],
             "iters_per_epoch": iters_per_epoch}

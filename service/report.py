@@ -121,11 +121,13 @@ def verdict(entry: dict) -> str:
     if d.get("flat"):
         return "Neither lr nor wd changed the metric on this grid: nothing to judge."
     head = HEADLINES.get(dec["verdict"], "Not enough data to decide.")
-    if dec["verdict"] == "coupled":
-        r = dec.get("regret") or {}
-        if r.get("max_in_seed_sd") is not None and r["max_in_seed_sd"] < 1:
-            head = ("Coupled, mildly: the best wd moves with lr, but on this grid tuning lr, then wd, "
-                    "from any start wd loses less than one seed SD.")
+    r = dec.get("regret") or {}
+    lost = r.get("max_in_seed_sd")
+    if dec["verdict"] == "coupled" and lost is not None and lost < 1:
+        head = ("Coupled, mildly: the best wd moves with lr, but on this grid tuning lr, then wd, "
+                "from any start wd loses less than one seed SD.")
+    elif dec["verdict"] == "separable" and lost is not None and lost >= 1:
+        head = "Separable, but the best lr depends on wd: tune wd once, then re-tune lr at that wd."
     return f"{head} {dec['reason']}"
 
 
@@ -350,9 +352,9 @@ def parametrization_sentence(params: dict) -> str:
     text = f"{head} ({'; '.join(parts)})."
     if params.get("best_tau") is not None:
         text += f" Best cell's tau = {params['best_tau']:.3g} {params['tau_unit']}"
-        rng = params.get("tau_range_fitted")
+        rng = params.get("tau_range_top_cells")
         if rng:
-            text += f" (the cells near the optimum span {rng[0]:.3g}-{rng[1]:.3g})"
+            text += f" (the 10 best cells span {rng[0]:.3g}-{rng[1]:.3g})"
         text += "."
     return text
 
