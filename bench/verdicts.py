@@ -34,11 +34,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-
-from service.analysis import decide, separability_with_ci  # noqa: E402
-from service.calibration import CHANCE, LRS, VAL_SIZE, WDS, Case, battery, synthetic  # noqa: E402
-
 BOUNDS = {"p_coupled_s0": ("<=", 0.05), "p_separable_s_ge_075": ("<=", 0.05), "coverage": (">=", 0.85),
           "p_coupled_nuisance_s0": ("<=", 0.05), "p_right_3seeds": (">=", 0.90),
           "p_wrong_3seeds_flat": ("<=", 0.05)}
@@ -55,6 +50,12 @@ def cpu_model() -> str:
 
 
 def timing(n: int = 40) -> tuple[float, float]:
+    """ms per ``decide`` and per ``separability_with_ci`` on the same 8 x 8 x 3 grids."""
+    import numpy as np
+
+    from service.analysis import decide, separability_with_ci
+    from service.calibration import CHANCE, LRS, VAL_SIZE, WDS, Case, synthetic
+
     rng = np.random.default_rng(1)
     grids = [synthetic(Case(0.0, 3, 0.05), rng)[0] for _ in range(n)]
     decide(LRS, WDS, grids[0], chance=CHANCE)  # warm the cached quantiles
@@ -70,6 +71,8 @@ def timing(n: int = 40) -> tuple[float, float]:
 
 
 def main() -> int:
+    from service.calibration import battery
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=3)

@@ -26,6 +26,7 @@ import base64
 import datetime as _dt
 import html
 import io
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -305,7 +306,7 @@ def _rank(entries: list[dict]) -> tuple[list[str], list[str]]:
     """Most separable first (by ``decision``); warnings where neighbours cannot be told apart."""
     ranked = sorted((e for e in entries if e["separability"] is not None), key=_rank_key)
     warnings = []
-    for a, b in zip(ranked, ranked[1:]):
+    for a, b in itertools.pairwise(ranked):
         da, db = a.get("decision") or {}, b.get("decision") or {}
         if da.get("verdict") != db.get("verdict"):
             continue

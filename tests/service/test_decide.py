@@ -101,7 +101,7 @@ def test_parametrizations_shift_the_slope_by_the_shear_exactly():
     assert by["tau_epochs"]["ridge_slope"] == pytest.approx(-s, abs=1e-9)
     assert by["schedule"]["reading"] == "tilted" and by["lr"]["reading"] == "axis_aligned"
     assert p["axis_aligned_in"] == ["lr"]
-    bi, bj = d["best"]["index"]
+    bj = d["best"]["index"][1]
     assert p["best_tau"] == pytest.approx(1 / WDS[bj] / 23, rel=1e-12)
     assert parametrizations(LRS, WDS, d, "l2") is None
 
@@ -201,8 +201,16 @@ def test_calibration_battery_meets_its_bounds():
 
 
 def test_synthetic_grid_has_the_stated_ridge():
-    # noise-free: at every lr the best wd (on a fine axis) sits at y0 + s (x - x0)
+    # noise-free: on the grid's rows the best wd column follows y0 + s (x - x0) to within half a step
     rng = np.random.default_rng(0)
-    vals, par = synthetic(Case(0.75, 1, 0.0), rng)
+    vals, par = synthetic(Case(0.75, 1, 0.0, shapes=(1.0,)), rng)
     assert vals.shape == (1, 8, 8) and np.nanmax(vals) <= CHANCE
+    step = Y[1] - Y[0]
+    checked = 0
+    for i in range(8):
+        want = par["y0"] + 0.75 * (X[i] - par["x0"])
+        if Y[0] + step < want < Y[-1] - step and vals[0, i].min() < CHANCE - 0.01:
+            assert abs(Y[int(np.argmin(vals[0, i]))] - want) <= step / 2 + 1e-9
+            checked += 1
+    assert checked >= 3
     assert SLOPE_TOLERANCE == 0.5
