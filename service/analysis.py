@@ -346,7 +346,7 @@ def _noise(y, per_seed, present, mean, c, rows) -> dict:
     cell_mean = np.where(sub_p, sub_v, 0.0).sum(axis=0) / np.maximum(k, 1)
     ss = (np.where(sub_p, (sub_v - cell_mean) ** 2, 0.0)).sum()
     df = int((k - 1).clip(min=0).sum())
-    out = {"seeds": int(per_seed.shape[0]), "seed_sd": None, "wd_range_near_best": None,
+    out: dict = {"seeds": int(per_seed.shape[0]), "seed_sd": None, "wd_range_near_best": None,
            "wd_noise_threshold": None, "wd_has_effect": None}
     if df < 1 or len(rows) == 0:
         return out
