@@ -651,17 +651,20 @@ def _fit_cells(v_mean: np.ndarray, usable: np.ndarray, x: np.ndarray, y: np.ndar
         frac *= BAND_GROWTH
 
 
-def _local_interaction(per_seed_v: np.ndarray, bi: int, bj: int) -> dict | None:
+def _local_interaction(per_seed_v: np.ndarray, bi: int, bj: int, present: np.ndarray | None = None) -> dict | None:
     """Two-way ANOVA with replication (seeds) on the 3 x 3 cells around the best one.
 
     Interaction F = MS_int / MS_within on (2*2, 9*(S-1)) degrees of freedom; the window is moved
     inside the grid at its edges. ``per_seed_v`` is clamped at chance. None with one seed or a
-    grid narrower than 3.
+    grid narrower than 3, or when a seed is missing in the window (``present``): the balanced
+    design is what the F test needs.
     """
     S, n, m = per_seed_v.shape
     if S < 2 or n < 3 or m < 3:
         return None
     i0, j0 = min(max(bi - 1, 0), n - 3), min(max(bj - 1, 0), m - 3)
+    if present is not None and not present[:, i0:i0 + 3, j0:j0 + 3].all():
+        return None
     w = per_seed_v[:, i0:i0 + 3, j0:j0 + 3]
     cell = w.mean(axis=0)
     mu = cell.mean()
@@ -841,7 +844,7 @@ def decide(lrs, wds, per_seed_values, *, chance: float | None = None, default_wd
         regret_txt += f", starting from wd = {10 ** y[worst_j]:.3g}"
         regret_txt += (", and nothing from the default wd" if from_default <= 1e-12
                        else f", and {from_default:.3g} from the default wd")
-    out["interaction"] = _local_interaction(clamped_seeds, int(bi), int(bj))
+    out["interaction"] = _local_interaction(clamped_seeds, int(bi), int(bj), pres)
     if S < 2:
         return finish("not_enough_data", f"One seed only: no way to tell the ridge from seed noise "
                       f"({regret_txt}). Run two or more seeds.")

@@ -214,3 +214,19 @@ def test_synthetic_grid_has_the_stated_ridge():
             checked += 1
     assert checked >= 3
     assert SLOPE_TOLERANCE == 0.5
+
+
+def test_local_interaction_test_at_seed_level():
+    additive = 0.05 + 0.3 * (X[:, None] + 2.5) ** 2 + 0.3 * (Y[None, :] + 3) ** 2
+    d = decide(LRS, WDS, seeds(np.minimum(additive, CHANCE), 3, 0.01, rng_seed=4), chance=CHANCE)
+    assert d["interaction"]["p"] > 0.05 and d["interaction"]["df"] == [4, 18]
+    coupled = decide(LRS, WDS, seeds(bowl(-1.0, a_wd=0.4), 3, 0.005, rng_seed=4), chance=CHANCE)
+    assert coupled["interaction"]["p"] < 1e-3
+    # a seed that did not finish inside the 3 x 3 window: no balanced test, the verdict still stands
+    vals = seeds(bowl(0.0), 3, 0.01, rng_seed=4)
+    present = np.ones(vals.shape, bool)
+    bi, bj = decide(LRS, WDS, vals, chance=CHANCE)["best"]["index"]
+    present[2, bi, bj] = False
+    vals[2, bi, bj] = np.nan
+    d = decide(LRS, WDS, vals, chance=CHANCE, present=present)
+    assert d["interaction"] is None and d["verdict"] == "separable"
