@@ -686,15 +686,19 @@ def _local_interaction(per_seed_v: np.ndarray, bi: int, bj: int, present: np.nda
             "F": f, "p": p, "df": [df_int, df_err]}
 
 
-def regret_by_start(v: np.ndarray, key: np.ndarray) -> list[float]:
+def regret_by_start(v: np.ndarray, key: np.ndarray, usable: np.ndarray | None = None) -> list[float | None]:
     """One-at-a-time regret from every start column j0: best lr at wd_j0, then best wd there.
 
     ``v`` is the clamped seed-mean grid, ``key`` its ordering (diverged last). Element j0 is
-    V[i1, j1] - min V, in the metric's units.
+    V[i1, j1] - min V, in the metric's units; None for a column with no ``usable`` cell (every
+    cell diverged or at chance: the "best lr" there is a tie-break, not a choice).
     """
     best = float(v.min())
-    out = []
+    out: list[float | None] = []
     for j0 in range(v.shape[1]):
+        if usable is not None and not usable[:, j0].any():
+            out.append(None)
+            continue
         i1 = int(np.argmin(key[:, j0]))
         j1 = int(np.argmin(key[i1]))
         out.append(float(v[i1, j1] - best))
@@ -816,9 +820,9 @@ def decide(lrs, wds, per_seed_values, *, chance: float | None = None, default_wd
     else:
         pure_sd = None
     sd = pure_sd if pure_sd is not None else sd
-    regrets = regret_by_start(v, key)
-    worst = max(regrets)
-    worst_j = int(np.argmax(regrets))
+    regrets = regret_by_start(v, key, usable)
+    worst_j = int(np.argmax([-1.0 if r is None else r for r in regrets]))
+    worst = float(regrets[worst_j] or 0.0)
     from_default = _regret(y, v, key, default_wd)[0]
 
     def samples(r: float) -> float | None:
@@ -827,7 +831,8 @@ def decide(lrs, wds, per_seed_values, *, chance: float | None = None, default_wd
     out["regret"] = {
         "by_start_column": regrets, "max": worst, "seed_sd": sd,
         "max_in_seed_sd": worst / sd if sd else None,
-        "by_start_column_in_seed_sd": [r / sd for r in regrets] if sd else None,
+        "by_start_column_in_seed_sd": [None if r is None else r / sd for r in regrets] if sd else None,
+        "start_columns_skipped": sum(r is None for r in regrets),
         "max_in_samples": samples(worst), "val_size": val_size if error_metric else None,
         "worst_start_wd": float(10 ** y[worst_j]), "from_default_wd": from_default,
     }

@@ -64,6 +64,10 @@ def test_regret_by_start_column_by_hand():
     # start column 0: best lr row 1 (0.20), best wd there 0.05 -> 0; column 1: row 0, best 0.10 -> 0.05;
     # column 2: row 1 -> 0
     assert regret_by_start(v, v) == pytest.approx([0.0, 0.05, 0.0], abs=1e-15)
+    # a start column with no usable cell (all at chance or diverged) has no "best lr" to pick
+    usable = np.ones(v.shape, bool)
+    usable[:, 2] = False
+    assert regret_by_start(v, v, usable)[2] is None
 
 
 def test_convert_wd_and_timescale():
@@ -119,7 +123,8 @@ def test_separable_and_coupled_surfaces():
         assert f"{d['ridge_slope']:+.2f}" in d["reason"] and f"{lo:+.2f}" in d["reason"]
         assert d["seeds_to_decide"] is None
         r = d["regret"]
-        assert len(r["by_start_column"]) == len(WDS) and r["max"] == max(r["by_start_column"])
+        assert len(r["by_start_column"]) == len(WDS)
+        assert r["max"] == max(x for x in r["by_start_column"] if x is not None)
         assert r["max_in_samples"] == pytest.approx(r["max"] * VAL_SIZE)
         assert d["interaction"]["df"] == [4, 18]
 
@@ -133,6 +138,8 @@ def test_diverged_corner_and_chance_band_are_censored_not_fitted():
     fitted = set(zip(d["ridge"]["lr_index"], d["ridge"]["wd_index"]))
     assert not any(i >= 5 and j >= 5 for i, j in fitted) and not any(j == 7 for _, j in fitted)
     assert d["verdict"] == "separable", d["reason"]
+    # the chance column is no start: its "best lr" would be a tie-break
+    assert d["regret"]["by_start_column"][7] is None and d["regret"]["start_columns_skipped"] == 1
 
 
 def test_no_wd_effect():
