@@ -6,19 +6,9 @@ imports torch) and are looked up by the same names. A request can only name a re
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Axis:
-    """A log-spaced grid axis: ``num`` points from ``min`` to ``max``."""
-
-    min: float
-    max: float
-    num: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+from service.domain.grid import Axis
 
 
 @dataclass(frozen=True)

@@ -135,16 +135,12 @@ from typing import Literal
 
 import numpy as np
 
-from workers.catalog import Axis
+from service.domain.grid import Axis, Direction, axis_value
+from service.domain.numeric import parabola_vertex
+from service.domain.rules import DECAY, FAMILY
 
 #: Points per auto axis of the pilot grid (6 x 6 = 36 one-seed cells when both axes are auto).
 PILOT_POINTS = 6
-#: Optimizer -> family (the base direction, as ``workers.optim.VARIANTS[name].base``).
-FAMILY: dict[str, str] = {"sgd": "sgd", "sgdw": "sgd", "adam": "adam", "adamw": "adam",
-                          "adamw_torch": "adam"}
-#: Optimizer -> where its decay sits (as ``workers.optim.VARIANTS[name].decay``).
-DECAY: dict[str, str] = {"sgd": "l2", "sgdw": "schedule", "adam": "l2", "adamw": "schedule",
-                         "adamw_torch": "lr"}
 #: Pilot lr axis per family.
 PILOT_LR: dict[str, Axis] = {"sgd": Axis(1e-5, 10.0, PILOT_POINTS),
                              "adam": Axis(1e-6, 1.0, PILOT_POINTS)}
@@ -163,63 +159,7 @@ MIN_PILOT_FRACTION = 0.25
 #: Default tolerance of smoothing and near-ties: this fraction of the pilot's (worst - best).
 REL_TOLERANCE = 0.04
 
-Direction = Literal["lower", "higher"]
-
-
 # --------------------------------------------------------------------------- axes
-
-
-def _log_step(axis: Axis) -> float:
-    if axis.num < 2 or not axis.max > axis.min:
-        raise ValueError(f"axis {axis} has a single point: its spacing is undefined")
-    return (math.log10(axis.max) - math.log10(axis.min)) / (axis.num - 1)
-
-
-def axis_value(axis: Axis, index: int) -> float:
-    """The value at integer ``index`` of a log-spaced axis, also outside 0..num-1.
-
-    Inside, exactly ``np.geomspace(min, max, num)[index]`` (what ``service.schemas.axis_values``
-    gives); outside, the same spacing continued: ``10**(log10(min) + index * step)`` with
-    ``step = (log10(max) - log10(min)) / (num - 1)``, the formula geomspace itself uses between
-    its exact ends.
-    """
-    index = int(index)
-    if 0 <= index < axis.num:
-        if axis.num == 1:
-            return float(axis.min)
-        return float(np.geomspace(axis.min, axis.max, axis.num)[index])
-    return float(10.0 ** (index * _log_step(axis) + math.log10(axis.min)))
-
-
-def extend_axis(axis: Axis, direction: Direction, steps: int, *, origin: int = 0
-                ) -> tuple[Axis, range]:
-    """``axis`` with ``steps`` more points on one side, same log spacing; and the new indices.
-
-    ``origin`` is the trial index of ``axis``'s first point (0 for a fresh grid; after extensions
-    to lower values it is negative). The returned range holds the indices of the new points in
-    that same numbering: ``range(origin - steps, origin)`` below, ``range(origin + num,
-    origin + num + steps)`` above, so existing trials keep their indices. After a "lower"
-    extension the new axis's first point has index ``origin - steps``.
-
-    The end that does not move is kept exactly; the moved end is :func:`axis_value` of the old
-    axis, so ``np.geomspace`` of the new axis reproduces the old points to a few ulp.
-    """
-    if direction not in ("lower", "higher"):
-        raise ValueError(f'direction must be "lower" or "higher", not {direction!r}')
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, not {steps!r}")
-    _log_step(axis)  # rejects single-point axes, which have no spacing to continue
-    n = axis.num
-    if direction == "lower":
-        new = Axis(axis_value(axis, -steps), axis.max, n + steps)
-        return new, range(origin - steps, origin)
-    new = Axis(axis.min, axis_value(axis, n - 1 + steps), n + steps)
-    return new, range(origin + n, origin + n + steps)
-
-
-def extension_steps(num: int) -> int:
-    """Rows or columns one repair adds: a quarter of the axis, at least 2 (0.86 decades at 8/3)."""
-    return max(2, math.ceil(num / 4))
 
 
 def _subset(values: Sequence[float], k: int) -> np.ndarray:
@@ -355,17 +295,6 @@ def smooth(values, *, chance: float | None = None, tolerance: float | None = Non
 # --------------------------------------------------------------------------- placement
 
 
-def _parabola_vertex(xs: np.ndarray, ys: np.ndarray) -> float:
-    """Vertex of the parabola through 3 points whose middle one is lowest (else the middle x)."""
-    (x0, x1, x2), (y0, y1, y2) = xs, ys
-    denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
-    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
-    b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / denom
-    if not a > 0:
-        return float(x1)
-    return float(np.clip(-b / (2 * a), (x0 + x1) / 2, (x1 + x2) / 2))
-
-
 def _quadratic_vertex(xs: np.ndarray, ys: np.ndarray, block: np.ndarray
                       ) -> tuple[float, float] | None:
     """Vertex of the least-squares quadratic in (x, y) through a 3 x 3 block, within one step.
@@ -440,7 +369,7 @@ def _centre(xs: np.ndarray, f_line: np.ndarray, near: np.ndarray, k: int, span: 
             return refined
         if f_line[k - 1] >= worst or f_line[k + 1] >= worst:
             return float(xs[k])  # next to a diverged or chance cell: a parabola would mean nothing
-        return _parabola_vertex(xs[k - 1:k + 2], f_line[k - 1:k + 2])
+        return parabola_vertex(xs[k - 1:k + 2], f_line[k - 1:k + 2])
     lo_open, hi_open = a == 0, b == n - 1
     # The run plus one pilot step on each side that the pilot closes (where the metric rose).
     lo = float(xs[a]) - (0.0 if lo_open else h)
