@@ -14,7 +14,6 @@ with torch also run in float32 at 1e-6.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -23,14 +22,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch import nn
 
-from workers.optim import (
-    OPTIMIZER_NAMES,
-    apply_update,
-    build_optimizer,
-    check_hyperparameters,
-    decayed_parameter_names,
-    get_variant,
-)
+from workers.optim import OPTIMIZER_NAMES, apply_update, build_optimizer, check_hyperparameters, decayed_parameter_names, get_variant
 from workers.schedules import Schedule
 
 STEPS = 50
