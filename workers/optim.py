@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -48,7 +48,8 @@ __all__ = [
     "build_optimizer", "check_hyperparameters", "decayed_parameter_names", "get_variant", "param_groups",
 ]
 
-Number = float | torch.Tensor
+#: A Python float, or a tensor broadcasting against the parameter (one value per packed config).
+Number: TypeAlias = "float | torch.Tensor"
 
 
 def _real(v: Any) -> bool:

@@ -75,7 +75,7 @@ DEFAULT_GRIDS: dict[str, dict[str, Axis]] = {
 def default_wd(optimizer: str) -> float:
     """The wd a one-at-a-time tuner would start from: the geometric centre of the default axis."""
     ax = DEFAULT_GRIDS[optimizer]["wd"]
-    return (ax.min * ax.max) ** 0.5
+    return float((ax.min * ax.max) ** 0.5)
 
 
 def chance_level(task: str, metric: str) -> float:

@@ -25,7 +25,7 @@ class Axis:
     max: float
     num: int
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

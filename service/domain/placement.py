@@ -130,10 +130,11 @@ paper's figures.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from service.domain.grid import Axis, Direction, axis_value
 from service.domain.numeric import parabola_vertex
@@ -162,13 +163,14 @@ REL_TOLERANCE = 0.04
 # --------------------------------------------------------------------------- axes
 
 
-def _subset(values: Sequence[float], k: int) -> np.ndarray:
+def _subset(values: npt.ArrayLike, k: int) -> np.ndarray:
     """``k`` values spread evenly over ``values``, both ends included."""
-    values = np.asarray(values, dtype=float)
-    if values.size <= k:
-        return values.copy()
-    idx = np.unique(np.round(np.linspace(0, values.size - 1, k)).astype(int))
-    return values[idx]
+    arr = np.asarray(values, dtype=float)
+    if arr.size <= k:
+        return arr.copy()
+    idx = np.unique(np.round(np.linspace(0, arr.size - 1, k)).astype(int))
+    out: np.ndarray = arr[idx]
+    return out
 
 
 def _values(axis: Axis) -> np.ndarray:
@@ -228,7 +230,7 @@ def pilot_share(pilot_trials: int, pilot_epochs_: int, final_trials: int, epochs
 # --------------------------------------------------------------------------- smoothing
 
 
-def fill_worst(values, *, chance: float | None = None) -> np.ndarray:
+def fill_worst(values: npt.ArrayLike, *, chance: float | None = None) -> np.ndarray:
     """``values`` as floats, every diverged (non-finite) cell set to the worst outcome.
 
     With a chance level (the metric of a classifier that guesses), every cell is also capped at
@@ -251,7 +253,7 @@ def default_tolerance(filled: np.ndarray) -> float:
     return REL_TOLERANCE * float(filled.max() - filled.min())
 
 
-def smooth(values, *, chance: float | None = None, tolerance: float | None = None,
+def smooth(values: npt.ArrayLike, *, chance: float | None = None, tolerance: float | None = None,
            kind: Literal["support", "median", "mean"] = "support") -> np.ndarray:
     """The pilot surface made robust to lucky cells (lower is better).
 
@@ -283,7 +285,8 @@ def smooth(values, *, chance: float | None = None, tolerance: float | None = Non
                 block[1, 1] = np.inf
                 out[i, j] = max(v[i, j], block.min() - tol)
         return out
-    reduce = {"median": np.median, "mean": np.mean}.get(kind)
+    reducers: dict[str, Callable[..., Any]] = {"median": np.median, "mean": np.mean}
+    reduce = reducers.get(kind)
     if reduce is None:
         raise ValueError(f'kind must be "support", "median" or "mean", not {kind!r}')
     for i in range(n):
@@ -395,7 +398,7 @@ def _window(centre: float, span: float, num: int, floor: float) -> Axis:
     return Axis(_round_sig(10.0**lo), _round_sig(10.0 ** (lo + span)), num)
 
 
-def place_window(pilot_lrs, pilot_wds, pilot_values, num_lr: int, num_wd: int, *,
+def place_window(pilot_lrs: npt.ArrayLike, pilot_wds: npt.ArrayLike, pilot_values: npt.ArrayLike, num_lr: int, num_wd: int, *,
                  lr_auto: bool, wd_auto: bool, given_lr: Axis | None = None,
                  given_wd: Axis | None = None, span_decades: tuple[float, float] = SPAN_DECADES,
                  chance: float | None = None, tolerance: float | None = None
@@ -429,7 +432,7 @@ def place_window(pilot_lrs, pilot_wds, pilot_values, num_lr: int, num_wd: int, *
     lr_axis, wd_axis = given_lr, given_wd
     rows = np.ones(xs.size, dtype=bool)
     if lr_auto:
-        c = _centre(xs, f[:, j], near.any(axis=1), i, span_decades[0], top=False,
+        c = _centre(xs, f[:, j], np.asarray(near.any(axis=1)), i, span_decades[0], top=False,
                     refined=None if refined is None else refined[0], worst=worst)
         lr_axis = _window(c, span_decades[0], num_lr, FLOOR["lr"])
         # The wd extent is read on the pilot rows the placed lr window covers (and the best
@@ -438,16 +441,17 @@ def place_window(pilot_lrs, pilot_wds, pilot_values, num_lr: int, num_wd: int, *
         rows = (xs >= lo) & (xs <= hi)
         rows[i] = True
     if wd_auto:
-        c = _centre(ys, f[i, :], near[rows].any(axis=0), j, span_decades[1], top=True,
+        c = _centre(ys, f[i, :], np.asarray(near[rows].any(axis=0)), j, span_decades[1], top=True,
                     refined=None if refined is None else refined[1], worst=worst)
         wd_axis = _window(c, span_decades[1], num_wd, FLOOR["wd"])
+    assert lr_axis is not None and wd_axis is not None  # checked above: given when not auto
     return lr_axis, wd_axis
 
 
 # --------------------------------------------------------------------------- edge repair
 
 
-def edge_directions(values_2d, *, tolerance: float) -> dict[str, Direction | None]:
+def edge_directions(values_2d: npt.ArrayLike, *, tolerance: float) -> dict[str, Direction | None]:
     """Which edges the grid's optimum lies on: ``{"lr": "lower"/"higher"/None, "wd": ...}``.
 
     ``values_2d[i][j]``: the metric (mean over seeds, lower is better) at lr index i, wd index j;
@@ -469,7 +473,8 @@ def edge_directions(values_2d, *, tolerance: float) -> dict[str, Direction | Non
         n = grid.shape[0]
         if n < 2:
             continue
-        ends = (("lower", grid[0], grid[1:]), ("higher", grid[-1], grid[:-1]))
+        ends: tuple[tuple[Direction, np.ndarray, np.ndarray], ...] = (
+            ("lower", grid[0], grid[1:]), ("higher", grid[-1], grid[:-1]))
         for direction, edge, rest in ends:
             if edge.min() + tolerance < rest.min():
                 out[name] = direction
