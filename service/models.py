@@ -252,7 +252,7 @@ class Trial(Base):
 
 
 class CurvePoint(Base):
-    """A trial's metrics after one epoch (epochs count from 1)."""
+    """A trial's metrics after one epoch (epochs count from 0, as the trainer writes them)."""
 
     __tablename__ = "curve_points"
     __table_args__ = _kind_checks()
