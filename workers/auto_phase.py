@@ -8,9 +8,8 @@ as an optimizer's pilot has finished (its family's, under ``share_lr_window``),
 :func:`place_group` places its final window with :func:`service.domain.placement.place_window` (then
 :func:`service.domain.placement.share_lr_window` when the spec asks), writes the placed axes into the
 study's spec (``placement: "auto"``; the other axis ``"given"``) and adds its grid trials for
-every seed, whose blocks join the queue while the other optimizers' pilots still run. Run one
-phase after the other, a study paid for a second Ray experiment (~5 s between the phases here)
-and for the slots idling at the end of the pilot; measured by ``bench/study.py --auto``.
+every seed, whose blocks join the queue while the other optimizers' pilots still run: one Ray
+experiment instead of two, and no slots idling at the end of the pilot (``docs/design-notes.md``).
 
 A study resumed after a crash reuses the pilot trials already done (``add_trials`` skips
 existing cells, blocks skip done trials), and an optimizer already placed is not piloted again.

@@ -154,9 +154,8 @@ def _with_heartbeat(engine, study_id: str, worker_id: str, settings: Settings, e
     return outcomes
 
 
-#: Smallest grid block :func:`run_phased` cuts near the end of a study: at the end of the demo
-#: (digits, 30 epochs, load ~4) blocks of 8 MLPs took as long as blocks of 16 (~0.8 s; a block's
-#: per-epoch evaluation and bookkeeping), 32 took 1.4 s.
+#: Smallest grid block :func:`run_phased` cuts near the end of a study: below it a block's fixed
+#: per-epoch cost dominates (measurements in ``docs/design-notes.md``).
 MIN_TAIL_BLOCK = 16
 
 

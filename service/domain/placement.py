@@ -2,129 +2,39 @@
 
 Plain functions on numbers and arrays (numpy only): no database, no Ray, no torch. The worker
 calls them between its training phases; everything here is decided from metrics already measured
-(lower is better: ``val_error`` or ``val_loss``; NaN/inf = diverged = the worst outcome).
+(lower is better: ``val_error`` or ``val_loss``; NaN/inf = diverged = the worst outcome). Every
+decay convention puts the optimum somewhere else, and a grid whose optimum sits on its edge gives
+meaningless separability numbers, hence one coarse pilot and, when needed, edge repair. How the
+constants below were chosen, with the measurements, is in ``docs/design-notes.md``.
 
-Why a pilot at all. Every decay convention puts the optimum somewhere else: on digits the best wd
-of PyTorch's AdamW (decay multiplied by lr) is near 0.7, of the paper's AdamW (decay per step,
-scaled by the schedule only) near 0.01, and the L2 conventions want smaller values again. A grid
-whose optimum sits on its edge gives meaningless separability numbers, and placing windows by
-hand took several rounds. ``"auto"`` replaces them with one coarse pilot and, when needed, edge
-repair.
-
-1. Pilot grid (:func:`pilot_axes`)
-----------------------------------
-``PILOT_POINTS`` = 6 log-spaced points per auto axis over a range that holds the optimum of any
-reasonable task for the optimizer's family and decay convention:
-
-- lr: 1e-5 .. 10 for the SGD family, 1e-6 .. 1 for the Adam family (Adam's step is scale-free,
-  its useful lrs sit a decade or two below SGD's; lr >= 1 diverges for Adam on anything we
-  know, and lr <= 1e-5 does not move SGD in a short run). 1.2 decades between points.
-- wd, L2 (``sgd``, ``adam``): 1e-7 .. 1. lambda enters the gradient; SGD+L2's usual 5e-4 and
-  Adam+L2's tiny values are well inside. 1.4 decades between points.
-- wd, decay scaled by the schedule (``sgdw``, ``adamw``): 1e-6 .. 1. lambda is the fraction of
-  theta removed per step (times eta_t); lambda = 1 zeroes theta every step, the natural upper
-  end. Digits' 0.01 is inside.
-- wd, decay scaled by lr (``adamw_torch``): 1e-4 .. 100. The per-step decay is lr*lambda; with
-  lr ~ 1e-3 this spans 1e-7 .. 1e-1 per step (digits' 0.7 and LLMs' 0.1 are inside).
-
-A non-auto axis keeps the user's values, or ``PILOT_POINTS`` of them spread evenly when it has
-more, so a pilot never exceeds 6 x 6 = 36 one-seed cells. Under ``wd_normalized`` the wd axis
-holds lambda_norm = lambda / sqrt(b/(B*T)); pass ``wd_scale = 1/sqrt(b/(B*T))`` so the pilot
-covers the same decays.
-
-2. Pilot length (:func:`pilot_epochs`)
---------------------------------------
-The pilot trains for the *same* epochs as the final grid whenever that keeps its share of the
-study's training time within ``MAX_PILOT_SHARE`` = 25 %. The optimum moves with the run length
-(the paper's normalized decay makes the best lambda scale as 1/sqrt(T), so a pilot at T/3 would
-see the best wd ~0.24 decades higher; a cosine schedule over fewer steps favours a larger lr): a
-shorter pilot places the window with a systematic bias. With the default 8 x 8 grid and 2 seeds
-(128 final trials) a full-length 36-cell pilot costs 36/(36+128) = 22 %. Only for small final
-grids is the pilot shortened, to the length that meets 25 %, never below ``MIN_PILOT_FRACTION``
-= 1/4 of the epochs (shorter pilots measure a different problem; a tiny final grid is cheap, so
-its pilot may then take more than 25 %). Edge repairs add final trials and lower the share.
-
-3. Smoothing (:func:`smooth`)
------------------------------
-One seed per pilot cell, and the best single cell of a noisy pilot is often a lucky one.
-Diverged cells become the worst value (capped at the chance level), then each cell is lifted so
-that it is never better than its best 3 x 3 neighbour by more than the tolerance:
-``S_ij = max(F_ij, min over neighbours F_kl - tol)``. A lucky cell in a bad region rises to its
-neighbours' level; a real optimum keeps its place, since its neighbours are the next-best cells.
-An averaging filter does worse: on a 1.2-decade pilot a 3 x 3 window is as wide as a sharp
-basin, and it charges the best lr (usually just below the divergence boundary) for its diverged
-neighbours, moving the window a whole pilot step. Measured on the tests' analytic bowl (the
-``synthetic`` task's shape: 5 optimizers, optima on a 17 x 17 lattice over 8 x 8 decades around
-the pilot's centre, noise 0.004), the placed 8 x 8 window missed the optimum in
-2 / 1445 placements with this filter, 2 with none, 165 with a 3 x 3 median, 217 with a mean;
-with one far lucky cell per pilot (a cell worse than 0.3 reading 0.02): 114 with this filter,
-1417 with none, 160 with the median, 236 with the mean.
-
-The tolerance is ``REL_TOLERANCE`` = 4 % of (worst - best) of the pilot (about 0.035 in error
-for a 10-class task), unless the caller knows the noise and passes one. Larger values tolerate
-noisier pilots (plateaus are recognized as such) but lump the cells of flat basins; 3-5 % was
-the best compromise over sharp, flat and plateau-then-cliff surfaces at noise 0.004-0.02.
-
-4. Window placement (:func:`place_window`)
-------------------------------------------
-The smoothed argmin (exact ties: the cell nearest the pilot's centre) is the best cell; the
-*near-optimal region* is the 8-connected set of cells around it whose smoothed value is strictly
-within the tolerance of the best. Per auto axis, the region's extent on that axis is a run of
-pilot indices a..b. lr is placed first; the wd extent is read only on the pilot rows whose lr
-the placed lr window covers (and the best cell's row): on digits, paper-style AdamW at lr = 1
-(the pilot's top lr, left out of the lr window) was near-optimal at *every* wd, and reading the
-wd extent on that row as well made the wd window look above the pilot (0.063..631) although
-every lr the grid trains wants wd below 0.1 (the grid's best then sat on its edge). On the
-analytic sweeps below this changes no outcome.
-
-- a single interior cell: the optimum is refined by the vertex of the least-squares quadratic in
-  (log10 lr, log10 wd) through the 3 x 3 block of measured values around it (it follows the
-  tilted basins of the L2 and lr-scaled conventions), clipped to one pilot step; if that block
-  touches the worst value or is not convex, the parabola along the axis (none next to a
-  diverged or chance cell). Measured values, not smoothed ones: smoothing lifts a sharp optimum
-  and would bend the fit. Over the bowl sweep below the refinements cut the mean distance of
-  the window's centre from the optimum from 0.21 to 0.14 decades (lr) and 0.21 to 0.17 (wd).
-- otherwise the run widened by one pilot step on each side where the pilot closes it (the metric
-  rose there) is the interval to cover. Closed on both sides (a basin): centre it. Open at the
-  pilot's first point (the best, or the near-ties, reach the pilot's edge: the optimum may lie
-  below): the window's top is one step above the run and the rest of it extends below the pilot;
-  mirrored at the last point. Open at both ends: lr is centred; for wd the window starts one step
-  below the pilot's top and extends above it, because a decay that made no difference anywhere
-  in the pilot starts to matter above, and the study should show where.
-
-The window spans ``SPAN_DECADES`` = (3, 4) decades (lr, wd) with the requested number of points:
-3 decades of lr are 2.5 pilot steps, so the window holds the best pilot cell and both neighbours
-(the basin the pilot saw); wd basins are flatter and wider (plateau, dip, rise), hence 4. A best
-on the pilot's edge thus reaches 1.8 (lr) and 2.6-2.8 (wd) decades beyond the pilot. Bounds are
-rounded to 3 significant digits (readable specs) and kept above ``FLOOR``. A non-auto axis is
-returned unchanged.
-
-Measured (noise 0.004, the ``synthetic`` task's; 5 seeds x 5 optimizers): the optimum ends
-strictly inside the placed window (its nearest grid point is not on an edge) for every lr centre
-over 8 decades (wd centred), every wd centre over 8 decades (lr centred), and every 2-D centre
-within +-3 decades of the pilot's centre (4225 cases); with both axes 4 decades off, 10 of 7225
-miss: coupled optimizers (best wd on a slope of -1 in lr) whose lr optimum lies a decade outside
-the pilot, where the wd window is placed for the pilot's edge lr. Noise 0.01: 0, 0, 0 and 15.
-Edge repair covers the rest.
-
-5. Edge repair (:func:`edge_directions`, :func:`extend_axis`)
--------------------------------------------------------------
-On a finished grid (any optimizer, auto or not; values = mean over seeds, diverged = worst) an
-edge line (first/last row or column) is flagged when it holds the grid's best cell *and* every
-cell off that line is worse than the line's best by more than ``tolerance``. Ties and near-ties
-with an interior cell count as inside: the metric is flat there within noise, and extending into
-a plateau (the common "wd too small to matter" region) would never end. Pass about two standard
-errors of a cell mean as the tolerance (0: strictly better than everything off the edge). An
-extension adds :func:`extension_steps` rows or columns with the *same* log spacing; new cells
-continue the old numbering (-1, -2, ... below, num, num+1, ... above), so trials already done
-keep their (lr_index, wd_index) and are reused. :func:`axis_value` gives the value at any integer
-index and equals ``np.geomspace`` inside the axis.
-
-6. Shared lr windows (:func:`share_lr_window`)
-----------------------------------------------
-Optimizers of one family (same base direction: SGD or Adam) can share one lr window, the
-covering window of their placed windows, so their heat maps line up cell by cell as in the
-paper's figures.
+1. Pilot grid (:func:`pilot_axes`): ``PILOT_POINTS`` log-spaced points per auto axis over a range
+   that holds the optimum of any reasonable task for the optimizer's family (``PILOT_LR``) and
+   decay convention (``PILOT_WD``). A non-auto axis keeps the user's values, or ``PILOT_POINTS``
+   of them spread evenly. Under ``wd_normalized`` the wd range is multiplied by ``wd_scale``
+   (:func:`service.domain.grid.normalized_wd_scale`).
+2. Pilot length (:func:`pilot_epochs`): the final grid's epochs whenever the pilot's share of the
+   study's training time stays within ``MAX_PILOT_SHARE``, since the optimum moves with the run
+   length; otherwise shorter, never below ``MIN_PILOT_FRACTION`` of the epochs.
+3. Smoothing (:func:`smooth`): diverged cells become the worst value (capped at the chance
+   level), then no cell may be better than its best 3 x 3 neighbour by more than the tolerance,
+   ``S_ij = max(F_ij, min over neighbours F_kl - tol)``: a lucky cell in a bad region rises to its
+   neighbours' level, a real optimum keeps its place. The tolerance is ``REL_TOLERANCE`` of
+   (worst - best) of the pilot unless the caller passes one.
+4. Window placement (:func:`place_window`): the smoothed argmin (exact ties: nearest the pilot's
+   centre) and the 8-connected near-optimal region around it (strictly within the tolerance).
+   lr is placed first; the wd extent is read only on the pilot rows the placed lr window covers.
+   A single interior best cell is refined by the vertex of the least-squares quadratic through the
+   3 x 3 block of measured values around it (or the parabola along the axis). Otherwise the
+   region's run, widened by one pilot step where the pilot closes it, is covered: centred when
+   closed on both sides, extending beyond the pilot on an open side; open at both ends, lr is
+   centred and wd starts one step below the pilot's top. The window spans ``SPAN_DECADES``
+   decades (lr, wd), bounds rounded to 3 significant digits and kept above ``FLOOR``.
+5. Edge repair (:func:`edge_directions`, with :func:`service.domain.grid.extend_axis`): on a
+   finished grid an edge line is flagged when it holds the grid's best cell and every cell off it
+   is worse than the line's best by more than ``tolerance`` (about two standard errors of a cell
+   mean); near-ties with an interior cell count as inside, so a plateau is never chased.
+6. Shared lr windows (:func:`share_lr_window`): optimizers of one family can share the covering
+   window of their placed windows, so their heat maps line up cell by cell.
 """
 
 from __future__ import annotations
