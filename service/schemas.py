@@ -22,10 +22,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 from service.domain.catalog import DEFAULT_GRIDS, TASK_INFO
-from service.domain.rules import OPTIMIZER_NAMES
+from service.domain.rules import OPTIMIZER_NAMES, SCHEDULE_NAMES
 
-SCHEDULE_NAMES = ("constant", "step", "cosine", "cosine_restarts")
-METRIC_NAMES = ("val_error", "val_loss")
 MAX_AXIS_POINTS = 64
 MAX_SEEDS = 16
 MAX_EPOCHS = 10_000

@@ -52,6 +52,10 @@ VARIANTS: dict[str, Variant] = {
 OPTIMIZER_NAMES: tuple[str, ...] = tuple(VARIANTS)
 #: Which parameters receive weight decay (see ``workers.optim.decayed_parameter_names``).
 DECAY_ON: tuple[str, ...] = ("all", "weights", "invariant")
+#: The learning-rate schedules (each also scales the decoupled ``schedule`` decay).
+SCHEDULE_NAMES: tuple[str, ...] = ("constant", "step", "cosine", "cosine_restarts")
+#: The metrics a study may rank by (lower is better).
+METRIC_NAMES: tuple[str, ...] = ("val_error", "val_loss")
 #: Optimizer -> family (its base direction).
 FAMILY: dict[str, str] = {name: v.base for name, v in VARIANTS.items()}
 #: Optimizer -> where its decay sits.
