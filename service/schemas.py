@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 from service.domain.catalog import DEFAULT_GRIDS, TASK_INFO
+from service.domain.grid import axis_values as axis_values  # re-exported: the spec's axes' points
 from service.domain.rules import OPTIMIZER_NAMES, SCHEDULE_NAMES
 
 MAX_AXIS_POINTS = 64
