@@ -1,4 +1,4 @@
-"""A study's separability report: the JSON of CONTRACT.md, the terminal table, the HTML page.
+"""A study's separability report: the JSON of ``docs/api.md``, the terminal table, the HTML page.
 
 ``build_report`` turns a study and its trials into the report dict (computed once when a study
 finishes and cached by the API; also built on the fly, marked ``partial``, while it runs).
@@ -23,7 +23,6 @@ tilt) stay in the entry as evidence; none of them decides.
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import html
 import io
 import itertools
@@ -34,7 +33,9 @@ from typing import Any
 import numpy as np
 
 from service.analysis import basin_mask, decide, parametrizations, separability_with_ci
-from workers.catalog import DEFAULT_GRIDS, TASK_INFO, chance_level, default_wd
+from service.domain.catalog import DEFAULT_GRIDS, TASK_INFO, chance_level, default_wd
+from service.domain.numeric import json_safe
+from service.domain.rules import VARIANTS
 
 #: Ranking order of the verdicts: most separable first.
 VERDICT_ORDER = {"separable": 0, "no_wd_effect": 1, "inconclusive": 2, "coupled": 3, "not_enough_data": 4}
@@ -42,26 +43,6 @@ METRIC_WORDS = {"val_error": "validation error", "val_loss": "validation loss"}
 
 
 # --------------------------------------------------------------------------- JSON
-
-
-def _json_safe(obj: Any) -> Any:
-    """Plain JSON types only; NaN and inf become None (the contract's ``null``)."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, (_dt.datetime, _dt.date)):
-        return obj.isoformat()
-    return obj
 
 
 def _axis(ax: Any, trials: list[dict], key: str) -> np.ndarray:
@@ -78,8 +59,6 @@ def _finite(v: Any) -> bool:
 
 def _other_convention(name: str, best: dict | None, slope: float | None) -> dict | None:
     """What the grid means in the other decoupled convention: lam_paper = lr * lam_torch."""
-    from workers.optim import VARIANTS
-
     decay = VARIANTS[name].decay
     if decay == "l2" or not best:
         return None
@@ -133,8 +112,6 @@ def verdict(entry: dict) -> str:
 
 
 def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, chance: float | None) -> dict:
-    from workers.optim import VARIANTS
-
     name = opt["name"]
     mine = [t for t in trials if t.get("optimizer") == name and (t.get("phase") or "grid") == "grid"]
     lrs, wds = _axis(opt.get("lr"), mine, "lr"), _axis(opt.get("wd"), mine, "wd")
@@ -268,8 +245,6 @@ def pilot_png(pilot: dict) -> str:
 
 def _unplaced_entry(name: str, n_trials: int) -> dict:
     """An optimizer whose ``auto`` grid has not been placed by its pilot run yet."""
-    from workers.optim import VARIANTS
-
     variant = VARIANTS[name]
     none = dict.fromkeys(("best", "interaction_share", "interaction_share_rank", "optimal_wd_slope",
                           "basin_tilt_deg", "basin_angle_deg", "coordinate_regret", "coordinate_trials",
@@ -362,7 +337,7 @@ def parametrization_sentence(params: dict) -> str:
 
 def build_report(study: dict, trials: list[dict],
                  load_curves: Callable[[list[int]], dict[int, list[dict]]]) -> dict:
-    """The report JSON of CONTRACT.md for one study (JSON-ready: non-finite numbers are None)."""
+    """The report JSON (``docs/api.md``) for one study (JSON-ready: non-finite numbers are None)."""
     spec = study.get("spec") or {}
     metric = spec.get("metric", "val_error")
     task = spec.get("task")
@@ -392,7 +367,21 @@ def build_report(study: dict, trials: list[dict],
         "wd_normalized": bool(spec.get("wd_normalized", False)),
         "optimizers": entries, "ranking": ranking, "warnings": warnings,
     }
-    return _json_safe(report)
+    return json_safe(report)
+
+
+def study_report(engine: Any, study_id: str) -> dict[str, Any]:
+    """A study's report, from its stored row when done and cached, else built (and cached when
+    the study is done). Building happens in a read-only transaction, caching in a short write."""
+    from service import store
+    from service.db import session_scope
+
+    with session_scope(engine, read_only=True) as session:
+        report, needs_caching = store.compute_report(session, study_id, build_report)
+    if needs_caching:
+        with session_scope(engine) as session:
+            store.cache_report(session, study_id, report)
+    return report
 
 
 # --------------------------------------------------------------------------- terminal table
