@@ -1,4 +1,4 @@
-"""The REST API of CONTRACT.md: ``create_app(settings)`` and ``serve(host, port)``.
+"""The REST API (``docs/api.md``): ``create_app(settings)`` and ``serve(host, port)``.
 
 * Domain errors (``service.errors``) become HTTP statuses here, in one table
   (:data:`ERROR_STATUS`); a bad spec is a 422 whose ``detail`` names the field.
@@ -257,7 +257,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
     import uvicorn
 
     from service.api.server import protocol_with_deadline
-    from service.cli import CliError
+    from service.errors import CliError
 
     settings = settings or get_settings()
     try:

@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from service import errors, store
-from service.db import get_engine, read, session_scope
+from service.db import get_engine, read
 
 Kind = Literal["json", "html"]
 
@@ -50,15 +50,10 @@ MAX_ENTRIES = 32
 
 
 def build_report(engine: Engine, study_id: str) -> dict[str, Any]:
-    """The report (``service.report.build_report``); a done study's is stored in its row once."""
-    from service.report import build_report as build
+    """The report (``service.report.study_report``); a done study's is stored in its row once."""
+    from service.report import study_report
 
-    with session_scope(engine, read_only=True) as session:
-        report, needs_caching = store.compute_report(session, study_id, build)
-    if needs_caching:
-        with session_scope(engine) as session:
-            store.cache_report(session, study_id, report)
-    return report
+    return study_report(engine, study_id)
 
 
 def encode(report: dict[str, Any]) -> bytes:

@@ -37,7 +37,7 @@ def _cache(request: Request) -> ReportCache:
     "/{study_id}/report",
     response_model=None,
     responses={
-        200: {"description": "the report (CONTRACT.md)", "content": {"application/json": {"schema": {"type": "object"}}}},
+        200: {"description": "the report (docs/api.md)", "content": {"application/json": {"schema": {"type": "object"}}}},
         **error_responses(404),
     },
 )
