@@ -186,6 +186,19 @@ def seed_rounds(spec: dict, name: str, present: np.ndarray) -> dict | None:
             "seeds_to_decide": rec.get("seeds_to_decide")}
 
 
+STOP_WORDS = {"decided": "decided", "reached_max": "reached max seeds",
+              "seeds_will_not_decide": "more seeds would not decide it"}
+
+
+def seed_rounds_text(rounds: dict | None) -> str | None:
+    """One line for the table and the page: the seeds an optimizer got and why it stopped."""
+    if not rounds:
+        return None
+    why = STOP_WORDS.get(rounds.get("stopped") or "", "may still get more")
+    return (f"seeds until decided: {rounds['seeds']} of at most {rounds['max']} seeds, {why}"
+            + (f" ({rounds['verdict']})" if rounds.get("stopped") and rounds.get("verdict") else ""))
+
+
 def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, chance: float | None) -> dict:
     name = opt["name"]
     mine = [t for t in trials if t.get("optimizer") == name and (t.get("phase") or "grid") == "grid"]
@@ -499,6 +512,8 @@ def format_table(report: dict) -> str:
         out.append(f"{e['name']}: {e.get('verdict', '')}")
         if (e.get("parametrizations") or {}).get("sentence"):
             out.append(f"  {e['parametrizations']['sentence']}")
+        if seed_rounds_text(e.get("seed_rounds")):
+            out.append(f"  {seed_rounds_text(e.get('seed_rounds'))}")
         out.extend(f"  ! {w}" for w in e.get("warnings", []))
     if report.get("warnings"):
         out.append("")
@@ -775,6 +790,8 @@ def render_html(report: dict) -> str:
             parts.append(f"<p class='conv'>{_e(e['other_convention']['sentence'])}</p>")
         if e.get("warnings"):
             parts.append("<ul class='warn'>" + "".join(f"<li>{_e(w)}</li>" for w in e["warnings"]) + "</ul>")
+        if seed_rounds_text(e.get("seed_rounds")):
+            parts.append(f"<p class='muted'>{_e(seed_rounds_text(e.get('seed_rounds')))}</p>")
         pl = e.get("placement") or {}
         if pl:
             parts.append(f"<p class='muted'>placed: lr {_e(pl.get('lr'))}, wd {_e(pl.get('wd'))}</p>")

@@ -18,6 +18,10 @@ two).
 
 :func:`run_extensions` runs after the grid: up to ``auto_extend`` rounds of edge repair
 (:mod:`service.grid_repair`), each adding and running only the new cells.
+
+Seeds until decided (``seeds: {"auto": true, "min", "max"}``, :mod:`service.domain.seeds`) is a
+third phase in the same stream: :func:`seed_round` adds an optimizer's next seeds, or stops it,
+once its current seeds are done.
 """
 
 from __future__ import annotations
@@ -237,6 +241,13 @@ class PhasedBlocks:
     planned grid), and at most 1/(2 x slots) of the grid rows still to hand out (those of
     unplaced optimizers included), but not under ``min_block``, so the blocks shrink towards the
     end and the slots finish together.
+
+    Under auto seeds (``seeds: {"auto": true, ...}``) the source also counts each optimizer's
+    grid blocks handed out and not finished: when the last one finishes and none of its rows wait,
+    :func:`seed_round` decides whether it gets more seeds, and their rows join the queue, so the
+    added seeds run in this experiment while the other optimizers keep training. Until then the
+    source answers "nothing yet" rather than "done". A resumed study runs the round at once for an
+    optimizer whose seeds were all done before the worker died.
     """
 
     def __init__(self, engine, study_id: str, *, groups: list[list[str]], pilot_epochs: dict[str, int],

@@ -89,3 +89,51 @@ def test_seeds_until_decided_adds_seeds_only_where_inconclusive(client, settings
         assert e["decision"]["seeds"] == len(got[e["name"]])
     html = client.get(f"/studies/{sid}/report.html").text
     assert "seeds auto, 2 to 8" in html
+    assert "seeds until decided: 4 of at most 8 seeds, decided (separable)" in html
+    assert html.count("more seeds would not decide it") == 1
+
+
+def _finish_pending(engine, sid: str) -> int:
+    """Play a worker for the pending trials: the synthetic task's final outcome of each."""
+    from workers.tasks import get_task
+
+    task, n = get_task("synthetic_seeds"), 0
+    with session_scope(engine) as s:
+        for t in store.pending_trials(s, sid):
+            o = task.outcome(t.optimizer, t.lr, t.wd, t.seed, 1, 2)
+            store.finish_trial(s, t.id, "w", train_loss=o.train_loss, val_loss=o.val_loss,
+                               val_error=o.val_error)
+            n += 1
+    return n
+
+
+def test_seed_round_adds_new_rows_stops_once_and_keeps_progress_an_upper_bound(client, engine):
+    """The store side of a round without Ray (both databases): added seeds are new rows only,
+    ``trials_total`` never rises and ends exact, and a stopped optimizer's round is a no-op (a
+    resumed worker may run it again)."""
+    from workers.auto_phase import seed_round
+
+    spec = {"name": "rounds", "task": "synthetic_seeds", "epochs": 2, "batch_size": 64,
+            "optimizers": [_grid("sgdw"), _grid("adamw")], "seeds": {"auto": True, "min": 2, "max": 8}}
+    sid = client.post("/studies", json=spec).json()["id"]
+    with session_scope(engine) as s:
+        assert store.claim_study(s, "w", 60).id == sid
+    assert _finish_pending(engine, sid) == 2 * 36 * 2
+    totals = [client.get(f"/studies/{sid}").json()["progress"]["trials_total"]]
+    assert totals == [2 * 36 * 8]
+    assert seed_round(engine, sid, "sgdw") == []  # separable at 2 seeds
+    assert seed_round(engine, sid, "sgdw") == []  # stopped: nothing happens twice
+    totals.append(client.get(f"/studies/{sid}").json()["progress"]["trials_total"])
+    assert seed_round(engine, sid, "adamw") == [2, 3]  # seeds_to_decide 5: half-way, 2 -> 4
+    p = client.get(f"/studies/{sid}").json()["progress"]
+    totals.append(p["trials_total"])
+    assert p["trials_done"] == 2 * 36 * 2
+    assert _finish_pending(engine, sid) == 36 * 2  # only the new seeds' trials were pending
+    assert seed_round(engine, sid, "adamw") == []
+    study = client.get(f"/studies/{sid}").json()
+    totals.append(study["progress"]["trials_total"])
+    assert totals == [576, 576 - 36 * 6, 576 - 36 * 6, 36 * 2 + 36 * 4]
+    assert study["progress"]["trials_done"] == totals[-1]
+    assert study["spec"]["seeds"]["given"] == {
+        "sgdw": {"seeds": 2, "stopped": "decided", "verdict": "separable", "seeds_to_decide": None},
+        "adamw": {"seeds": 4, "stopped": "decided", "verdict": "separable", "seeds_to_decide": None}}
