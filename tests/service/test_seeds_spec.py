@@ -12,7 +12,6 @@ SPEC = {"name": "seeds", "task": "synthetic", "epochs": 2, "batch_size": 64,
                         "wd": {"min": 1e-4, "max": 1.0, "num": 5}}]}
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_auto_seeds_are_accepted_and_counted_at_their_worst_case(client):
     r = client.post("/studies", json={**SPEC, "seeds": {"auto": True, "min": 2, "max": 7}})
     assert r.status_code == 201, r.text
@@ -45,7 +44,6 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize(("seeds", "detail"), BAD, ids=[d.split(":")[0] + f"-{i}" for i, (_, d) in enumerate(BAD)])
 def test_bad_auto_seeds_are_422_naming_the_field(client, seeds, detail):
     r = client.post("/studies", json={**SPEC, "seeds": seeds})
@@ -54,7 +52,6 @@ def test_bad_auto_seeds_are_422_naming_the_field(client, seeds, detail):
     assert client.get("/studies").json()["count"] == 0
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_trial_cap_counts_max_seeds(client, settings):
     big = {**SPEC, "optimizers": [{"name": "adamw", "lr": {"min": 1e-3, "max": 1.0, "num": 50},
                                    "wd": {"min": 1e-4, "max": 1.0, "num": 50}}]}
