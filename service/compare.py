@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from service.analysis import CI_MEASURES, _raw_measures, _seed_mean
+from service.domain import seeds as seeds_rule
 from service.domain.catalog import DEFAULT_GRIDS, chance_level, default_wd
 from service.errors import Conflict, InvalidInput
 
@@ -130,7 +131,7 @@ def study_grids(study: dict[str, Any], trials: list[dict[str, Any]]) -> dict[str
         lrs, wds = _axis(opt.get("lr"), mine, "lr"), _axis(opt.get("wd"), mine, "wd")
         if not (len(lrs) and len(wds)):
             continue
-        seeds = list(spec.get("seeds") or [])
+        seeds = seeds_rule.initial_seeds(spec.get("seeds") or [0])
         seeds += [s for s in dict.fromkeys(t.get("seed") for t in mine) if s not in seeds]
         seeds = seeds or [0]
         vals = np.full((len(seeds), len(lrs), len(wds)), np.nan)

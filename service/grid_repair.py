@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from service import store
+from service.domain import seeds as seeds_rule
 from service.domain.grid import Axis, axis_value, extend_axis, extension_steps
 from service.domain.placement import edge_directions
 from service.models import Study, Trial
@@ -98,7 +99,6 @@ def extend_study(session: Session, study: Study, directions: dict[str, dict[str,
     The study's spec and ``trials_total`` are updated; its cached report is dropped.
     """
     spec = dict(study.spec)
-    seeds = list(spec["seeds"])
     optimizers = [dict(o) for o in spec["optimizers"]]
     result: dict[str, dict[str, Any]] = {}
     added_total = 0
@@ -124,7 +124,8 @@ def extend_study(session: Session, study: Study, directions: dict[str, dict[str,
                     w = axis_value(other, m)
                     cell = {key: v, f"{key}_index": k, other_key: w,
                             f"{other_key}_index": other_origin + m}
-                    rows.extend({"optimizer": opt["name"], **cell, "seed": s} for s in seeds)
+                    rows.extend({"optimizer": opt["name"], **cell, "seed": s}
+                                for s in seeds_rule.seeds_of(spec["seeds"], opt["name"]))
             opt[key] = {"min": new_axis.min, "max": new_axis.max, "num": new_axis.num,
                         "placement": "extended", **({"origin": new_origin} if new_origin else {})}
             entry[key] = {"direction": direction, "steps": n, "min": new_axis.min,

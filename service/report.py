@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from service.analysis import basin_mask, decide, parametrizations, separability_with_ci
+from service.domain import seeds as seeds_rule
 from service.domain.catalog import DEFAULT_GRIDS, TASK_INFO, chance_level, default_wd
 from service.domain.numeric import json_safe
 from service.domain.rules import VARIANTS
@@ -111,13 +112,11 @@ def verdict(entry: dict) -> str:
     return f"{head} {dec['reason']}"
 
 
-def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, chance: float | None) -> dict:
-    name = opt["name"]
-    mine = [t for t in trials if t.get("optimizer") == name and (t.get("phase") or "grid") == "grid"]
+def seed_grid(opt: dict, spec: dict, mine: list[dict], metric: str) -> dict[str, Any]:
+    """One optimizer's grid trials as the S x n x m arrays ``decide`` reads (``mine``: its grid
+    trials as dicts, ``store.trial_dict``): axes, values (inf = diverged), ``present``, counts."""
     lrs, wds = _axis(opt.get("lr"), mine, "lr"), _axis(opt.get("wd"), mine, "wd")
-    if not (len(lrs) and len(wds)):
-        return _unplaced_entry(name, len(mine))
-    seeds = list(spec.get("seeds") or [])
+    seeds = seeds_rule.initial_seeds(spec.get("seeds") or [0])
     for t in mine:
         if t.get("seed") not in seeds:
             seeds.append(t.get("seed"))
@@ -149,10 +148,68 @@ def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, cha
         else:
             vals[s, i, j] = float(v)
         ids.setdefault((i, j), []).append((t["id"], t.get("seed")))
+    return {"lrs": lrs, "wds": wds, "vals": vals, "present": present, "counts": counts, "ids": ids}
+
+
+def _decide_args(name: str, spec: dict, metric: str) -> tuple[float | None, int | None]:
     dwd = None if spec.get("wd_normalized") or name not in DEFAULT_GRIDS else default_wd(name)
+    info = TASK_INFO.get(spec.get("task") or "")
+    return dwd, (info.val_size if info else None)
+
+
+def optimizer_decision(opt: dict, spec: dict, trials: list[dict]) -> dict:
+    """``decide`` on one optimizer's grid trials, exactly as the report reads it (the worker's
+    seed rounds use it to choose whether an optimizer gets more seeds)."""
+    metric = spec.get("metric", "val_error")
+    try:
+        chance = chance_level(spec.get("task") or "", metric)
+    except KeyError:
+        chance = None
+    mine = [t for t in trials if t.get("optimizer") == opt["name"] and (t.get("phase") or "grid") == "grid"]
+    g = seed_grid(opt, spec, mine, metric)
+    dwd, val_size = _decide_args(opt["name"], spec, metric)
+    return decide(g["lrs"], g["wds"], g["vals"], chance=chance, default_wd=dwd, present=g["present"],
+                  val_size=val_size, error_metric=metric == "val_error")
+
+
+def seed_rounds(spec: dict, name: str, present: np.ndarray) -> dict | None:
+    """Under auto seeds: the seeds ``name`` got and why it stopped (the worker's record in the
+    stored spec, ``seeds.given``), else None. ``stopped`` is null while it may still get more."""
+    seeds = spec.get("seeds")
+    if not seeds_rule.is_auto(seeds):
+        return None
+    rec = dict((seeds.get("given") or {}).get(name) or {})
+    done = int(present.any(axis=(1, 2)).sum()) if present.size else 0
+    return {"min": seeds.get("min"), "max": seeds.get("max"),
+            "seeds": int(rec.get("seeds") or seeds.get("min")), "seeds_done": done,
+            "stopped": rec.get("stopped"), "verdict": rec.get("verdict"),
+            "seeds_to_decide": rec.get("seeds_to_decide")}
+
+
+STOP_WORDS = {"decided": "decided", "reached_max": "reached max seeds",
+              "seeds_will_not_decide": "more seeds would not decide it"}
+
+
+def seed_rounds_text(rounds: dict | None) -> str | None:
+    """One line for the table and the page: the seeds an optimizer got and why it stopped."""
+    if not rounds:
+        return None
+    why = STOP_WORDS.get(rounds.get("stopped") or "", "may still get more")
+    return (f"seeds until decided: {rounds['seeds']} of at most {rounds['max']} seeds, {why}"
+            + (f" ({rounds['verdict']})" if rounds.get("stopped") and rounds.get("verdict") else ""))
+
+
+def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, chance: float | None) -> dict:
+    name = opt["name"]
+    mine = [t for t in trials if t.get("optimizer") == name and (t.get("phase") or "grid") == "grid"]
+    g = seed_grid(opt, spec, mine, metric)
+    lrs, wds = g["lrs"], g["wds"]
+    if not (len(lrs) and len(wds)):
+        return _unplaced_entry(name, len(mine))
+    vals, present, counts, ids = g["vals"], g["present"], g["counts"], g["ids"]
+    dwd, val_size = _decide_args(name, spec, metric)
     res = separability_with_ci(lrs, wds, vals, chance=chance, default_wd=dwd, present=present)
     info = TASK_INFO.get(spec.get("task") or "")
-    val_size = info.val_size if info else None
     dec = decide(lrs, wds, vals, chance=chance, default_wd=dwd, present=present, val_size=val_size,
                  error_metric=metric == "val_error")
     batch = spec.get("batch_size") or (info.batch_size if info else None)
@@ -189,6 +246,7 @@ def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, cha
         entry["parametrizations"]["sentence"] = parametrization_sentence(params)
     entry["placement"] = placement(opt)
     entry["pilot"] = pilot_grid(name, trials, metric)
+    entry["seed_rounds"] = seed_rounds(spec, name, present)
     if counts["failed"]:
         entry["warnings"].append(f"{counts['failed']} trial(s) failed (an error, not divergence) and "
                                  "are left out of the averages.")
@@ -454,6 +512,8 @@ def format_table(report: dict) -> str:
         out.append(f"{e['name']}: {e.get('verdict', '')}")
         if (e.get("parametrizations") or {}).get("sentence"):
             out.append(f"  {e['parametrizations']['sentence']}")
+        if seed_rounds_text(e.get("seed_rounds")):
+            out.append(f"  {seed_rounds_text(e.get('seed_rounds'))}")
         out.extend(f"  ! {w}" for w in e.get("warnings", []))
     if report.get("warnings"):
         out.append("")
@@ -683,7 +743,9 @@ def render_html(report: dict) -> str:
     meta = [f"study {report.get('study_id')}", f"task {report.get('task')}",
             f"metric {METRIC_WORDS.get(metric, metric)} (lower is better)", f"status {report.get('status')}"]
     if report.get("seeds") is not None:
-        meta.append(f"seeds {', '.join(map(str, report['seeds']))}")
+        sd = report["seeds"]
+        meta.append(f"seeds auto, {sd.get('min')} to {sd.get('max')}" if seeds_rule.is_auto(sd)
+                    else f"seeds {', '.join(map(str, sd))}")
     if sched.get("name"):
         meta.append(f"{sched['name']} schedule")
     if report.get("epochs"):
@@ -728,6 +790,8 @@ def render_html(report: dict) -> str:
             parts.append(f"<p class='conv'>{_e(e['other_convention']['sentence'])}</p>")
         if e.get("warnings"):
             parts.append("<ul class='warn'>" + "".join(f"<li>{_e(w)}</li>" for w in e["warnings"]) + "</ul>")
+        if seed_rounds_text(e.get("seed_rounds")):
+            parts.append(f"<p class='muted'>{_e(seed_rounds_text(e.get('seed_rounds')))}</p>")
         pl = e.get("placement") or {}
         if pl:
             parts.append(f"<p class='muted'>placed: lr {_e(pl.get('lr'))}, wd {_e(pl.get('wd'))}</p>")

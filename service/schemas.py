@@ -19,8 +19,9 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_serializer, model_validator
 
+from service.domain import seeds as seeds_rule
 from service.domain.catalog import DEFAULT_GRIDS, TASK_INFO
 from service.domain.grid import axis_values as axis_values  # re-exported: the spec's axes' points
 from service.domain.rules import OPTIMIZER_NAMES, SCHEDULE_NAMES
@@ -205,6 +206,64 @@ ScheduleSpec = Annotated[
 ]
 
 
+# --- seeds --------------------------------------------------------------------------------------
+
+
+class SeedRecord(_Spec):
+    """How many seeds an optimizer of an auto-seeds study got, and why it stopped (service-owned)."""
+
+    seeds: int = Field(ge=1, le=MAX_SEEDS, strict=True)
+    stopped: Literal["decided", "reached_max", "seeds_will_not_decide"] | None = None
+    verdict: str | None = None
+    seeds_to_decide: int | None = None
+
+
+class AutoSeeds(_Spec):
+    """``{"auto": true, "min": 2, "max": 8}``: seeds 0..min-1 first, then more seeds for each
+    optimizer whose verdict is still inconclusive, up to ``max`` (``service.domain.seeds``)."""
+
+    auto: Literal[True]
+    min: int = Field(2, ge=2, le=MAX_SEEDS, strict=True)
+    max: int = Field(8, ge=2, le=MAX_SEEDS, strict=True)
+    #: Set by the worker, never by users: per optimizer, the seeds it got and why it stopped.
+    given: dict[str, SeedRecord] | None = None
+
+    @field_validator("given")
+    @classmethod
+    def _service_owned(cls, given: Any, info: ValidationInfo) -> Any:
+        if given is not None and not (info.context or {}).get("stored"):
+            raise ValueError("is set by the service (the seeds each optimizer got), not by users")
+        return given
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> AutoSeeds:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+    @model_serializer
+    def _serialize(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"auto": True, "min": self.min, "max": self.max}
+        if self.given is not None:
+            out["given"] = {k: v.model_dump(mode="json") for k, v in self.given.items()}
+        return out
+
+
+def _seeds_kind(value: Any) -> str:
+    return "auto" if isinstance(value, (dict, AutoSeeds)) else "list"
+
+
+#: ``seeds``: a list, or the auto object; the tag picks the one model (so an error names
+#: ``seeds.min``, not both alternatives).
+SeedsSpec = Annotated[
+    Annotated[list[Annotated[int, Field(ge=0, le=2**31 - 1, strict=True)]],
+              Field(min_length=1, max_length=MAX_SEEDS, json_schema_extra={"uniqueItems": True}),
+              Tag("list")]
+    | Annotated[AutoSeeds, Tag("auto")],
+    Discriminator(_seeds_kind),
+]
+
+
 # --- the study spec ------------------------------------------------------------------------------
 
 SPEC_EXAMPLE: dict[str, Any] = {
@@ -238,10 +297,8 @@ class StudySpec(_Spec):
     batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE, strict=True)
     schedule: ScheduleSpec = Field(default_factory=lambda: ConstantSchedule(name="constant"))
     optimizers: list[OptimizerSpec] = Field(min_length=1)
-    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1, strict=True)]] = Field(
-        default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS,
-        json_schema_extra={"uniqueItems": True},
-    )
+    #: A list of seeds, or ``{"auto": true, "min", "max"}`` (seeds until decided).
+    seeds: SeedsSpec = Field(default_factory=lambda: [0])
     metric: Literal["val_error", "val_loss"] = "val_error"
     #: The wd axis holds lambda_norm; each trial uses lambda = lambda_norm*sqrt(b/(B*T)).
     wd_normalized: bool = Field(False, strict=True)
@@ -284,7 +341,9 @@ class StudySpec(_Spec):
 
     @field_validator("seeds")
     @classmethod
-    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+    def _distinct_seeds(cls, seeds: list[int] | AutoSeeds) -> list[int] | AutoSeeds:
+        if isinstance(seeds, AutoSeeds):
+            return seeds
         dupes = sorted({s for s in seeds if seeds.count(s) > 1})
         if dupes:
             raise ValueError(f"seeds must be distinct ({_names(map(str, dupes))} repeated)")
@@ -307,8 +366,14 @@ class StudySpec(_Spec):
 
     @property
     def trials_total(self) -> int:
-        """Grid-phase trials: sum over optimizers of lr.num * wd.num, times the seeds."""
-        return sum(opt.cells for opt in self.optimizers) * len(self.seeds)
+        """Grid-phase trials: sum over optimizers of lr.num * wd.num, times the seeds (under auto
+        seeds the worst case, ``max``: the cap must hold however many seeds the study adds)."""
+        return sum(opt.cells for opt in self.optimizers) * seeds_rule.max_seeds(self.seeds)
+
+    @property
+    def initial_seeds(self) -> list[int]:
+        """The seeds every optimizer's grid starts with (a list: all; auto: 0..min-1)."""
+        return seeds_rule.initial_seeds(self.seeds)
 
     def stored(self) -> dict[str, Any]:
         """The spec as stored: JSON, with every default filled in."""
@@ -348,6 +413,8 @@ def _field_path(loc: tuple[Any, ...]) -> str:
             parts.append(f"[{item}]")
         elif parts and parts[-1] == "schedule" and item in SCHEDULE_NAMES:
             continue  # the discriminated union's tag, not a field
+        elif i and loc[i - 1] == "seeds" and item in ("list", "auto"):
+            continue  # the seeds union's tag
         else:
             parts.append(("." if parts else "") + str(item))
     return "".join(parts) or "spec"

@@ -58,16 +58,21 @@ def _check_can_modify(study: Study, who: Principal) -> None:
 # --- studies (API side) --------------------------------------------------------------------------
 
 
-def grid_rows(spec: StudySpec, *, phase: str = "grid") -> list[dict[str, Any]]:
-    """One row per (optimizer, lr index, wd index, seed) of every optimizer whose axes are fixed."""
+def grid_rows(spec: StudySpec, *, phase: str = "grid", seeds: list[int] | None = None,
+              optimizers: set[str] | None = None) -> list[dict[str, Any]]:
+    """One row per (optimizer, lr index, wd index, seed) of every optimizer whose axes are fixed.
+
+    Under auto seeds only the first ``min`` seeds: the worker adds the others
+    (``workers.auto_phase.PhasedBlocks``); ``seeds`` and ``optimizers`` pick other seeds and
+    only some optimizers."""
     rows: list[dict[str, Any]] = []
     for opt in spec.optimizers:
-        if opt.is_auto:
+        if opt.is_auto or (optimizers is not None and opt.name not in optimizers):
             continue  # its grid is created after the pilot run (add_trials)
         lrs, wds = axis_values(opt.lr), axis_values(opt.wd)
         for i, lr in enumerate(lrs):
             for j, wd in enumerate(wds):
-                for seed in spec.seeds:
+                for seed in spec.initial_seeds if seeds is None else seeds:
                     rows.append({
                         "phase": phase, "optimizer": opt.name,
                         # an extended axis numbers its points from its origin (<= 0)
@@ -81,7 +86,8 @@ def create_study(session: Session, spec: StudySpec, owner: str) -> Study:
     """Store a study and its full trial grid (status ``queued``); returns the flushed study.
 
     ``trials_total`` counts every grid trial the study will have, also those of optimizers with
-    an ``auto`` axis, whose trials :func:`add_trials` creates once the pilot has placed the grid.
+    an ``auto`` axis, whose trials :func:`add_trials` creates once the pilot has placed the grid;
+    under auto seeds, the worst case (``max`` seeds), lowered as each optimizer stops earlier.
     """
     now = utcnow()
     study = Study(

@@ -18,6 +18,10 @@ two).
 
 :func:`run_extensions` runs after the grid: up to ``auto_extend`` rounds of edge repair
 (:mod:`service.grid_repair`), each adding and running only the new cells.
+
+Seeds until decided (``seeds: {"auto": true, "min", "max"}``, :mod:`service.domain.seeds`) is a
+third phase in the same stream: :func:`seed_round` adds an optimizer's next seeds, or stops it,
+once its current seeds are done.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from service.domain import placement
+from service.domain import seeds as seeds_rule
 from service.domain.catalog import chance_level
 from service.domain.grid import Axis, normalized_wd_scale
 from service.domain.rules import FAMILY
@@ -60,14 +65,16 @@ def pilot_rows(spec: dict[str, Any], opt: dict[str, Any]) -> list[dict[str, Any]
     lrs, wds = placement.pilot_axes(opt["name"], bool(opt["lr"].get("auto")),
                                    bool(opt["wd"].get("auto")), _given(opt["lr"]),
                                    _given(opt["wd"]), wd_scale=wd_scale(spec))
-    seed = spec["seeds"][0]
+    seed = seeds_rule.initial_seeds(spec["seeds"])[0]
     return [{"optimizer": opt["name"], "lr_index": i, "wd_index": j, "lr": float(lr),
              "wd": float(wd), "seed": seed}
             for i, lr in enumerate(lrs) for j, wd in enumerate(wds)]
 
 
 def pilot_epochs_for(spec: dict[str, Any], opt: dict[str, Any], n_pilot: int) -> int:
-    final = int(opt["lr"]["num"]) * int(opt["wd"]["num"]) * len(spec["seeds"])
+    # Under auto seeds the fewest final trials (min seeds): the pilot's share stays in its bound
+    # even when every optimizer is decided at once.
+    final = int(opt["lr"]["num"]) * int(opt["wd"]["num"]) * len(seeds_rule.initial_seeds(spec["seeds"]))
     return placement.pilot_epochs(int(spec["epochs"]), pilot_trials=n_pilot, final_trials=final)
 
 
@@ -234,6 +241,13 @@ class PhasedBlocks:
     planned grid), and at most 1/(2 x slots) of the grid rows still to hand out (those of
     unplaced optimizers included), but not under ``min_block``, so the blocks shrink towards the
     end and the slots finish together.
+
+    Under auto seeds (``seeds: {"auto": true, ...}``) the source also counts each optimizer's
+    grid blocks handed out and not finished: when the last one finishes and none of its rows wait,
+    :func:`seed_round` decides whether it gets more seeds, and their rows join the queue, so the
+    added seeds run in this experiment while the other optimizers keep training. Until then the
+    source answers "nothing yet" rather than "done". A resumed study runs the round at once for an
+    optimizer whose seeds were all done before the worker died.
     """
 
     def __init__(self, engine, study_id: str, *, groups: list[list[str]], pilot_epochs: dict[str, int],
@@ -248,6 +262,8 @@ class PhasedBlocks:
         self._pilot_running: dict[int, int] = {}  # group -> pilot blocks handed out, not finished
         self._queue: list[dict[str, Any]] = []  # pilot blocks, in order
         self._grid: dict[str, list[TrialRow]] = {}  # optimizer -> grid rows not handed out yet
+        self._grid_running: dict[str, int] = {}  # optimizer -> grid blocks handed out, not finished
+        self.auto_seeds = auto_seeds(engine, study_id)
         names = {n for g in groups for n in g}
         pilot = pending_rows(engine, study_id, "pilot", names)
         self._group_of = {n: i for i, g in enumerate(groups) for n in g}
@@ -275,6 +291,10 @@ class PhasedBlocks:
         for i in list(self._waiting):  # a group whose pilot is already done: place it now
             if not any(c["optimizer"] in self._waiting[i] for c in self._queue):
                 self._place(i)
+        if self.auto_seeds:  # resumed: a placed optimizer whose seeds are all done decides now
+            for opt in self._placed_names():
+                if opt not in self._grid and opt not in self._group_of:
+                    self._seed_round(opt)
 
     def _expected_grid(self, names: set[str]) -> dict[str, int]:
         from service import store
@@ -282,7 +302,7 @@ class PhasedBlocks:
 
         with session_scope(self.engine, read_only=True) as s:
             spec = store.get_study(s, self.study_id).spec
-        return {o["name"]: int(o["lr"]["num"]) * int(o["wd"]["num"]) * len(spec["seeds"])
+        return {o["name"]: int(o["lr"]["num"]) * int(o["wd"]["num"]) * len(seeds_rule.initial_seeds(spec["seeds"]))
                 for o in spec["optimizers"] if o["name"] in names}
 
     def _place(self, group: int) -> None:
@@ -295,6 +315,26 @@ class PhasedBlocks:
             self._expected.pop(n, None)
         for row in pending_rows(self.engine, self.study_id, "grid", set(names)):
             self._grid.setdefault(row.optimizer, []).append(row)
+
+    def _placed_names(self) -> list[str]:
+        from service import store
+        from service.db import session_scope
+
+        with session_scope(self.engine, read_only=True) as s:
+            spec = store.get_study(s, self.study_id).spec
+        return [o["name"] for o in spec["optimizers"] if not (o["lr"].get("auto") or o["wd"].get("auto"))]
+
+    def _seed_round(self, optimizer: str) -> None:
+        """Every seed ``optimizer`` has is done: stop it or queue its next seeds' trials."""
+        if not self.still_ours():
+            self.stopped = True
+            return
+        added = seed_round(self.engine, self.study_id, optimizer)
+        if added:
+            rows = [r for r in pending_rows(self.engine, self.study_id, "grid", {optimizer})
+                    if r.seed in added]
+            if rows:
+                self._grid.setdefault(optimizer, []).extend(rows)
 
     def next_block(self):
         from workers.ray_adapter import DONE
@@ -313,8 +353,13 @@ class PhasedBlocks:
             size = min(self.target, max(self.min_block, math.ceil(remaining / (2 * self.slots))))
             size = math.ceil(len(rows) / math.ceil(len(rows) / size))  # even pieces, no crumbs
             self._grid[opt] = rows[size:]
+            if not self._grid[opt]:
+                del self._grid[opt]
+            self._grid_running[opt] = self._grid_running.get(opt, 0) + 1
             return self.make_config(opt, rows[:size], None, "grid")
-        return None if self._waiting else DONE
+        # Under auto seeds a running grid block may still add its optimizer's next seed.
+        waiting_seeds = self.auto_seeds and any(self._grid_running.values())
+        return None if self._waiting or waiting_seeds else DONE
 
     def block_done(self, config, metrics, error) -> None:
         if metrics and metrics.get("db_lost"):
@@ -326,6 +371,17 @@ class PhasedBlocks:
             return
         if metrics and metrics.get("stopped"):
             self.stopped = True  # cancelled, or the claim was lost: hand out nothing more
+        if config.get("phase") == "grid":
+            opt = config["optimizer"]
+            self._grid_running[opt] = self._grid_running.get(opt, 0) - 1
+            if self.auto_seeds and not self._grid_running[opt] and opt not in self._grid \
+                    and not self.stopped:
+                try:
+                    self._seed_round(opt)
+                except Exception as exc:  # raised again by the runner once the experiment has ended
+                    log.exception("study %s: seed round of %s failed", self.study_id, opt)
+                    self.error = exc
+            return
         if config.get("phase") != "pilot":
             return
         try:
@@ -340,6 +396,63 @@ class PhasedBlocks:
         except Exception as exc:  # raised again by the runner once the experiment has ended
             log.exception("study %s: placement failed", self.study_id)
             self.error = exc
+
+
+def auto_seeds(engine, study_id: str) -> bool:
+    """True when the study's spec says ``seeds: {"auto": true, ...}``."""
+    from service import store
+    from service.db import session_scope
+
+    with session_scope(engine, read_only=True) as s:
+        return seeds_rule.is_auto(store.get_study(s, study_id).spec.get("seeds"))
+
+
+def seed_round(engine, study_id: str, optimizer: str) -> list[int]:
+    """One round of seeds until decided for ``optimizer``, whose current seeds are all done.
+
+    Reads the verdict of ``service.analysis.decide`` on its grid (as the report does,
+    ``service.report.optimizer_decision``) and applies :func:`service.domain.seeds.next_step`:
+    either records why it stopped, and lowers ``trials_total`` by the seeds it will not get, or
+    adds the trials of its next seeds (new rows of the same study: ``add_trials`` skips any cell
+    it has). The record is the spec's service-owned ``seeds.given[optimizer]``. Returns the seed
+    numbers added (empty when it stopped, or had stopped before).
+    """
+    from service import store
+    from service.db import session_scope
+    from service.report import optimizer_decision
+    from service.schemas import StudySpec
+
+    with session_scope(engine) as s:
+        study = store.get_study(s, study_id, for_update=True)
+        spec = dict(study.spec)
+        seeds = dict(spec["seeds"])
+        given = dict(seeds.get("given") or {})
+        record = dict(given.get(optimizer) or {"seeds": int(seeds["min"])})
+        if record.get("stopped"):
+            return []
+        opt = next(o for o in spec["optimizers"] if o["name"] == optimizer)
+        trials = [store.trial_dict(t) for t in store.list_trials(s, study_id, phase="grid")
+                  if t.optimizer == optimizer]
+        dec = optimizer_decision(opt, spec, trials)
+        have = int(record["seeds"])
+        n, stop = seeds_rule.next_step(dec["verdict"], dec["seeds_to_decide"], have, int(seeds["max"]))
+        given[optimizer] = {"seeds": n, "stopped": stop, "verdict": dec["verdict"],
+                            "seeds_to_decide": dec["seeds_to_decide"]}
+        spec["seeds"] = {**seeds, "given": given}
+        study.spec = spec
+        cells = int(opt["lr"]["num"]) * int(opt["wd"]["num"])
+        new = list(range(have, n))
+        if stop:
+            # trials_total counted max seeds for it (the worst case); now it is exact.
+            study.trials_total = int(study.trials_total) - cells * (int(seeds["max"]) - have)
+        else:
+            rows = store.grid_rows(StudySpec.from_stored(spec), seeds=new, optimizers={optimizer})
+            store.add_trials(s, study_id, [{k: v for k, v in r.items() if k != "phase"} for r in rows],
+                             phase="grid")
+        study.report, study.report_computed_at = None, None
+        log.info("study %s: %s after %d seeds: %s (seeds_to_decide %s) -> %s", study_id, optimizer,
+                 have, dec["verdict"], dec["seeds_to_decide"], stop or f"{n} seeds")
+    return [] if stop else new
 
 
 def run_extensions(engine, study_id: str, run: RunRows, still_ours: Callable[[], bool]) -> list:

@@ -69,8 +69,9 @@ def run_study(engine, study_id: str, worker_id: str, settings: Settings) -> str:
 
     A study with unplaced ``"auto"`` axes runs its pilot and its grid as one Ray experiment
     (:func:`run_phased`: an optimizer's grid starts as soon as its own pilot has placed it); any
-    other study runs its pending grid trials (:func:`run_rows`). Then up to ``auto_extend`` rounds
-    of edge repair (:mod:`workers.auto_phase`).
+    study with auto seeds does too (its next seeds join the experiment as an optimizer's current
+    seeds finish, ``auto_phase.seed_round``); any other study runs its pending grid trials
+    (:func:`run_rows`). Then up to ``auto_extend`` rounds of edge repair (:mod:`workers.auto_phase`).
     """
     from service import store
     from service.db import session_scope
@@ -85,7 +86,7 @@ def run_study(engine, study_id: str, worker_id: str, settings: Settings) -> str:
             return still_owner(s, study_id, worker_id)
 
     groups, pilot_epochs = auto_phase.add_pilots(engine, study_id)
-    if groups:
+    if groups or auto_phase.auto_seeds(engine, study_id):
         outcomes, stopped = run_phased(engine, study_id, worker_id, settings, groups, pilot_epochs,
                                        still_ours)
         if stopped:
@@ -188,8 +189,9 @@ def run_phased(engine, study_id: str, worker_id: str, settings: Settings, groups
     source = PhasedBlocks(engine, study_id, groups=groups, pilot_epochs=pilot_epochs,
                           make_config=make_config, max_block=auto_block_size(spec["task"]),
                           slots=slots, min_block=MIN_TAIL_BLOCK, still_ours=still_ours)
-    log.info("study %s: pilot of %s and their grids in one experiment", study_id,
-             ", ".join(n for g in groups for n in g))
+    log.info("study %s: pilot of %s, grids%s in one experiment", study_id,
+             ", ".join(n for g in groups for n in g) or "nothing",
+             " and seeds until decided" if source.auto_seeds else "")
     outcomes = _with_heartbeat(
         engine, study_id, worker_id, settings,
         lambda db_url: ray_adapter.run_dynamic(

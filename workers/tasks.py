@@ -394,7 +394,8 @@ class SyntheticTask(Task):
     is exactly (lr*, wd*) up to that noise. The centre is the geometric centre of the optimizer's
     default grid moved by ``shift`` = (decades in lr, decades in wd); or, with ``outside`` =
     (d_lr, d_wd), it lies d_lr decades below the grid's smallest lr and d_wd decades above its
-    largest wd (the ``synthetic_offgrid`` task, for testing auto grids).
+    largest wd (the ``synthetic_offgrid`` task, for testing auto grids). ``sigma_by_optimizer``
+    overrides sigma per optimizer (the ``synthetic_seeds`` task, for seeds until decided).
     ``lam`` is the raw wd, or lam_norm*sqrt(b/(B*T)) under ``wd_normalized`` with B = 1000.
 
     A run whose lr lies ``diverge_above`` decades or more above lr* diverges: its metrics are NaN
@@ -416,8 +417,10 @@ class SyntheticTask(Task):
         sigma: float = 0.004,
         diverge_above: float = 1.2,
         outside: tuple[float, float] | None = None,
+        sigma_by_optimizer: dict[str, float] | None = None,
     ) -> None:
         super().__init__(info)
+        self.sigma_by_optimizer = dict(sigma_by_optimizer or {})
         self.shift, self.outside = shift, outside
         self.floor, self.a, self.b, self.sigma = floor, a, b, sigma
         self.diverge_above = diverge_above
@@ -453,7 +456,8 @@ class SyntheticTask(Task):
         v = math.log10(lam) - math.log10(wd_c) if lam > 0 else -12.0
         s = self.COUPLING[optimizer]
         err = self.floor + self.a * u**2 + self.b * (v + s * u) ** 2
-        err += self.sigma * self._noise(optimizer, lr, wd, seed)
+        sigma = self.sigma_by_optimizer.get(optimizer, self.sigma)
+        err += sigma * self._noise(optimizer, lr, wd, seed)
         err = min(max(err, 0.0), self.CHANCE)
         err_e = err + (self.CHANCE - err) * (1.0 - (epoch + 1) / epochs) ** 2
         val_loss = math.log(10.0) * err_e / self.CHANCE
@@ -491,3 +495,5 @@ register_task(Mnist5kTask(TASK_INFO["mnist5k_cnn"]))
 register_task(Cifar10Task(TASK_INFO["cifar10_resnet"]))
 register_task(SyntheticTask(TASK_INFO["synthetic"]))
 register_task(SyntheticTask(TASK_INFO["synthetic_offgrid"], outside=(0.5, 0.5)))
+register_task(SyntheticTask(TASK_INFO["synthetic_seeds"],
+                            sigma_by_optimizer={"sgdw": 0.002, "adamw": 0.0175, "adam": 0.035}))

@@ -57,6 +57,10 @@ TASK_INFO: dict[str, TaskInfo] = {
                  "optimizer's default grid (half a decade below its lr range and above its wd range), "
                  "for auto grids.",
                  num_classes=10, epochs=10, batch_size=64, synthetic=True),
+        TaskInfo("synthetic_seeds",
+                 "Test task, no training: the synthetic bowl with seed noise that differs by "
+                 "optimizer (small for sgdw, larger for adamw and adam), for seeds until decided.",
+                 num_classes=10, epochs=10, batch_size=64, synthetic=True),
     )
 }
 

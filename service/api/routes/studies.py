@@ -54,6 +54,14 @@ SPEC_EXAMPLES = {
             "seeds": [0, 1, 2],
         },
     },
+    "seeds_until_decided": {
+        "summary": "auto seeds: 2 each, then more for optimizers still inconclusive, up to 8",
+        "value": {
+            "name": "adamw and adam, seeds until decided", "task": "digits_mlp",
+            "optimizers": [{"name": "adamw"}, {"name": "adam"}],
+            "seeds": {"auto": True, "min": 2, "max": 8},
+        },
+    },
 }
 
 MAX_INT32 = 2**31 - 1  # the id and offset columns are 32-bit integers
