@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from service.analysis import basin_mask, separability_with_ci
-from workers.catalog import DEFAULT_GRIDS, chance_level, default_wd
+from service.domain import conventions
+from workers.catalog import chance_level, default_wd
 
 SEPARABLE_SHARE, COUPLED_SHARE = 0.15, 0.35
 SEPARABLE_SLOPE, COUPLED_SLOPE = 0.35, 0.65
@@ -76,11 +77,11 @@ def _finite(v: Any) -> bool:
 
 def _other_convention(name: str, best: dict | None, slope: float | None) -> dict | None:
     """What the grid means in the other decoupled convention: lam_paper = lr * lam_torch."""
-    from workers.optim import VARIANTS
-
-    decay = VARIANTS[name].decay
-    if decay == "l2" or not best:
+    own = conventions.parse(name).convention
+    if own == "l2" or not best:
         return None
+    # constant decays like schedule, and corrected like lr, at the schedule's start (eta_t = 1)
+    decay = "schedule" if own in ("schedule", "constant") else "lr"
     lr, wd = best["lr"], best["wd"]
     if decay == "schedule":
         other_wd, other_slope = wd / lr, (slope - 1 if slope is not None else None)
@@ -96,8 +97,11 @@ def _other_convention(name: str, best: dict | None, slope: float | None) -> dict
         convention = "paper"
     sentence += (f", so the best-wd slope would read {other_slope:+.2f} there." if other_slope is not None
                  else ", which shifts the best-wd slope by " + ("-1." if decay == "schedule" else "+1."))
+    # the best cell's wd in every decoupled convention, equal per-step decay at eta_t = 1
+    per_step = wd * lr ** (conventions.LR_POWER[own] or 0)
+    in_each = {c: per_step / lr ** p for c, p in conventions.LR_POWER.items() if p is not None}
     return {"convention": convention, "best_wd": other_wd, "optimal_wd_slope": other_slope,
-            "sentence": sentence}
+            "sentence": sentence, "wd_in_each_convention": in_each}
 
 
 def verdict(entry: dict) -> str:
@@ -135,8 +139,6 @@ def verdict(entry: dict) -> str:
 
 
 def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, chance: float | None) -> dict:
-    from workers.optim import VARIANTS
-
     name = opt["name"]
     mine = [t for t in trials if t.get("optimizer") == name and (t.get("phase") or "grid") == "grid"]
     lrs, wds = _axis(opt.get("lr"), mine, "lr"), _axis(opt.get("wd"), mine, "wd")
@@ -174,16 +176,18 @@ def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, cha
         else:
             vals[s, i, j] = float(v)
         ids.setdefault((i, j), []).append((t["id"], t.get("seed")))
-    dwd = None if spec.get("wd_normalized") or name not in DEFAULT_GRIDS else default_wd(name)
+    dwd = None if spec.get("wd_normalized") or not conventions.is_known(name) else default_wd(name)
     res = separability_with_ci(lrs, wds, vals, chance=chance, default_wd=dwd, present=present)
     finished = present.sum(axis=0)
     diverged = (present & ~np.isfinite(vals)).sum(axis=0)
     mean = np.where(present & np.isfinite(vals), vals, 0.0).sum(axis=0) / np.maximum(finished, 1)
     value = np.where((finished > 0) & (diverged == 0), mean, np.nan)
-    variant = VARIANTS[name]
+    variant = conventions.parse(name)
     entry = {
         "name": name,
         "title": variant.title,
+        "base": variant.base,
+        "convention": variant.convention,
         "decay_convention": variant.decay_convention,
         "rule": variant.rule,
         **{k: res[k] for k in ("best", "interaction_share", "interaction_share_rank", "optimal_wd_slope",
@@ -254,13 +258,12 @@ def pilot_png(pilot: dict) -> str:
 
 def _unplaced_entry(name: str, n_trials: int) -> dict:
     """An optimizer whose ``auto`` grid has not been placed by its pilot run yet."""
-    from workers.optim import VARIANTS
-
-    variant = VARIANTS[name]
+    variant = conventions.parse(name)
     none = dict.fromkeys(("best", "interaction_share", "interaction_share_rank", "optimal_wd_slope",
                           "basin_tilt_deg", "basin_angle_deg", "coordinate_regret", "coordinate_trials",
                           "separability", "other_convention", "default_wd"))
-    return {"name": name, "title": variant.title, "decay_convention": variant.decay_convention,
+    return {"name": name, "title": variant.title, "base": variant.base, "convention": variant.convention,
+            "decay_convention": variant.decay_convention,
             "rule": variant.rule, **none, "ci": {}, "noise": {}, "unreliable": [], "diagnostics": {},
             "warnings": ["The grid is not placed yet: its auto axis waits for the pilot run."],
             "grid": {"lr": [], "wd": [], "value": [], "diverged": [], "seeds": [], "basin": []},
@@ -637,7 +640,8 @@ def render_html(report: dict) -> str:
         parts.append(f"<section class='card optimizer' id='opt-{_e(e['name'])}'>"
                      f"<h2>{_e(e['name'])} &mdash; {_e(e.get('title', ''))}</h2>"
                      f"<p class='verdict'>{_e(e.get('verdict', ''))}</p>"
-                     f"<p class='conv'>Decay convention: {_e(e.get('decay_convention', ''))}. "
+                     f"<p class='conv'>Base: {_e(e.get('base', ''))}; convention: "
+                     f"{_e(e.get('convention', ''))} ({_e(e.get('decay_convention', ''))}). "
                      f"Update: <code>{_e(e.get('rule', ''))}</code></p>")
         heat = (f"<img class='heatmap' alt='heat map of {_e(metric)} over lr and wd for {_e(e['name'])}' "
                 f"src='{heatmap_png(e, metric, report.get('chance'))}'>" if e["grid"]["lr"] and e["grid"]["wd"]

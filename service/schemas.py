@@ -30,10 +30,12 @@ from pydantic import (
     model_validator,
 )
 
-from workers.catalog import DEFAULT_GRIDS, TASK_INFO
+from service.domain import conventions
+from workers.catalog import DEFAULT_GRIDS, TASK_INFO, default_grid
 
-#: The five optimizer names of PAPER.md. ``workers.optim.OPTIMIZER_NAMES`` holds the same names
-#: (a test checks it) but imports torch; the API only needs the catalogue, which does not.
+#: The five original optimizer names. ``workers.optim.OPTIMIZER_NAMES`` holds the same names
+#: (a test checks it) but imports torch; the API only needs the catalogue, which does not. Every
+#: name a spec may use (``BASE``, ``BASE:CONVENTION``, aliases) is ``conventions.all_names()``.
 OPTIMIZER_NAMES: tuple[str, ...] = tuple(DEFAULT_GRIDS)
 SCHEDULE_NAMES = ("constant", "step", "cosine", "cosine_restarts")
 METRIC_NAMES = ("val_error", "val_loss")
@@ -145,23 +147,23 @@ class OptimizerSpec(_Spec):
     """One optimizer of the study and its lr x wd grid; an axis left out takes the default."""
 
     # The enum documents the names; the validator below gives the friendlier message.
-    name: str = Field(json_schema_extra={"enum": list(OPTIMIZER_NAMES)})
+    name: str = Field(json_schema_extra={"enum": list(conventions.all_names())})
     lr: GridAxis | None = None
     wd: GridAxis | None = None
 
     @field_validator("name")
     @classmethod
     def _known_optimizer(cls, name: str) -> str:
-        if name not in OPTIMIZER_NAMES:
-            raise ValueError(
-                f"unknown optimizer {name!r} (expected one of {_names(OPTIMIZER_NAMES)})"
-            )
+        try:
+            conventions.parse(name)
+        except conventions.UnknownOptimizer as e:
+            raise ValueError(str(e)) from None
         return name
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> OptimizerSpec:
         for key in ("lr", "wd"):
-            default = DEFAULT_GRIDS[self.name][key]
+            default = default_grid(self.name)[key]
             axis = getattr(self, key)
             if axis is None:
                 axis = GridAxis(min=default.min, max=default.max, num=default.num)
@@ -490,14 +492,38 @@ class AxisPublic(BaseModel):
 class OptimizerInfoPublic(BaseModel):
     name: str
     title: str
+    base: str
+    convention: str
+    #: The ``BASE:CONVENTION`` an alias or a bare base stands for (the name itself otherwise).
+    canonical: str
     decay_convention: str
     rule: str
     default_grid: dict[str, AxisPublic]
 
 
+class BaseInfoPublic(BaseModel):
+    name: str
+    title: str
+    family: str
+    reference: str
+    reference_convention: str
+    rule: str
+
+
+class ConventionInfoPublic(BaseModel):
+    name: str
+    decay: str
+    description: str
+
+
 class OptimizersPublic(BaseModel):
+    """Every name a spec may use (``data``), and the bases, conventions and aliases they combine."""
+
     data: list[OptimizerInfoPublic]
     count: int
+    bases: list[BaseInfoPublic]
+    conventions: list[ConventionInfoPublic]
+    aliases: dict[str, str]
 
 
 class TaskInfoPublic(BaseModel):

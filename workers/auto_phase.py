@@ -118,7 +118,7 @@ def add_pilots(engine, study_id: str) -> tuple[list[list[str]], dict[str, int]]:
             epochs[opt["name"]] = pilot_epochs_for(spec, opt, len(rows))
             store.add_trials(s, study_id, rows, phase="pilot")
             shared = spec.get("share_lr_window") and opt["lr"].get("auto")
-            key = "family:" + autogrid.FAMILY[opt["name"]] if shared else opt["name"]
+            key = "family:" + autogrid.family_of(opt["name"]) if shared else opt["name"]
             groups.setdefault(key, []).append(opt["name"])
     return list(groups.values()), epochs
 

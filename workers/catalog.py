@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from service.domain import conventions
+
 
 @dataclass(frozen=True)
 class Axis:
@@ -65,7 +67,8 @@ TASK_INFO: dict[str, TaskInfo] = {
     )
 }
 
-#: Default grids per optimizer, placed so the demo task's optimum lies strictly inside
+#: Default grids of the five original names (the values live in service.domain.conventions, with
+#: the other bases' grids), placed so the demo task's optimum lies strictly inside
 #: (calibrated on digits_mlp, cosine schedule, 30 epochs, batch 64, seeds 0 and 1 averaged, with
 #: workers.packed.train_block). Best cell of each 8x8 grid (lr, wd -> mean val_error):
 #:   sgd 0.0236 at four interior cells, e.g. (0.139, 1.9e-3); sgdw 0.0208 at (0.139, 7.2e-3);
@@ -74,17 +77,19 @@ TASK_INFO: dict[str, TaskInfo] = {
 #: Half-decade scans (lr from 1e-5 to 10, wd from 1e-7 to 100, per optimizer) found the same
 #: basins, and that the paper's adamw and sgd/sgdw do best at lr ~0.1, so their lr axes reach 1.0.
 DEFAULT_GRIDS: dict[str, dict[str, Axis]] = {
-    "sgd": {"lr": Axis(1e-3, 1.0, 8), "wd": Axis(1e-5, 1e-1, 8)},
-    "sgdw": {"lr": Axis(1e-3, 1.0, 8), "wd": Axis(1e-5, 1e-1, 8)},
-    "adam": {"lr": Axis(1e-4, 1e-1, 8), "wd": Axis(1e-5, 1e-1, 8)},
-    "adamw": {"lr": Axis(1e-3, 1.0, 8), "wd": Axis(1e-4, 1.0, 8)},
-    "adamw_torch": {"lr": Axis(1e-3, 1.0, 8), "wd": Axis(1e-3, 10.0, 8)},
+    name: {k: Axis(*v) for k, v in conventions.default_grid(name).items()}
+    for name in conventions.LEGACY_NAMES
 }
+
+
+def default_grid(optimizer: str) -> dict[str, Axis]:
+    """The default lr and wd axes of any optimizer name (``service.domain.conventions.default_grid``)."""
+    return {k: Axis(*v) for k, v in conventions.default_grid(optimizer).items()}
 
 
 def default_wd(optimizer: str) -> float:
     """The wd a one-at-a-time tuner would start from: the geometric centre of the default axis."""
-    ax = DEFAULT_GRIDS[optimizer]["wd"]
+    ax = default_grid(optimizer)["wd"]
     return (ax.min * ax.max) ** 0.5
 
 
