@@ -1,10 +1,10 @@
 """Scan every base x convention on digits_mlp to place its default grid (service.domain.conventions).
 
-One seed, cosine schedule, 30 epochs, batch 64, with the packed trainer: an 8 x 8 grid over wide
+One seed, cosine schedule, 30 epochs, batch 64, with the packed trainer: an 8 x 8 (or NUM x NUM) grid over wide
 ranges (lr: 6 decades around the base's usual step; wd: 7 decades per convention). Prints, per
 name, the best cell and the 3 x 4-decade window centred on it, and writes everything as JSON.
 
-    .venv/bin/python scripts/calibrate_conventions.py results/conventions-calibration.json
+    .venv/bin/python scripts/calibrate_conventions.py results/conventions/calibration.json [NUM [NAME ...]]
 """
 
 from __future__ import annotations
@@ -25,19 +25,23 @@ WD = {"l2": (1e-7, 1.0), "schedule": (1e-7, 1.0), "constant": (1e-7, 1.0), "lr":
       "corrected": (1e-5, 100.0)}
 
 
-def main(out: str) -> None:
+def main(out: str, names: list[str], num: int) -> None:
     rows = {}
-    for base in BASES:
-        for conv in CONVENTIONS:
-            name = f"{base}:{conv}"
-            lrs = np.geomspace(*LR[base], 8)
-            wds = np.geomspace(*WD[conv], 8)
+    try:
+        with open(out) as f:
+            rows = json.load(f)
+    except (OSError, ValueError):
+        pass
+    for name in names:
+            base, conv = name.split(":")
+            lrs = np.geomspace(*LR[base], num)
+            wds = np.geomspace(*WD[conv], num)
             configs = [TrialConfig(float(lr), float(wd), 0, (i, j)) for i, lr in enumerate(lrs)
                        for j, wd in enumerate(wds)]
             t = time.perf_counter()
             res = train_block("digits_mlp", name, configs, epochs=30, batch_size=64,
                               schedule={"name": "cosine"})
-            err = np.full((8, 8), np.inf)
+            err = np.full((num, num), np.inf)
             for r in res:
                 if not r.diverged and math.isfinite(r.val_error):
                     err[r.key] = r.val_error
@@ -52,4 +56,8 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "conventions-calibration.json")
+    # usage: OUT.json [NUM [NAME ...]]; default every BASE:CONVENTION on an 8 x 8 grid
+    out = sys.argv[1] if len(sys.argv) > 1 else "conventions-calibration.json"
+    num = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    names = sys.argv[3:] or [f"{b}:{c}" for b in BASES for c in CONVENTIONS]
+    main(out, names, num)

@@ -43,9 +43,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from workers.demo import run_demo
-
     from service.domain import conventions
+    from workers.demo import run_demo
 
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()] if args.optimizers else None
     for name in names or []:

@@ -237,7 +237,7 @@ def muon_step(p: torch.Tensor, g: torch.Tensor, state: dict[str, Any], *, lr: Nu
     ratio = math.sqrt(max(1.0, rows / cols))
     _decay_(p, _per_config(c, p.dim()) if c is not None else None)
     if isinstance(lr, torch.Tensor):
-        p.addcmul_(ortho, _per_config(lr * ratio, p.dim()), value=-1.0)
+        p.addcmul_(ortho, (lr * ratio).reshape(-1, *([1] * (p.dim() - 1))), value=-1.0)
     else:
         p.add_(ortho, alpha=-(lr * ratio))
 

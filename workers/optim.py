@@ -395,11 +395,15 @@ def build_optimizer(
     elif decay_on != "all":
         raise ValueError("decay_on other than 'all' needs the nn.Module itself as params")
     elif variant.base == "muon":
-        params = list(params)
-        if params and not isinstance(params[0], dict):
-            groups = [{"params": [p for p in params if p.dim() < 2]},
-                      {"params": [p for p in params if p.dim() >= 2], "muon": True}]
+        given = list(params)
+        if given and not isinstance(given[0], dict):
+            groups: list[dict[str, Any]] = [
+                {"params": [p for p in given if p.dim() < 2]},
+                {"params": [p for p in given if p.dim() >= 2], "muon": True},
+            ]
             params = [g for g in groups if g["params"]]
+        else:
+            params = given
     return DecayChainOptimizer(
         params, variant, lr, weight_decay, momentum=momentum, betas=betas, eps=eps
     )

@@ -40,8 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from service.domain import conventions
-from workers.catalog import DEFAULT_GRIDS, TASK_INFO, TaskInfo, default_grid
-
+from workers.catalog import TASK_INFO, TaskInfo, default_grid
 
 # --------------------------------------------------------------------------------------------
 # Data

@@ -22,8 +22,8 @@ from service.api import create_app
 from service.cli import CliError
 from service.config import Settings
 from service.db import session_scope
-from service.errors import SchemaOutOfDate
 from service.domain.conventions import all_names, valid_names_message
+from service.errors import SchemaOutOfDate
 from service.schemas import OPTIMIZER_NAMES, user_task_names
 from service.tokens import create_token
 from tests.conftest import make_spec

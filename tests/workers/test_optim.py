@@ -434,7 +434,6 @@ def test_decay_on_rejects_unknown_and_non_module():
 
 # ------------------------------------------------------------------- bad hyperparameters
 
-NAMES_LIST = "sgd, sgdw, adam, adamw, adamw_torch"
 
 
 @pytest.mark.parametrize(
