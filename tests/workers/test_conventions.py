@@ -195,3 +195,23 @@ def test_batched_newton_schulz_is_torchs_per_matrix():
         ours = bases.newton_schulz(g)
         for k in range(5):
             assert torch.equal(ours[k], _zeropower_via_newtonschulz(g[k], bases.NS_COEFFICIENTS, 5, 1e-7))
+
+
+@pytest.mark.parametrize("name", conventions.all_names())
+def test_every_name_has_a_pilot_grid_covering_its_default_grid_and_a_family(name):
+    from workers import autogrid
+    from workers.catalog import default_grid
+
+    lrs, wds = autogrid.pilot_axes(name, True, True, None, None)
+    grid = default_grid(name)
+    assert len(lrs) == len(wds) == autogrid.PILOT_POINTS
+    assert lrs[0] <= grid["lr"].min * 1.0001 and lrs[-1] >= grid["lr"].max * 0.9999
+    assert wds[0] <= grid["wd"].min * 1.0001 and wds[-1] >= grid["wd"].max * 0.9999
+    assert autogrid.family_of(name) == conventions.FAMILY[conventions.parse(name).base]
+
+
+def test_synthetic_task_couples_as_the_convention_scales_the_decay():
+    from workers.tasks import SyntheticTask
+
+    assert [SyntheticTask.coupling(f"lion:{c}") for c in conventions.CONVENTIONS] == [1.0, 1.0, 0.0, 0.0, 1.0]
+    assert SyntheticTask.coupling("adamw") == SyntheticTask.COUPLING["adamw"] == 0.0
