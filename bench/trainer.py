@@ -155,6 +155,16 @@ def bases_rates(epochs: int, threads: int, reps: int) -> dict[str, float]:
         s = min(timed(train_block, TASK, base, demo, epochs=epochs, batch_size=BATCH, schedule=SCHEDULE,
                       device="cpu", threads=threads)[0] for _ in range(reps))
         rates[base] = len(demo) * epochs / s
+        if base == "muon":  # the same block with Newton-Schulz in float32 (torch's Muon: bfloat16)
+            from workers import bases
+
+            bases.NS_DTYPE = torch.float32
+            try:
+                s = min(timed(train_block, TASK, base, demo, epochs=epochs, batch_size=BATCH,
+                              schedule=SCHEDULE, device="cpu", threads=threads)[0] for _ in range(reps))
+            finally:
+                bases.NS_DTYPE = torch.bfloat16
+            rates["muon_float32_ns"] = len(demo) * epochs / s
     for base, r in rates.items():
         print(f"packed {base:9s} 128 configs x {epochs} epochs: {r:5.0f} trials x epochs per second "
               f"({r / rates['adam']:.2f} x adam's)")

@@ -2,7 +2,8 @@
 
 One seed, cosine schedule, 30 epochs, batch 64, with the packed trainer: an 8 x 8 (or NUM x NUM) grid over wide
 ranges (lr: 6 decades around the base's usual step; wd: 7 decades per convention). Prints, per
-name, the best cell and the 3 x 4-decade window centred on it, and writes everything as JSON.
+name, the best cell, and writes every cell as JSON (the defaults in service.domain.conventions are
+placed so that the best cell lies inside).
 
     .venv/bin/python scripts/calibrate_conventions.py results/conventions/calibration.json [NUM [NAME ...]]
 """
@@ -15,8 +16,10 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 from service.domain.conventions import BASES, CONVENTIONS
+from workers import bases
 from workers.packed import TrialConfig, train_block
 
 LR = {"sgd": (1e-4, 3.0), "adam": (1e-5, 1.0), "radam": (1e-5, 1.0), "nadam": (1e-5, 1.0),
@@ -26,6 +29,9 @@ WD = {"l2": (1e-7, 1.0), "schedule": (1e-7, 1.0), "constant": (1e-7, 1.0), "lr":
 
 
 def main(out: str, names: list[str], num: int) -> None:
+    # Muon's Newton-Schulz in float32: bfloat16 matmuls are ~10x slower on a CPU without native
+    # bfloat16, and the optimum's place does not depend on the last bits of the iteration.
+    bases.NS_DTYPE = torch.float32
     rows = {}
     try:
         with open(out) as f:
