@@ -236,20 +236,39 @@ _LEGACY_GRIDS: dict[str, dict[str, AxisTuple]] = {
     "adam:lr": {"lr": (1e-3, 1.0, 8), "wd": (1e-3, 10.0, 8)},
 }
 
-#: lr axis per base (calibrated on digits_mlp: the best lr of every convention lies inside).
+#: lr axis per base. Calibrated on digits_mlp (cosine, 30 epochs, batch 64, one seed, a 6 x 6 scan
+#: over 6 decades of lr at the base's reference convention and at ``schedule``:
+#: scripts/calibrate_conventions.py, results/conventions/calibration.json). Best cells (lr, wd):
+#: lion:lr (1e-3, 4.0), lion:schedule (1e-3, 2e-3); adafactor:lr (3, 6e-3), adafactor:schedule
+#: (3, 2e-3) (Adafactor's step is min(lr*eta_t, 1/sqrt(t)) x RMS(theta), so lr > 1 still acts
+#: through the schedule and the decay); radam:l2 flat from 1e-2 to 1, radam:schedule (0.1, 2e-3);
+#: nadam:l2 (1e-2, 2e-3), nadam:schedule (0.1, 2e-6..4e-2, flat); muon:lr (0.38, 0.16), good from
+#: lr 6e-3 to 0.4; muon:schedule (0.05, 0.04) and (3, 1.0). The SGD
+#: family's constant and corrected conventions were scanned on 8 x 8 grids: best (0.036, 1e-3)
+#: and (0.16, 0.1), inside their defaults. One seed: cells within ~0.01 of each other are ties, and where wd has no effect below
+#: ~1e-3 (radam:l2, nadam:schedule) the single best cell of the flat band lies anywhere in it.
 BASE_LR: dict[str, AxisTuple] = {
     "sgd": (1e-3, 1.0, 8),
     "adam": (1e-4, 1e-1, 8),
-    "radam": (1e-4, 1e-1, 8),
-    "nadam": (1e-4, 1e-1, 8),
-    "lion": (1e-5, 1e-2, 8),
-    "adafactor": (1e-3, 1.0, 8),
+    "radam": (1e-3, 1.0, 8),
+    "nadam": (1e-3, 1.0, 8),
+    "lion": (1e-4, 1e-1, 8),
+    "adafactor": (1e-2, 10.0, 8),
     "muon": (1e-3, 1.0, 8),
 }
 
-#: wd axis per (base, convention) for the combinations without a legacy grid: (min, max) decades.
-#: Filled by calibration; a missing entry falls back to CONVENTION_WD.
-BASE_CONVENTION_WD: dict[tuple[str, str], AxisTuple] = {}
+#: wd axis per (base, convention) where the convention's default (CONVENTION_WD) does not hold the
+#: calibrated optimum: Lion's lr-scaled decays need a wd ~20x Adam's (its best lr is ~20x smaller,
+#: the best per-step decay lr*wd is about the same); Adafactor's lr-scaled ones a smaller one
+#: (its lr is a relative step of ~1).
+BASE_CONVENTION_WD: dict[tuple[str, str], AxisTuple] = {
+    ("lion", "lr"): (1e-2, 100.0, 8),
+    ("lion", "corrected"): (1e-2, 100.0, 8),
+    ("adafactor", "lr"): (1e-4, 1.0, 8),
+    ("adafactor", "corrected"): (1e-4, 1.0, 8),
+    ("muon", "schedule"): (1e-4, 1.0, 8),
+    ("muon", "constant"): (1e-4, 1.0, 8),
+}
 
 #: wd axis per convention where no (base, convention) entry exists.
 CONVENTION_WD: dict[str, AxisTuple] = {
