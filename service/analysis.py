@@ -1,4 +1,4 @@
-"""How separable are the optimal learning rate and weight decay? Numbers for PAPER.md's last section.
+"""How separable are the optimal learning rate and weight decay? The measures of ``docs/measures.md``.
 
 Plain functions on arrays (numpy + scipy only): importable without FastAPI, Ray, a database or
 torch. The report (``service.report``) calls them once per optimizer.
@@ -104,6 +104,8 @@ from itertools import combinations_with_replacement
 import numpy as np
 from scipy.stats import rankdata, studentized_range
 
+from service.domain.numeric import parabola_vertex
+
 #: Near-optimal rows: best within this fraction of the way from the grid's best to its median.
 TOLERANCE = 0.25
 #: The basin: this many best cells (the paper's black circles).
@@ -180,17 +182,6 @@ def _near_rows(v: np.ndarray) -> np.ndarray:
     return np.flatnonzero(row_best <= best + TOLERANCE * (med - best) + 1e-12 * max(1.0, abs(best)))
 
 
-def _parabola_vertex(xs: np.ndarray, ys: np.ndarray) -> float:
-    """The vertex of the parabola through three points, clipped to half a step around the middle one."""
-    (x0, x1, x2), (y0, y1, y2) = xs, ys
-    denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
-    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
-    b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / denom
-    if not a > 0:  # not convex (collinear): the middle cell is the best we know
-        return float(x1)
-    return float(np.clip(-b / (2 * a), (x0 + x1) / 2, (x1 + x2) / 2))
-
-
 def _row_optimum(y: np.ndarray, row_v: np.ndarray, row_key: np.ndarray) -> float | None:
     """The row's best log10 wd; None when a unique minimum sits on an edge (only a bound)."""
     m = y.size
@@ -200,7 +191,7 @@ def _row_optimum(y: np.ndarray, row_v: np.ndarray, row_key: np.ndarray) -> float
     j = int(tied[0])
     if j == 0 or j == m - 1:
         return None
-    return _parabola_vertex(y[j - 1:j + 2], row_v[j - 1:j + 2])
+    return parabola_vertex(y[j - 1:j + 2], row_v[j - 1:j + 2])
 
 
 def _slope(x: np.ndarray, y: np.ndarray, v: np.ndarray, key: np.ndarray, rows: np.ndarray):

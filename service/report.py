@@ -1,4 +1,4 @@
-"""A study's separability report: the JSON of CONTRACT.md, the terminal table, the HTML page.
+"""A study's separability report: the JSON of ``docs/api.md``, the terminal table, the HTML page.
 
 ``build_report`` turns a study and its trials into the report dict (computed once when a study
 finishes and cached by the API; also built on the fly, marked ``partial``, while it runs).
@@ -22,7 +22,6 @@ coupled". When weight decay moves the metric less than seed noise, it says that 
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import html
 import io
 import math
@@ -33,7 +32,8 @@ import numpy as np
 
 from service.analysis import basin_mask, separability_with_ci
 from service.domain import conventions
-from workers.catalog import chance_level, default_wd
+from service.domain.catalog import chance_level, default_wd
+from service.domain.numeric import json_safe
 
 SEPARABLE_SHARE, COUPLED_SHARE = 0.15, 0.35
 SEPARABLE_SLOPE, COUPLED_SLOPE = 0.35, 0.65
@@ -41,26 +41,6 @@ METRIC_WORDS = {"val_error": "validation error", "val_loss": "validation loss"}
 
 
 # --------------------------------------------------------------------------- JSON
-
-
-def _json_safe(obj: Any) -> Any:
-    """Plain JSON types only; NaN and inf become None (the contract's ``null``)."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, (_dt.datetime, _dt.date)):
-        return obj.isoformat()
-    return obj
 
 
 def _axis(ax: Any, trials: list[dict], key: str) -> np.ndarray:
@@ -295,7 +275,7 @@ def _rank(entries: list[dict]) -> tuple[list[str], list[str]]:
 
 def build_report(study: dict, trials: list[dict],
                  load_curves: Callable[[list[int]], dict[int, list[dict]]]) -> dict:
-    """The report JSON of CONTRACT.md for one study (JSON-ready: non-finite numbers are None)."""
+    """The report JSON (``docs/api.md``) for one study (JSON-ready: non-finite numbers are None)."""
     spec = study.get("spec") or {}
     metric = spec.get("metric", "val_error")
     task = spec.get("task")
@@ -325,7 +305,21 @@ def build_report(study: dict, trials: list[dict],
         "wd_normalized": bool(spec.get("wd_normalized", False)),
         "optimizers": entries, "ranking": ranking, "warnings": warnings,
     }
-    return _json_safe(report)
+    return json_safe(report)
+
+
+def study_report(engine: Any, study_id: str) -> dict[str, Any]:
+    """A study's report, from its stored row when done and cached, else built (and cached when
+    the study is done). Building happens in a read-only transaction, caching in a short write."""
+    from service import store
+    from service.db import session_scope
+
+    with session_scope(engine, read_only=True) as session:
+        report, needs_caching = store.compute_report(session, study_id, build_report)
+    if needs_caching:
+        with session_scope(engine) as session:
+            store.cache_report(session, study_id, report)
+    return report
 
 
 # --------------------------------------------------------------------------- terminal table

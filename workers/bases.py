@@ -23,12 +23,13 @@ applies it.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
 
-Number = float | torch.Tensor
+#: A Python float, or a tensor broadcasting against the parameter (one value per packed config).
+Number: TypeAlias = "float | torch.Tensor"
 
 #: Muon's Newton-Schulz coefficients and step count (torch.optim.Muon's defaults, from Keller Jordan's Muon).
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)

@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workers.catalog import default_grid
-from workers.optim import OPTIMIZER_NAMES, get_variant
+from service.domain.catalog import default_grid
+from service.domain.rules import OPTIMIZER_NAMES
+from workers.optim import get_variant
 
 
 def demo_spec(quick: bool = False, optimizers: list[str] | None = None) -> dict[str, Any]:
-    """The demo study's spec (CONTRACT.md format): the five original optimizers, or ``optimizers``.
+    """The demo study's spec (``docs/api.md`` format): the five original optimizers, or ``optimizers``.
 
     ``optimizers`` are names as a spec takes them (``BASE``, ``BASE:CONVENTION``, aliases); an
     unknown one raises ``ValueError`` listing the valid ones.
@@ -80,10 +81,9 @@ class ProgressWatcher(threading.Thread):
 
 def run_demo(out: str | Path = "demo-report", quick: bool = False, optimizers: list[str] | None = None) -> int:
     from service import store
-    from service.api.routes.reports import study_report
     from service.config import get_settings
     from service.db import make_engine, session_scope, upgrade_to_head
-    from service.report import format_table, render_html
+    from service.report import format_table, render_html, study_report
     from service.schemas import StudySpec
     from workers import ray_adapter
     from workers.worker import run_worker

@@ -40,56 +40,22 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from dataclasses import dataclass
-from functools import cache
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
 from torch import nn
 
-from service.domain import conventions
+from service.domain.rules import DECAY_ON, OPTIMIZER_NAMES, VARIANTS, Variant, get_variant
 from workers import bases
 
-Number = float | torch.Tensor
+__all__ = [
+    "DECAY_ON", "OPTIMIZER_NAMES", "VARIANTS", "DecayChainOptimizer", "Variant", "apply_update",
+    "build_optimizer", "check_hyperparameters", "decayed_parameter_names", "get_variant", "param_groups",
+]
 
-
-@dataclass(frozen=True)
-class Variant:
-    """One optimizer: its base direction and where its weight decay sits.
-
-    ``base`` is one of ``service.domain.conventions.BASES`` and ``decay`` one of its ``CONVENTIONS``;
-    the texts come from that module, which defines every name, alias and rule once.
-    """
-
-    name: str
-    base: str
-    decay: str
-    title: str
-    decay_convention: str
-    rule: str
-
-
-@cache
-def _variant(name: str) -> Variant:
-    r = conventions.parse(name)
-    return Variant(r.name, r.base, r.convention, r.title, r.decay_convention, r.rule)
-
-
-def get_variant(name: str) -> Variant:
-    """The variant ``name`` stands for: ``BASE``, ``BASE:CONVENTION`` or an alias."""
-    if not isinstance(name, str):
-        raise ValueError(f"Unknown optimizer: {name!r} ({conventions.valid_names_message()})")
-    try:
-        return _variant(name)
-    except conventions.UnknownOptimizer as e:
-        raise ValueError(f"Unknown optimizer: {name!r} ({conventions.valid_names_message()})") from e
-
-
-#: The five names of the paper's comparison (every other name: ``conventions.all_names()``).
-OPTIMIZER_NAMES: tuple[str, ...] = conventions.LEGACY_NAMES
-VARIANTS: dict[str, Variant] = {n: get_variant(n) for n in OPTIMIZER_NAMES}
-DECAY_ON = ("all", "weights", "invariant")
+#: A Python float, or a tensor broadcasting against the parameter (one value per packed config).
+Number: TypeAlias = "float | torch.Tensor"
 
 #: Bases whose step reads whole tensors: run on (K, *shape) tensors (``batched``), not on flat segments.
 PER_TENSOR_BASES = frozenset({"adafactor", "muon"})

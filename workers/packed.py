@@ -86,6 +86,7 @@ from workers.optim import (
 from workers.schedules import Schedule, normalized_weight_decay
 from workers.tasks import SyntheticTask, Task, TaskData, get_task
 
+
 @dataclass(frozen=True)
 class TrialConfig:
     lr: float

@@ -227,7 +227,7 @@ def all_names() -> tuple[str, ...]:
 #: (min, max, num) of a log-spaced axis.
 AxisTuple = tuple[float, float, int]
 
-#: Default grids of the five original names, calibrated on digits_mlp (workers.catalog documents how).
+#: Default grids of the five original names, calibrated on digits_mlp (docs/design-notes.md has the runs).
 _LEGACY_GRIDS: dict[str, dict[str, AxisTuple]] = {
     "sgd:l2": {"lr": (1e-3, 1.0, 8), "wd": (1e-5, 1e-1, 8)},
     "sgd:schedule": {"lr": (1e-3, 1.0, 8), "wd": (1e-5, 1e-1, 8)},

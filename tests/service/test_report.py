@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
+from service.domain.catalog import chance_level
 from service.report import build_report, format_table, render_html
-from workers.catalog import chance_level
 from workers.optim import VARIANTS
 
 LR = {"min": 1e-4, "max": 1e-1, "num": 6}

@@ -199,8 +199,8 @@ def test_batched_newton_schulz_is_torchs_per_matrix():
 
 @pytest.mark.parametrize("name", conventions.all_names())
 def test_every_name_has_a_pilot_grid_covering_its_default_grid_and_a_family(name):
-    from workers import autogrid
-    from workers.catalog import default_grid
+    from service.domain import placement as autogrid
+    from service.domain.catalog import default_grid
 
     lrs, wds = autogrid.pilot_axes(name, True, True, None, None)
     grid = default_grid(name)

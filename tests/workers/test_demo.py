@@ -16,9 +16,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from service.db import dispose_engines, make_engine, session_scope, upgrade_to_head
+from service.domain.catalog import default_grid
 from service.models import CurvePoint, Study, Trial
 from tests.conftest import make_study
-from workers.catalog import default_grid
 from workers.demo import demo_spec
 from workers.optim import OPTIMIZER_NAMES
 

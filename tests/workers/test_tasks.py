@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from workers.catalog import DEFAULT_GRIDS, TASK_INFO
+from service.domain.catalog import DEFAULT_GRIDS, TASK_INFO
 from workers.optim import decayed_parameter_names
-from workers.tasks import (
-    TASKS, CropFlip, SyntheticTask, cifar10_dir, get_task, register_task,
-)
+from workers.tasks import TASKS, CropFlip, SyntheticTask, cifar10_dir, get_task, register_task
 
 
 def test_registry_matches_catalog_and_rejects_unknown_names():

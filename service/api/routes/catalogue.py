@@ -7,15 +7,8 @@ from functools import cache
 from fastapi import APIRouter
 
 from service.domain import conventions
-from service.schemas import (
-    BaseInfoPublic,
-    ConventionInfoPublic,
-    OptimizerInfoPublic,
-    OptimizersPublic,
-    TaskInfoPublic,
-    TasksPublic,
-)
-from workers.catalog import TASK_INFO, default_grid
+from service.domain.catalog import TASK_INFO, default_grid
+from service.schemas import BaseInfoPublic, ConventionInfoPublic, OptimizerInfoPublic, OptimizersPublic, TaskInfoPublic, TasksPublic
 
 router = APIRouter(tags=["catalogue"])
 

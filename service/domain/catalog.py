@@ -6,21 +6,10 @@ imports torch) and are looked up by the same names. A request can only name a re
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from service.domain import conventions
-
-
-@dataclass(frozen=True)
-class Axis:
-    """A log-spaced grid axis: ``num`` points from ``min`` to ``max``."""
-
-    min: float
-    max: float
-    num: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+from service.domain.grid import Axis
 
 
 @dataclass(frozen=True)
@@ -68,14 +57,8 @@ TASK_INFO: dict[str, TaskInfo] = {
 }
 
 #: Default grids of the five original names (the values live in service.domain.conventions, with
-#: the other bases' grids), placed so the demo task's optimum lies strictly inside
-#: (calibrated on digits_mlp, cosine schedule, 30 epochs, batch 64, seeds 0 and 1 averaged, with
-#: workers.packed.train_block). Best cell of each 8x8 grid (lr, wd -> mean val_error):
-#:   sgd 0.0236 at four interior cells, e.g. (0.139, 1.9e-3); sgdw 0.0208 at (0.139, 7.2e-3);
-#:   adam 0.0194 at (0.0139, 1.9e-3); adamw 0.0194 at up to three interior cells, e.g.
-#:   (0.0193, 5.2e-3); adamw_torch 0.0181 at (0.0193, 0.052) and (0.0193, 0.19).
-#: Half-decade scans (lr from 1e-5 to 10, wd from 1e-7 to 100, per optimizer) found the same
-#: basins, and that the paper's adamw and sgd/sgdw do best at lr ~0.1, so their lr axes reach 1.0.
+#: every other name's), placed so the demo task's optimum lies strictly inside (the calibration
+#: runs are in docs/design-notes.md).
 DEFAULT_GRIDS: dict[str, dict[str, Axis]] = {
     name: {k: Axis(*v) for k, v in conventions.default_grid(name).items()}
     for name in conventions.LEGACY_NAMES
@@ -90,7 +73,7 @@ def default_grid(optimizer: str) -> dict[str, Axis]:
 def default_wd(optimizer: str) -> float:
     """The wd a one-at-a-time tuner would start from: the geometric centre of the default axis."""
     ax = default_grid(optimizer)["wd"]
-    return (ax.min * ax.max) ** 0.5
+    return float((ax.min * ax.max) ** 0.5)
 
 
 def chance_level(task: str, metric: str) -> float:
