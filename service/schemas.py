@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from service.domain import conventions
 from service.domain.catalog import TASK_INFO, default_grid
 from service.domain.grid import axis_values as axis_values  # re-exported: the spec's axes' points
+from service.domain.rules import OPTIMIZER_NAMES as OPTIMIZER_NAMES  # re-exported: the paper's five names
 from service.domain.rules import SCHEDULE_NAMES
 
 MAX_AXIS_POINTS = 64

@@ -358,7 +358,7 @@ def test_catalogues(client):
     assert {c["name"]: c["decay"] for c in body["conventions"]}["corrected"] == "theta <- theta*(1 - lr*eta_t^2*wd)"
     assert body["aliases"] == {"sgdw": "sgd:schedule", "adamw": "adam:schedule", "adamw_torch": "adam:lr"}
     lion = next(o for o in body["data"] if o["name"] == "lion")
-    assert lion["canonical"] == "lion:lr" and lion["default_grid"]["lr"]["max"] <= 1e-2
+    assert lion["canonical"] == "lion:lr" and lion["default_grid"]["wd"]["min"] >= 1e-2  # Lion: larger wd
     tasks = client.get("/tasks").json()
     assert [t["name"] for t in tasks["data"]] == user_task_names()
     digits = tasks["data"][0]
