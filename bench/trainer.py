@@ -68,7 +68,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from service.domain.catalog import DEFAULT_GRIDS  # noqa: E402
+from service.domain.catalog import DEFAULT_GRIDS, default_grid  # noqa: E402
+from service.domain.conventions import BASES  # noqa: E402
 from workers.packed import CPU_THREADS, TrialConfig, train_block  # noqa: E402
 from workers.tasks import get_task  # noqa: E402
 from workers.trainer import train_single  # noqa: E402
@@ -81,7 +82,7 @@ SCHEDULE = {"name": "cosine"}
 
 
 def axis(name: str, num: int, opt: str = OPT) -> list[float]:
-    ax = DEFAULT_GRIDS[opt][name]
+    ax = default_grid(opt)[name]
     return [float(v) for v in np.logspace(math.log10(ax.min), math.log10(ax.max), num)]
 
 
@@ -131,6 +132,43 @@ def demo_blocks_in_one_slot(epochs: int) -> float:
         train_block(TASK, opt, grid(8, (0, 1), opt), epochs=epochs, batch_size=BATCH,
                     schedule=SCHEDULE, device="cpu", threads=1)
     return time.perf_counter() - t0
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def bases_rates(epochs: int, threads: int, reps: int) -> dict[str, float]:
+    """Trials x epochs per second of each base (bare name, its default grid) on the demo block:
+    8 x 8 configs x 2 seeds, cosine, packed, on the CPU. Best of ``reps``."""
+    rates = {}
+    for base in BASES:
+        demo = grid(8, (0, 1), base)
+        train_block(TASK, base, demo[:2], epochs=1, batch_size=BATCH, device="cpu", threads=threads)
+        s = min(timed(train_block, TASK, base, demo, epochs=epochs, batch_size=BATCH, schedule=SCHEDULE,
+                      device="cpu", threads=threads)[0] for _ in range(reps))
+        rates[base] = len(demo) * epochs / s
+        if base == "muon":  # the same block with Newton-Schulz in float32 (torch's Muon: bfloat16)
+            from workers import bases
+
+            bases.NS_DTYPE = torch.float32
+            try:
+                s = min(timed(train_block, TASK, base, demo, epochs=epochs, batch_size=BATCH,
+                              schedule=SCHEDULE, device="cpu", threads=threads)[0] for _ in range(reps))
+            finally:
+                bases.NS_DTYPE = torch.bfloat16
+            rates["muon_float32_ns"] = len(demo) * epochs / s
+    for base, r in rates.items():
+        print(f"packed {base:9s} 128 configs x {epochs} epochs: {r:5.0f} trials x epochs per second "
+              f"({r / rates['adam']:.2f} x adam's)")
+    return rates
 
 
 def _warm_slot() -> int:
@@ -196,6 +234,8 @@ def ray_default(configs: list[TrialConfig]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="scaled Ray and sequential subsets, shorter FLOP run")
+    ap.add_argument("--bases-only", action="store_true",
+                    help="only each base's trials x epochs per second on the demo block (next to Adam's)")
     ap.add_argument("--device", default=None, help="device of the packed trainer (default: cuda if present)")
     ap.add_argument("--threads", type=int, default=CPU_THREADS,
                     help="torch CPU threads for every measurement, the sgemm peak included "
@@ -206,6 +246,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cpu = torch.device("cpu")
+    print(f"CPU: {cpu_model()}")
+    if args.bases_only:
+        rates = bases_rates(5 if args.quick else EPOCHS, args.threads, 1 if args.quick else 2)
+        print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes share these CPUs)")
+        print("RESULT " + " ".join(f"{b}_trial_epochs_per_second={r:.0f}" for b, r in rates.items())
+              + " " + " ".join(f"{b}_vs_adam={r / rates['adam']:.2f}" for b, r in rates.items() if b != "adam"))
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     data = get_task(TASK).load_data()
@@ -284,10 +331,14 @@ def main() -> None:
               f"{len(big) * EPOCHS / gpu_s:.0f} trials x epochs per second, "
               f"{g_exec / gpu_s / 1e9:.0f} GFLOP/s against a {gpu_peak / 1e12:.1f} TFLOP/s sgemm")
 
+    # 7. Every base on the demo block, beside Adam's
+    base_rates = bases_rates(flop_epochs, args.threads, reps)
+
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes share these CPUs)")
     print(
         f"RESULT speedup_vs_sequential={seq_s / packed_s:.2f} speedup_vs_ray_default={ray_s / packed_s:.1f} "
-        f"fraction_of_matmul_peak={rate / peak:.3f} fraction_of_machine_peak={machine_rate / machine_peak:.3f}"
+        f"fraction_of_matmul_peak={rate / peak:.3f} fraction_of_machine_peak={machine_rate / machine_peak:.3f} "
+        + " ".join(f"{b}_trial_epochs_per_second={r:.0f}" for b, r in base_rates.items())
     )
 
 

@@ -43,9 +43,17 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from service.domain import conventions
     from workers.demo import run_demo
 
-    return run_demo(out=args.out, quick=args.quick)
+    names = [n.strip() for n in args.optimizers.split(",") if n.strip()] if args.optimizers else None
+    for name in names or []:
+        try:
+            conventions.parse(name)
+        except conventions.UnknownOptimizer as e:
+            print(f"decouple demo: --optimizers: {e}", file=sys.stderr)
+            return 2
+    return run_demo(out=args.out, quick=args.quick, optimizers=names)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -94,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the built-in demo study end to end (SQLite + local Ray)")
     p.add_argument("--out", default="demo-report", help="folder for report.html (default ./demo-report)")
     p.add_argument("--quick", action="store_true", help="a small grid, for smoke tests")
+    p.add_argument("--optimizers", default=None, metavar="NAMES",
+                   help="comma-separated optimizer names (BASE or BASE:CONVENTION, e.g. "
+                        "lion,adam:corrected,muon; default: the five original ones)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("serve", help="run the REST API (uvicorn)")

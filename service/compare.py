@@ -45,8 +45,9 @@ from typing import Any
 import numpy as np
 
 from service.analysis import CI_MEASURES, _raw_measures, _seed_mean
+from service.domain import conventions
 from service.domain import seeds as seeds_rule
-from service.domain.catalog import DEFAULT_GRIDS, chance_level, default_wd
+from service.domain.catalog import chance_level, default_wd
 from service.errors import Conflict, InvalidInput
 
 #: Bootstrap resamples per difference; the generator seed that makes them reproducible.
@@ -144,7 +145,7 @@ def study_grids(study: dict[str, Any], trials: list[dict[str, Any]]) -> dict[str
             s, v = seeds.index(t.get("seed")), t.get(metric)
             present[s, i, j] = True
             vals[s, i, j] = np.inf if t.get("diverged") or not _finite(v) else float(v)
-        dwd = None if spec.get("wd_normalized") or name not in DEFAULT_GRIDS else default_wd(name)
+        dwd = None if spec.get("wd_normalized") or not conventions.is_known(name) else default_wd(name)
         out[name] = OptimizerGrid(lrs, wds, vals, present, chance, dwd)
     return out
 

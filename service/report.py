@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from service.analysis import basin_mask, decide, parametrizations, separability_with_ci
+from service.domain import conventions
 from service.domain import seeds as seeds_rule
-from service.domain.catalog import DEFAULT_GRIDS, TASK_INFO, chance_level, default_wd
+from service.domain.catalog import TASK_INFO, chance_level, default_wd
 from service.domain.numeric import json_safe
-from service.domain.rules import VARIANTS
 
 #: Ranking order of the verdicts: most separable first.
 VERDICT_ORDER = {"separable": 0, "no_wd_effect": 1, "inconclusive": 2, "coupled": 3, "not_enough_data": 4}
@@ -60,9 +60,11 @@ def _finite(v: Any) -> bool:
 
 def _other_convention(name: str, best: dict | None, slope: float | None) -> dict | None:
     """What the grid means in the other decoupled convention: lam_paper = lr * lam_torch."""
-    decay = VARIANTS[name].decay
-    if decay == "l2" or not best:
+    own = conventions.parse(name).convention
+    if own == "l2" or not best:
         return None
+    # constant decays like schedule, and corrected like lr, at the schedule's start (eta_t = 1)
+    decay = "schedule" if own in ("schedule", "constant") else "lr"
     lr, wd = best["lr"], best["wd"]
     if decay == "schedule":
         other_wd, other_slope = wd / lr, (slope - 1 if slope is not None else None)
@@ -78,8 +80,11 @@ def _other_convention(name: str, best: dict | None, slope: float | None) -> dict
         convention = "paper"
     sentence += (f", so the best-wd slope would read {other_slope:+.2f} there." if other_slope is not None
                  else ", which shifts the best-wd slope by " + ("-1." if decay == "schedule" else "+1."))
+    # the best cell's wd in every decoupled convention, equal per-step decay at eta_t = 1
+    per_step = wd * lr ** (conventions.LR_POWER[own] or 0)
+    in_each = {c: per_step / lr ** p for c, p in conventions.LR_POWER.items() if p is not None}
     return {"convention": convention, "best_wd": other_wd, "optimal_wd_slope": other_slope,
-            "sentence": sentence}
+            "sentence": sentence, "wd_in_each_convention": in_each}
 
 
 HEADLINES = {
@@ -152,7 +157,7 @@ def seed_grid(opt: dict, spec: dict, mine: list[dict], metric: str) -> dict[str,
 
 
 def _decide_args(name: str, spec: dict, metric: str) -> tuple[float | None, int | None]:
-    dwd = None if spec.get("wd_normalized") or name not in DEFAULT_GRIDS else default_wd(name)
+    dwd = None if spec.get("wd_normalized") or not conventions.is_known(name) else default_wd(name)
     info = TASK_INFO.get(spec.get("task") or "")
     return dwd, (info.val_size if info else None)
 
@@ -215,7 +220,7 @@ def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, cha
     batch = spec.get("batch_size") or (info.batch_size if info else None)
     ipe = math.ceil(info.train_size / batch) if info and info.train_size and batch else None
     sched = (spec.get("schedule") or {}).get("name")
-    params = parametrizations(lrs, wds, dec, VARIANTS[name].decay, iters_per_epoch=ipe,
+    params = parametrizations(lrs, wds, dec, conventions.parse(name).convention, iters_per_epoch=ipe,
                               constant_schedule=sched == "constant")
     if dec.get("ridge"):
         for k in ("_means", "_counts"):
@@ -224,10 +229,12 @@ def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, cha
     diverged = (present & ~np.isfinite(vals)).sum(axis=0)
     mean = np.where(present & np.isfinite(vals), vals, 0.0).sum(axis=0) / np.maximum(finished, 1)
     value = np.where((finished > 0) & (diverged == 0), mean, np.nan)
-    variant = VARIANTS[name]
+    variant = conventions.parse(name)
     entry = {
         "name": name,
         "title": variant.title,
+        "base": variant.base,
+        "convention": variant.convention,
         "decay_convention": variant.decay_convention,
         "rule": variant.rule,
         **{k: res[k] for k in ("best", "interaction_share", "interaction_share_rank", "optimal_wd_slope",
@@ -303,12 +310,13 @@ def pilot_png(pilot: dict) -> str:
 
 def _unplaced_entry(name: str, n_trials: int) -> dict:
     """An optimizer whose ``auto`` grid has not been placed by its pilot run yet."""
-    variant = VARIANTS[name]
+    variant = conventions.parse(name)
     none = dict.fromkeys(("best", "interaction_share", "interaction_share_rank", "optimal_wd_slope",
                           "basin_tilt_deg", "basin_angle_deg", "coordinate_regret", "coordinate_trials",
                           "separability", "other_convention", "default_wd", "decision",
                           "parametrizations"))
-    return {"name": name, "title": variant.title, "decay_convention": variant.decay_convention,
+    return {"name": name, "title": variant.title, "base": variant.base, "convention": variant.convention,
+            "decay_convention": variant.decay_convention,
             "rule": variant.rule, **none, "ci": {}, "noise": {}, "unreliable": [], "diagnostics": {},
             "warnings": ["The grid is not placed yet: its auto axis waits for the pilot run."],
             "grid": {"lr": [], "wd": [], "value": [], "diverged": [], "seeds": [], "basin": []},
@@ -778,7 +786,8 @@ def render_html(report: dict) -> str:
         parts.append(f"<section class='card optimizer' id='opt-{_e(e['name'])}'>"
                      f"<h2>{_e(e['name'])} &mdash; {_e(e.get('title', ''))}</h2>"
                      f"<p class='verdict'>{_e(e.get('verdict', ''))}</p>"
-                     f"<p class='conv'>Decay convention: {_e(e.get('decay_convention', ''))}. "
+                     f"<p class='conv'>Base: {_e(e.get('base', ''))}; convention: "
+                     f"{_e(e.get('convention', ''))} ({_e(e.get('decay_convention', ''))}). "
                      f"Update: <code>{_e(e.get('rule', ''))}</code></p>")
         heat = (f"<img class='heatmap' alt='heat map of {_e(metric)} over lr and wd for {_e(e['name'])}' "
                 f"src='{heatmap_png(e, metric, report.get('chance'))}'>" if e["grid"]["lr"] and e["grid"]["wd"]

@@ -21,10 +21,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_serializer, model_validator
 
+from service.domain import conventions
 from service.domain import seeds as seeds_rule
-from service.domain.catalog import DEFAULT_GRIDS, TASK_INFO
+from service.domain.catalog import TASK_INFO, default_grid
 from service.domain.grid import axis_values as axis_values  # re-exported: the spec's axes' points
-from service.domain.rules import OPTIMIZER_NAMES, SCHEDULE_NAMES
+from service.domain.rules import OPTIMIZER_NAMES as OPTIMIZER_NAMES  # re-exported: the paper's five names
+from service.domain.rules import SCHEDULE_NAMES
 
 MAX_AXIS_POINTS = 64
 MAX_SEEDS = 16
@@ -132,23 +134,23 @@ class OptimizerSpec(_Spec):
     """One optimizer of the study and its lr x wd grid; an axis left out takes the default."""
 
     # The enum documents the names; the validator below gives the friendlier message.
-    name: str = Field(json_schema_extra={"enum": list(OPTIMIZER_NAMES)})
+    name: str = Field(json_schema_extra={"enum": list(conventions.all_names())})
     lr: GridAxis | None = None
     wd: GridAxis | None = None
 
     @field_validator("name")
     @classmethod
     def _known_optimizer(cls, name: str) -> str:
-        if name not in OPTIMIZER_NAMES:
-            raise ValueError(
-                f"unknown optimizer {name!r} (expected one of {_names(OPTIMIZER_NAMES)})"
-            )
+        try:
+            conventions.parse(name)
+        except conventions.UnknownOptimizer as e:
+            raise ValueError(str(e)) from None
         return name
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> OptimizerSpec:
         for key in ("lr", "wd"):
-            default = DEFAULT_GRIDS[self.name][key]
+            default = default_grid(self.name)[key]
             axis = getattr(self, key)
             if axis is None:
                 axis = GridAxis(min=default.min, max=default.max, num=default.num)
@@ -543,14 +545,38 @@ class AxisPublic(BaseModel):
 class OptimizerInfoPublic(BaseModel):
     name: str
     title: str
+    base: str
+    convention: str
+    #: The ``BASE:CONVENTION`` an alias or a bare base stands for (the name itself otherwise).
+    canonical: str
     decay_convention: str
     rule: str
     default_grid: dict[str, AxisPublic]
 
 
+class BaseInfoPublic(BaseModel):
+    name: str
+    title: str
+    family: str
+    reference: str
+    reference_convention: str
+    rule: str
+
+
+class ConventionInfoPublic(BaseModel):
+    name: str
+    decay: str
+    description: str
+
+
 class OptimizersPublic(BaseModel):
+    """Every name a spec may use (``data``), and the bases, conventions and aliases they combine."""
+
     data: list[OptimizerInfoPublic]
     count: int
+    bases: list[BaseInfoPublic]
+    conventions: list[ConventionInfoPublic]
+    aliases: dict[str, str]
 
 
 class TaskInfoPublic(BaseModel):

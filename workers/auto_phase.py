@@ -37,7 +37,6 @@ from service.domain import placement
 from service.domain import seeds as seeds_rule
 from service.domain.catalog import chance_level
 from service.domain.grid import Axis, normalized_wd_scale
-from service.domain.rules import FAMILY
 from workers.planning import PilotCell, TrialRow, even_split, make_blocks
 
 log = logging.getLogger(__name__)
@@ -134,7 +133,7 @@ def add_pilots(engine, study_id: str) -> tuple[list[list[str]], dict[str, int]]:
             epochs[opt["name"]] = pilot_epochs_for(spec, opt, len(rows))
             store.add_trials(s, study_id, rows, phase="pilot")
             shared = spec.get("share_lr_window") and opt["lr"].get("auto")
-            key = "family:" + FAMILY[opt["name"]] if shared else opt["name"]
+            key = "family:" + placement.family_of(opt["name"]) if shared else opt["name"]
             groups.setdefault(key, []).append(opt["name"])
     return list(groups.values()), epochs
 

@@ -14,25 +14,34 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.domain.catalog import DEFAULT_GRIDS
+from service.domain.catalog import default_grid
 from service.domain.rules import OPTIMIZER_NAMES
+from workers.optim import get_variant
 
 
-def demo_spec(quick: bool = False) -> dict[str, Any]:
-    """The demo study's spec (``docs/api.md`` format)."""
+def demo_spec(quick: bool = False, optimizers: list[str] | None = None) -> dict[str, Any]:
+    """The demo study's spec (``docs/api.md`` format): the five original optimizers, or ``optimizers``.
+
+    ``optimizers`` are names as a spec takes them (``BASE``, ``BASE:CONVENTION``, aliases); an
+    unknown one raises ``ValueError`` listing the valid ones.
+    """
+    names = list(OPTIMIZER_NAMES) if not optimizers else list(dict.fromkeys(optimizers))
+    for name in names:
+        get_variant(name)
+    what = "five optimizers" if not optimizers else ", ".join(names)
     if quick:
-        optimizers = [
-            {"name": name,
-             "lr": {**DEFAULT_GRIDS[name]["lr"].as_dict(), "num": 4},
-             "wd": {**DEFAULT_GRIDS[name]["wd"].as_dict(), "num": 4}}
-            for name in OPTIMIZER_NAMES
-        ]
-        return {"name": "demo (quick): digits, five optimizers", "task": "digits_mlp", "epochs": 8,
-                "batch_size": 64, "schedule": {"name": "cosine"}, "optimizers": optimizers,
+        specs = []
+        for name in names:
+            grid = default_grid(name)
+            specs.append({"name": name,
+                          "lr": {**grid["lr"].as_dict(), "num": 4},
+                          "wd": {**grid["wd"].as_dict(), "num": 4}})
+        return {"name": f"demo (quick): digits, {what}", "task": "digits_mlp", "epochs": 8,
+                "batch_size": 64, "schedule": {"name": "cosine"}, "optimizers": specs,
                 "seeds": [0], "metric": "val_error"}
-    return {"name": "demo: digits, five optimizers", "task": "digits_mlp", "epochs": 30,
+    return {"name": f"demo: digits, {what}", "task": "digits_mlp", "epochs": 30,
             "batch_size": 64, "schedule": {"name": "cosine"},
-            "optimizers": [{"name": name} for name in OPTIMIZER_NAMES],
+            "optimizers": [{"name": name} for name in names],
             "seeds": [0, 1], "metric": "val_error"}
 
 
@@ -70,7 +79,7 @@ class ProgressWatcher(threading.Thread):
         self.join(timeout=10)
 
 
-def run_demo(out: str | Path = "demo-report", quick: bool = False) -> int:
+def run_demo(out: str | Path = "demo-report", quick: bool = False, optimizers: list[str] | None = None) -> int:
     from service import store
     from service.config import get_settings
     from service.db import make_engine, session_scope, upgrade_to_head
@@ -85,7 +94,7 @@ def run_demo(out: str | Path = "demo-report", quick: bool = False) -> int:
     os.environ.setdefault("MPLCONFIGDIR", str(settings.data_dir.resolve() / "matplotlib"))
     upgrade_to_head(settings.database_url)
     engine = make_engine(settings.database_url)
-    spec = StudySpec.model_validate(demo_spec(quick), context={"max_trials": settings.max_trials})
+    spec = StudySpec.model_validate(demo_spec(quick, optimizers), context={"max_trials": settings.max_trials})
     with session_scope(engine) as s:
         study = store.create_study(s, spec, owner="local")
         study_id, total = study.id, study.trials_total

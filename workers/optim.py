@@ -1,4 +1,9 @@
-"""The five optimizer variants of Loshchilov & Hutter (ICLR 2019), written once.
+"""Every optimizer the service studies, written once: a base direction x a decay convention.
+
+Names, aliases and rule texts live in ``service.domain.conventions`` (no torch); this module runs
+them. The bases beyond SGD and Adam (Lion, RAdam, NAdam, Adafactor, Muon) are in
+``workers.bases``; the five conventions are one factor c in theta <- theta*(1 - c), or L2 added to
+the gradient (:func:`_decay_factor`). The paper's five variants, below, are five of the names.
 
 Every variant is the same chain of three links, as in optax::
 
@@ -42,6 +47,7 @@ import torch
 from torch import nn
 
 from service.domain.rules import DECAY_ON, OPTIMIZER_NAMES, VARIANTS, Variant, get_variant
+from workers import bases
 
 __all__ = [
     "DECAY_ON", "OPTIMIZER_NAMES", "VARIANTS", "DecayChainOptimizer", "Variant", "apply_update",
@@ -50,6 +56,9 @@ __all__ = [
 
 #: A Python float, or a tensor broadcasting against the parameter (one value per packed config).
 Number: TypeAlias = "float | torch.Tensor"
+
+#: Bases whose step reads whole tensors: run on (K, *shape) tensors (``batched``), not on flat segments.
+PER_TENSOR_BASES = frozenset({"adafactor", "muon"})
 
 
 def _real(v: Any) -> bool:
@@ -82,15 +91,22 @@ def apply_update(
     lr: Number,
     weight_decay: Number,
     eta: Number,
-    momentum: float = 0.9,
-    betas: tuple[float, float] = (0.9, 0.999),
+    momentum: float | None = None,
+    betas: tuple[float, float] | None = None,
     eps: float = 1e-8,
+    batched: bool = False,
+    muon_matrix: bool = False,
 ) -> None:
     """One step of ``variant`` on ``p`` in place.
 
     ``lr`` is the current step size a*eta_t (what a scheduler leaves in ``group["lr"]``),
     ``eta`` the schedule value eta_t alone, ``weight_decay`` lam. Each may be a tensor that
-    broadcasts against ``p`` (one value per packed configuration).
+    broadcasts against ``p`` (one value per packed configuration). ``batched`` says ``p`` has a
+    leading config axis (the packed trainer's per-tensor views), which the per-tensor bases
+    (Adafactor, Muon) need; a plain parameter is treated as one config. ``muon_matrix`` marks a
+    hidden weight matrix for the ``muon`` base; its other parameters take the ``adam`` step.
+    ``momentum`` and ``betas`` default to the base's reference defaults (SGD 0.9, Muon 0.95;
+    Lion (0.9, 0.99), the Adam family (0.9, 0.999)).
     """
     g = grad
     if variant.decay == "l2":
@@ -99,9 +115,32 @@ def apply_update(
         elif weight_decay != 0:
             # Skipped at 0 as torch.optim does: 0*theta is NaN once theta has diverged to inf.
             g = g.add(p, alpha=weight_decay)
+    c = None if variant.decay == "l2" else _decay_factor(variant, lr, weight_decay, eta)
+
+    base = variant.base
+    if base == "muon" and not muon_matrix:
+        base = "adam"
+    if base in PER_TENSOR_BASES:
+        if not batched:
+            p, g = p.unsqueeze(0), g.unsqueeze(0)
+        if base == "muon":
+            bases.muon_step(p, g, state, lr=lr, c=c, momentum=0.95 if momentum is None else momentum)
+        else:
+            bases.adafactor_step(p, g, state, lr=lr, c=c)
+        return
+    if base == "lion":
+        bases.lion_step(p, g, state, lr=lr, c=c, betas=betas or (0.9, 0.99))
+        return
+    if base == "radam":
+        bases.radam_step(p, g, state, lr=lr, c=c, betas=betas or (0.9, 0.999), eps=eps)
+        return
+    if base == "nadam":
+        bases.nadam_step(p, g, state, lr=lr, c=c, betas=betas or (0.9, 0.999), eps=eps)
+        return
 
     step_size = lr
-    if variant.base == "sgd":
+    if base == "sgd":
+        momentum = 0.9 if momentum is None else momentum
         if momentum == 0:
             # As torch.optim.SGD: no buffer, since 0*buf would turn one inf gradient into NaN for good.
             direction = g
@@ -113,7 +152,7 @@ def apply_update(
                 buf.mul_(momentum).add_(g)
             direction = buf
     else:
-        beta1, beta2 = betas
+        beta1, beta2 = betas or (0.9, 0.999)
         if "exp_avg" not in state:
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(p)
@@ -128,8 +167,8 @@ def apply_update(
         denom = exp_avg_sq.sqrt().div_(bias2_sqrt).add_(eps)
         if not isinstance(lr, torch.Tensor):
             # Scalar path written as torch.optim.Adam does it, so the two agree to the last bit.
-            if variant.decay != "l2":
-                p.mul_(1 - _decay_factor(variant, lr, weight_decay, eta))
+            if c is not None:
+                p.mul_(1 - c)
             p.addcdiv_(exp_avg, denom, value=-lr / bias1)
             return
         # Packed path (workers.packed, memory-bound): the quotient reuses denom's buffer and
@@ -137,21 +176,33 @@ def apply_update(
         direction = torch.div(exp_avg, denom, out=denom)
         step_size = lr / bias1
 
-    if variant.decay != "l2":
-        c = _decay_factor(variant, lr, weight_decay, eta)
+    if c is not None:
         p.mul_(1 - c)
     _axpy_(p, direction, step_size)
 
 
 def _decay_factor(variant: Variant, lr: Number, weight_decay: Number, eta: Number) -> Number:
-    """c in theta <- theta*(1 - c): eta_t*lam (paper) or a*eta_t*lam (PyTorch)."""
+    """c in theta <- theta*(1 - c) for a decoupled convention (``conventions.CONVENTION_RULE``).
+
+    With ``lr`` = a*eta_t the scheduled step size: ``lr`` -> a*eta_t*lam, ``schedule`` ->
+    eta_t*lam, ``constant`` -> lam, ``corrected`` -> a*eta_t^2*lam = lr*eta_t*lam.
+    """
     if variant.decay == "schedule":
         return eta * weight_decay
+    if variant.decay == "constant":
+        return weight_decay
+    if variant.decay == "corrected":
+        return lr * eta * weight_decay
     return lr * weight_decay
 
 
 class DecayChainOptimizer(torch.optim.Optimizer):
-    """A ``torch.optim.Optimizer`` running one of the five variants (see the module docstring)."""
+    """A ``torch.optim.Optimizer`` running any base x convention (see the module docstring).
+
+    A group with ``muon=True`` holds the hidden weight matrices the ``muon`` base orthogonalizes;
+    its other groups take the ``adam`` step (:func:`build_optimizer` makes the split).
+    ``momentum``/``betas`` left as None take the base's reference defaults (:func:`apply_update`).
+    """
 
     def __init__(
         self,
@@ -159,14 +210,14 @@ class DecayChainOptimizer(torch.optim.Optimizer):
         variant: Variant,
         lr: float,
         weight_decay: float,
-        momentum: float = 0.9,
-        betas: tuple[float, float] = (0.9, 0.999),
+        momentum: float | None = None,
+        betas: tuple[float, float] | None = None,
         eps: float = 1e-8,
     ) -> None:
         check_hyperparameters(lr, weight_decay)
-        if not 0.0 <= momentum < 1.0:
+        if momentum is not None and not 0.0 <= momentum < 1.0:
             raise ValueError(f"Invalid momentum value: {momentum}")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+        if betas is not None and not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"Invalid beta parameters: {betas}")
         if not eps >= 0.0:
             raise ValueError(f"Invalid epsilon value: {eps}")
@@ -204,6 +255,7 @@ class DecayChainOptimizer(torch.optim.Optimizer):
                     self.variant, p, p.grad, self.state[p],
                     lr=lr, weight_decay=group["weight_decay"], eta=eta,
                     momentum=group["momentum"], betas=group["betas"], eps=group["eps"],
+                    muon_matrix=bool(group.get("muon", False)),
                 )
         return loss
 
@@ -246,14 +298,39 @@ def decayed_parameter_names(model: nn.Module, decay_on: str = "all") -> set[str]
     return chosen & names
 
 
-def param_groups(model: nn.Module, decay_on: str = "all") -> list[dict[str, Any]]:
-    """Two parameter groups: decayed ones, and the rest with ``weight_decay=0``."""
+def muon_parameter_names(model: nn.Module) -> set[str]:
+    """The hidden weight matrices the ``muon`` base orthogonalizes.
+
+    Every parameter of two or more axes (linear weights, conv kernels) except the last one in
+    registration order, which is the output layer in every task here; biases, normalization
+    parameters and the output layer take the ``adam`` step, as torch's documentation and the Muon
+    authors recommend.
+    """
+    matrices = [n for n, p in model.named_parameters() if p.dim() >= 2]
+    return set(matrices[:-1])
+
+
+def param_groups(model: nn.Module, decay_on: str = "all", *, muon: bool = False) -> list[dict[str, Any]]:
+    """Parameter groups: decayed ones, and the rest with ``weight_decay=0``.
+
+    With ``muon`` each of the two is split again into the hidden weight matrices (``muon=True``,
+    :func:`muon_parameter_names`) and the rest.
+    """
     decayed = decayed_parameter_names(model, decay_on)
-    on = [p for n, p in model.named_parameters() if n in decayed]
-    off = [p for n, p in model.named_parameters() if n not in decayed]
-    groups: list[dict[str, Any]] = [{"params": on}]
-    if off:
-        groups.append({"params": off, "weight_decay": 0.0})
+    matrices = muon_parameter_names(model) if muon else set()
+    named = list(model.named_parameters())
+    groups: list[dict[str, Any]] = []
+    for on in (True, False):
+        for is_matrix in (False, True):
+            params = [p for n, p in named if (n in decayed) == on and (n in matrices) == is_matrix]
+            if not params and not (on and not is_matrix):  # the first group is always there
+                continue
+            group: dict[str, Any] = {"params": params}
+            if not on:
+                group["weight_decay"] = 0.0
+            if is_matrix:
+                group["muon"] = True
+            groups.append(group)
     return groups
 
 
@@ -264,22 +341,35 @@ def build_optimizer(
     weight_decay: float,
     *,
     decay_on: str = "all",
-    momentum: float = 0.9,
-    betas: tuple[float, float] = (0.9, 0.999),
+    momentum: float | None = None,
+    betas: tuple[float, float] | None = None,
     eps: float = 1e-8,
 ) -> torch.optim.Optimizer:
-    """The optimizer ``name`` (one of :data:`OPTIMIZER_NAMES`) over ``params``.
+    """The optimizer ``name`` (``BASE``, ``BASE:CONVENTION`` or an alias) over ``params``.
 
-    ``weight_decay`` is lam in the rule the module docstring gives for ``name``. ``params`` may be
-    an ``nn.Module``, in which case ``decay_on`` chooses which of its parameters are decayed;
-    with an iterable of tensors or parameter groups every given tensor is treated alike.
+    ``weight_decay`` is lam in the rule ``service.domain.conventions.rule_text`` gives for
+    ``name``. ``params`` may be an ``nn.Module``, in which case ``decay_on`` chooses which of its
+    parameters are decayed (and, for ``muon``, :func:`muon_parameter_names` which are
+    orthogonalized); with an iterable of tensors every given tensor is treated alike (for ``muon``:
+    every tensor of two or more axes is orthogonalized), and groups given as dicts may set
+    ``muon=True`` themselves.
     """
     variant = get_variant(name)
     check_hyperparameters(lr, weight_decay)
     if isinstance(params, nn.Module):
-        params = param_groups(params, decay_on)
+        params = param_groups(params, decay_on, muon=variant.base == "muon")
     elif decay_on != "all":
         raise ValueError("decay_on other than 'all' needs the nn.Module itself as params")
+    elif variant.base == "muon":
+        given = list(params)
+        if given and not isinstance(given[0], dict):
+            groups: list[dict[str, Any]] = [
+                {"params": [p for p in given if p.dim() < 2]},
+                {"params": [p for p in given if p.dim() >= 2], "muon": True},
+            ]
+            params = [g for g in groups if g["params"]]
+        else:
+            params = given
     return DecayChainOptimizer(
         params, variant, lr, weight_decay, momentum=momentum, betas=betas, eps=eps
     )

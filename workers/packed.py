@@ -74,7 +74,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.optim import DECAY_ON, apply_update, check_hyperparameters, decayed_parameter_names, get_variant
+from workers.optim import (
+    DECAY_ON,
+    PER_TENSOR_BASES,
+    apply_update,
+    check_hyperparameters,
+    decayed_parameter_names,
+    get_variant,
+    muon_parameter_names,
+)
 from workers.schedules import Schedule, normalized_weight_decay
 from workers.tasks import SyntheticTask, Task, TaskData, get_task
 
@@ -283,28 +291,69 @@ class StackOptimizer:
     Segments are the decayed columns [0, n_decayed) and the rest (weight decay 0.0). The state
     starts at zero, which for SGD's momentum buffer gives b_1 = 0.9*0 + g_1 = g_1 exactly, the
     buffer ``apply_update`` would otherwise create.
+
+    The per-tensor bases (Adafactor, Muon: ``optim.PER_TENSOR_BASES``) read whole tensors, so they
+    step once per parameter on its (K, *shape) view, with per-config lr and decay shaped to
+    broadcast against it and their state kept per parameter (Muon's hidden matrices are
+    ``optim.muon_parameter_names`` of the template; its other parameters take the adam step).
     """
 
-    def __init__(self, optimizer: str, stack: Stack) -> None:
+    _STATE = {"sgd": ("momentum_buffer",), "lion": ("exp_avg",)}
+
+    def __init__(self, optimizer: str, stack: Stack, template: nn.Module | None = None) -> None:
         self.variant = get_variant(optimizer)
-        names = ("momentum_buffer",) if self.variant.base == "sgd" else ("exp_avg", "exp_avg_sq")
-        self.state = {n: torch.zeros_like(stack.p) for n in names}
+        self.per_tensor = self.variant.base in PER_TENSOR_BASES
         self.steps = 0
         self.segments = [(a, b) for a, b in ((0, stack.n_decayed), (stack.n_decayed, stack.P)) if b > a]
         self.n_decayed = stack.n_decayed
+        #: Non-tensor state an elementwise base carries between steps (NAdam's mu product), per segment.
+        self.scalars: dict[tuple[int, int], dict[str, Any]] = {seg: {} for seg in self.segments}
+        self.state: dict[str, torch.Tensor] = {}
+        self.tensor_state: dict[str, dict[str, Any]] = {}
+        self.matrices: set[str] = set()
+        if self.per_tensor:
+            self.tensor_state = {n: {} for n, *_ in stack.layout}
+            if self.variant.base == "muon" and template is not None:
+                self.matrices = muon_parameter_names(template)
+        else:
+            names = self._STATE.get(self.variant.base, ("exp_avg", "exp_avg_sq"))
+            self.state = {n: torch.zeros_like(stack.p) for n in names}
 
     def select(self, rows: torch.Tensor) -> None:
         self.state = {n: t.index_select(0, rows) for n, t in self.state.items()}
+        for st in self.tensor_state.values():
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    st[k] = v.index_select(0, rows)
 
     @torch.no_grad()
     def step(self, stack: Stack, lr: torch.Tensor, wd: torch.Tensor, eta: float) -> None:
         """lr: (K, 1) current step sizes a*eta_t; wd: (K, 1) lam; eta: the schedule value."""
+        if self.per_tensor:
+            self._step_tensors(stack, lr, wd, eta)
+            return
         for a, b in self.segments:
             st: dict[str, Any] = {n: t[:, a:b] for n, t in self.state.items()}
+            st.update(self.scalars[(a, b)])
             st["step"] = self.steps
             apply_update(
                 self.variant, stack.p[:, a:b], stack.g[:, a:b], st,
                 lr=lr, weight_decay=wd if a < self.n_decayed else 0.0, eta=eta,
+            )
+            self.scalars[(a, b)] = {k: v for k, v in st.items()
+                                    if k != "step" and not isinstance(v, torch.Tensor)}
+        self.steps += 1
+
+    def _step_tensors(self, stack: Stack, lr: torch.Tensor, wd: torch.Tensor, eta: float) -> None:
+        K = stack.K
+        for name, a, b, shape in stack.layout:
+            view = (K, *shape)
+            ones = (1,) * len(shape)
+            apply_update(
+                self.variant, stack.p[:, a:b].view(view), stack.g[:, a:b].view(view),
+                self.tensor_state[name], lr=lr.view(K, *ones),
+                weight_decay=wd.view(K, *ones) if a < self.n_decayed else 0.0, eta=eta,
+                batched=True, muon_matrix=name in self.matrices,
             )
         self.steps += 1
 
@@ -499,7 +548,7 @@ class PackedRun:
         self.stack = Stack(models, decayed, device)
         self.engine = make_engine(self.template, spec.batch_size)
         self.engine.bind(self.stack)
-        self.opt = StackOptimizer(spec.optimizer, self.stack)
+        self.opt = StackOptimizer(spec.optimizer, self.stack, self.template)
         self.gens = [task.data_generator(c.seed) for c in self.configs]
         self.rows = list(range(len(self.configs)))  # config index of each live row
         self.lr64 = torch.tensor([[c.lr] for c in self.configs], dtype=torch.float64, device=device)

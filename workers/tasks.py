@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.domain.catalog import DEFAULT_GRIDS, TASK_INFO, TaskInfo
+from service.domain import conventions
+from service.domain.catalog import TASK_INFO, TaskInfo, default_grid
 from service.domain.rules import DECAY
 
 # --------------------------------------------------------------------------------------------
@@ -429,9 +430,14 @@ class SyntheticTask(Task):
     def analytic(self) -> bool:
         return True
 
+    @staticmethod
+    def coupling(optimizer: str) -> float:
+        """0 where the decay is not multiplied by lr (schedule, constant), else 1 (l2, lr, corrected)."""
+        return 0.0 if conventions.parse(optimizer).convention in ("schedule", "constant") else 1.0
+
     def centre(self, optimizer: str) -> tuple[float, float]:
         """(lr*, wd*) for ``optimizer``."""
-        grid = DEFAULT_GRIDS[optimizer]
+        grid = default_grid(optimizer)
         if self.outside is not None:
             return grid["lr"].min / 10 ** self.outside[0], grid["wd"].max * 10 ** self.outside[1]
         lr_c = 0.5 * (math.log10(grid["lr"].min) + math.log10(grid["lr"].max)) + self.shift[0]
@@ -454,7 +460,7 @@ class SyntheticTask(Task):
             nan = float("nan")
             return SyntheticOutcome(nan, nan, nan, True)
         v = math.log10(lam) - math.log10(wd_c) if lam > 0 else -12.0
-        s = self.COUPLING[optimizer]
+        s = self.COUPLING.get(optimizer, self.coupling(optimizer))
         err = self.floor + self.a * u**2 + self.b * (v + s * u) ** 2
         sigma = self.sigma_by_optimizer.get(optimizer, self.sigma)
         err += sigma * self._noise(optimizer, lr, wd, seed)

@@ -46,9 +46,10 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from service.domain import conventions
 from service.domain.grid import Axis, Direction, axis_value
 from service.domain.numeric import parabola_vertex
-from service.domain.rules import DECAY, FAMILY
+from service.domain.rules import FAMILY
 
 #: Points per auto axis of the pilot grid (6 x 6 = 36 one-seed cells when both axes are auto).
 PILOT_POINTS = 6
@@ -59,6 +60,32 @@ PILOT_LR: dict[str, Axis] = {"sgd": Axis(1e-5, 10.0, PILOT_POINTS),
 PILOT_WD: dict[str, Axis] = {"l2": Axis(1e-7, 1.0, PILOT_POINTS),
                              "schedule": Axis(1e-6, 1.0, PILOT_POINTS),
                              "lr": Axis(1e-4, 100.0, PILOT_POINTS)}
+
+
+def family_of(optimizer: str) -> str:
+    """The family (shared lr window) of any optimizer name: ``conventions.FAMILY`` of its base."""
+    return FAMILY.get(optimizer) or conventions.parse(optimizer).family
+
+
+def pilot_lr_axis(base: str) -> Axis:
+    """Pilot lr axis of a base: the family's for SGD and the Adam family, else 6 decades around the
+    base's default lr axis (3 below its min, 3 above its max, 6 points)."""
+    if base in PILOT_LR:
+        return PILOT_LR[base]
+    if conventions.FAMILY[base] in PILOT_LR:
+        return PILOT_LR[conventions.FAMILY[base]]
+    lo, hi, _ = conventions.BASE_LR[base]
+    return Axis(lo / 1e2, min(hi * 1e1, 10.0), PILOT_POINTS)
+
+
+def pilot_wd_axis(base: str, convention: str) -> Axis:
+    """Pilot wd axis: the convention's (the paper's three), else 2 decades around the default wd axis."""
+    if convention in PILOT_WD and base in ("sgd", "adam"):
+        return PILOT_WD[convention]
+    lo, hi, _ = conventions.default_grid(f"{base}:{convention}")["wd"]
+    return Axis(lo / 1e2, hi * 1e1, PILOT_POINTS)
+
+
 #: Decades spanned by a placed (lr, wd) window.
 SPAN_DECADES: tuple[float, float] = (3.0, 4.0)
 #: A placed window never reaches below these.
@@ -96,14 +123,13 @@ def pilot_axes(optimizer: str, lr_auto: bool, wd_auto: bool, given_lr: Axis | No
     ``PILOT_WD[decay convention]`` (the wd range times ``wd_scale``, for ``wd_normalized``). A
     given axis keeps its values, or ``points`` of them spread evenly when it has more.
     """
-    if optimizer not in FAMILY:
-        raise ValueError(f"unknown optimizer {optimizer!r} (expected one of {', '.join(FAMILY)})")
+    rule = conventions.parse(optimizer)  # UnknownOptimizer (a ValueError) lists the valid names
     if not (math.isfinite(wd_scale) and wd_scale > 0):
         raise ValueError(f"wd_scale must be a positive finite number, not {wd_scale!r}")
     out = []
     for auto, given, name in ((lr_auto, given_lr, "lr"), (wd_auto, given_wd, "wd")):
         if auto:
-            ax = PILOT_LR[FAMILY[optimizer]] if name == "lr" else PILOT_WD[DECAY[optimizer]]
+            ax = pilot_lr_axis(rule.base) if name == "lr" else pilot_wd_axis(rule.base, rule.convention)
             scale = wd_scale if name == "wd" else 1.0
             out.append(np.geomspace(ax.min * scale, ax.max * scale, points))
         else:
@@ -402,10 +428,13 @@ def share_lr_window(windows: Mapping[str, Axis], family: Mapping[str, str] | Non
     with equal ``num`` get identical axes and their heat maps line up cell by cell. Optimizers
     alone in their family are returned unchanged.
     """
-    family = FAMILY if family is None else family
     groups: dict[str, list[str]] = {}
     for name in windows:
-        groups.setdefault(family.get(name, name), []).append(name)
+        if family is not None:
+            key = family.get(name, name)
+        else:
+            key = family_of(name) if conventions.is_known(name) else name
+        groups.setdefault(key, []).append(name)
     out = dict(windows)
     for members in groups.values():
         if len(members) < 2:

@@ -1,72 +1,64 @@
-"""The update-rule vocabulary: the five optimizer variants, each written down once.
+"""The update-rule vocabulary as the rest of the service reads it: variants, the paper's five names.
 
-Every variant is a base direction (SGD with momentum, or Adam) and a place for the weight
-decay (``l2``: added to the gradient; ``schedule``: decoupled, scaled by the schedule only;
-``lr``: decoupled, multiplied by the learning rate). The exact formulas are in
-``docs/update-rules.md``; ``workers.optim`` implements them in torch.
+Every optimizer is a base direction and a decay convention; ``service.domain.conventions`` defines
+the bases, conventions, aliases and rule texts once (the exact formulas are in
+``docs/update-rules.md``), and this module presents them as :class:`Variant` records. The five
+names of the paper's comparison (``sgd``, ``sgdw``, ``adam``, ``adamw``, ``adamw_torch``) are
+aliases among the others; :data:`VARIANTS`, :data:`FAMILY` and :data:`DECAY` list those five.
+``workers.optim`` implements every rule in torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from functools import cache
 
-Base = Literal["sgd", "adam"]
-Decay = Literal["l2", "schedule", "lr"]
+from service.domain import conventions
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One optimizer: its base direction and where its weight decay sits."""
+    """One optimizer: its base direction and where its weight decay sits.
+
+    ``base`` is one of ``conventions.BASES``, ``decay`` one of ``conventions.CONVENTIONS``.
+    """
 
     name: str
-    base: Base
-    decay: Decay
+    base: str
+    decay: str
     title: str
     decay_convention: str
     rule: str
 
 
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant("sgd", "sgd", "l2", "SGD with momentum + L2",
-                "L2: decay added to the gradient, so it goes through momentum",
-                "g <- g + wd*theta; b <- momentum*b + g; theta <- theta - eta_t*lr*b"),
-        Variant("sgdw", "sgd", "schedule", "SGDW (paper, Algorithm 1)",
-                "decoupled; scaled by the schedule, not by lr",
-                "b <- momentum*b + g; theta <- theta - eta_t*lr*b - eta_t*wd*theta"),
-        Variant("adam", "adam", "l2", "Adam + L2",
-                "L2: decay added to the gradient, so it goes through Adam's preconditioner",
-                "g <- g + wd*theta, then Adam"),
-        Variant("adamw", "adam", "schedule", "AdamW (paper, Algorithm 2)",
-                "decoupled; scaled by the schedule, not by lr",
-                "theta <- theta - eta_t*(lr*mhat/(sqrt(vhat)+eps) + wd*theta)"),
-        Variant("adamw_torch", "adam", "lr", "AdamW as in torch.optim.AdamW",
-                "decoupled from the preconditioner but multiplied by lr (PyTorch, optax, Keras)",
-                "theta <- theta*(1 - lr*eta_t*wd), then Adam"),
-    )
-}
+@cache
+def _variant(name: str) -> Variant:
+    r = conventions.parse(name)
+    return Variant(r.name, r.base, r.convention, r.title, r.decay_convention, r.rule)
 
-#: The optimizer names, in the order the catalogue and the reports list them.
-OPTIMIZER_NAMES: tuple[str, ...] = tuple(VARIANTS)
+
+def get_variant(name: str) -> Variant:
+    """The variant ``name`` stands for (``BASE``, ``BASE:CONVENTION`` or an alias); ValueError
+    naming the valid bases, conventions and aliases otherwise."""
+    if not isinstance(name, str):
+        raise ValueError(f"Unknown optimizer: {name!r} ({conventions.valid_names_message()})")
+    try:
+        return _variant(name)
+    except conventions.UnknownOptimizer as e:
+        raise ValueError(f"Unknown optimizer: {name!r} ({conventions.valid_names_message()})") from e
+
+
+#: The paper's five names, in the order the catalogue and the reports list them first (every name
+#: a spec may use: ``conventions.all_names()``).
+OPTIMIZER_NAMES: tuple[str, ...] = conventions.LEGACY_NAMES
+VARIANTS: dict[str, Variant] = {name: get_variant(name) for name in OPTIMIZER_NAMES}
 #: Which parameters receive weight decay (see ``workers.optim.decayed_parameter_names``).
 DECAY_ON: tuple[str, ...] = ("all", "weights", "invariant")
 #: The learning-rate schedules (each also scales the decoupled ``schedule`` decay).
 SCHEDULE_NAMES: tuple[str, ...] = ("constant", "step", "cosine", "cosine_restarts")
 #: The metrics a study may rank by (lower is better).
 METRIC_NAMES: tuple[str, ...] = ("val_error", "val_loss")
-#: Optimizer -> family (its base direction).
+#: The five names -> family (their base direction); any name: ``conventions.parse(name).family``.
 FAMILY: dict[str, str] = {name: v.base for name, v in VARIANTS.items()}
-#: Optimizer -> where its decay sits.
+#: The five names -> where the decay sits; any name: ``conventions.parse(name).convention``.
 DECAY: dict[str, str] = {name: v.decay for name, v in VARIANTS.items()}
-
-
-def get_variant(name: str) -> Variant:
-    """The variant called ``name``; ValueError naming the allowed ones otherwise."""
-    try:
-        return VARIANTS[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown optimizer: {name!r} (expected one of {', '.join(OPTIMIZER_NAMES)})"
-        ) from None

@@ -23,6 +23,7 @@ from service.cli import CliError
 from service.config import Settings
 from service.db import session_scope
 from service.domain.catalog import DEFAULT_GRIDS
+from service.domain.conventions import all_names, valid_names_message
 from service.errors import SchemaOutOfDate
 from service.schemas import OPTIMIZER_NAMES, user_task_names
 from service.tokens import create_token
@@ -153,8 +154,10 @@ def _opt(**axes):
 
 
 BAD_SPECS = [
-    ({"optimizers": [{"name": "lion"}]},
-     "optimizers[0].name: unknown optimizer 'lion' (expected one of sgd, sgdw, adam, adamw, adamw_torch)"),
+    ({"optimizers": [{"name": "adagrad"}]},
+     f"optimizers[0].name: unknown optimizer 'adagrad': unknown base 'adagrad'; {valid_names_message()}"),
+    ({"optimizers": [{"name": "lion:l1"}]},
+     f"optimizers[0].name: unknown optimizer 'lion:l1': unknown convention 'l1'; {valid_names_message()}"),
     ({"task": "imagenet"},
      f"task: unknown task 'imagenet' (expected one of {', '.join(user_task_names())})"),
     ({"optimizers": _opt(lr={"min": 0, "max": 1e-1, "num": 4})}, "optimizers[0].lr.min: Input should be greater than 0"),
@@ -344,10 +347,18 @@ def test_catalogues(client):
 
     assert OPTIMIZER_NAMES == TORCH_SIDE_NAMES
     body = client.get("/optimizers").json()
-    assert [o["name"] for o in body["data"]] == list(OPTIMIZER_NAMES) and body["count"] == 5
+    names = [o["name"] for o in body["data"]]
+    assert names[:5] == list(OPTIMIZER_NAMES) and names == list(all_names()) and body["count"] == 5 + 5 + 35
     adamw = body["data"][3]
-    assert adamw["decay_convention"] == "decoupled; scaled by the schedule, not by lr"
+    assert (adamw["base"], adamw["convention"], adamw["canonical"]) == ("adam", "schedule", "adam:schedule")
+    assert adamw["rule"] == "theta <- theta*(1 - eta_t*wd); then " + body["bases"][1]["rule"]
     assert adamw["default_grid"] == {k: DEFAULT_GRIDS["adamw"][k].as_dict() for k in ("lr", "wd")}
+    assert [b["name"] for b in body["bases"]] == ["sgd", "adam", "lion", "radam", "nadam", "adafactor", "muon"]
+    assert {b["name"]: b["reference_convention"] for b in body["bases"]}["lion"] == "lr"
+    assert {c["name"]: c["decay"] for c in body["conventions"]}["corrected"] == "theta <- theta*(1 - lr*eta_t^2*wd)"
+    assert body["aliases"] == {"sgdw": "sgd:schedule", "adamw": "adam:schedule", "adamw_torch": "adam:lr"}
+    lion = next(o for o in body["data"] if o["name"] == "lion")
+    assert lion["canonical"] == "lion:lr" and lion["default_grid"]["wd"]["min"] >= 1e-2  # Lion: larger wd
     tasks = client.get("/tasks").json()
     assert [t["name"] for t in tasks["data"]] == user_task_names()
     digits = tasks["data"][0]

@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from service.db import dispose_engines, make_engine, session_scope, upgrade_to_head
+from service.domain.catalog import default_grid
 from service.models import CurvePoint, Study, Trial
 from tests.conftest import make_study
 from workers.demo import demo_spec
@@ -32,6 +33,26 @@ def test_demo_spec_quick_is_the_small_grid_of_all_five_optimizers():
     full = demo_spec(quick=False)
     assert (full["epochs"], full["seeds"]) == (30, [0, 1])
     assert full["optimizers"] == [{"name": n} for n in OPTIMIZER_NAMES]  # default 8 x 8 grids
+
+
+def test_demo_spec_takes_any_optimizer_names():
+    spec = demo_spec(quick=True, optimizers=["lion", "adam:corrected", "muon", "lion"])
+    assert [o["name"] for o in spec["optimizers"]] == ["lion", "adam:corrected", "muon"]
+    lion = spec["optimizers"][0]
+    assert lion["lr"] == {**default_grid("lion")["lr"].as_dict(), "num": 4}
+    assert "lion, adam:corrected, muon" in spec["name"]
+    full = demo_spec(optimizers=["radam:schedule"])
+    assert full["optimizers"] == [{"name": "radam:schedule"}]
+
+
+def test_demo_rejects_an_unknown_optimizer_before_doing_anything(tmp_path):
+    env = {**os.environ, "DECOUPLE_DATABASE_URL": f"sqlite:///{tmp_path / 'd.db'}",
+           "DECOUPLE_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run([DECOUPLE, "demo", "--quick", "--optimizers", "lion,adam:l3"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown convention 'l3'" in proc.stderr and "corrected" in proc.stderr
+    assert not (tmp_path / "d.db").exists()
 
 
 def test_demo_quick_end_to_end_writes_only_its_own_directories(tmp_path):

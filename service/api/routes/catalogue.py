@@ -6,28 +6,38 @@ from functools import cache
 
 from fastapi import APIRouter
 
-from service.domain.catalog import DEFAULT_GRIDS, TASK_INFO
-from service.domain.rules import VARIANTS
-from service.schemas import OptimizerInfoPublic, OptimizersPublic, TaskInfoPublic, TasksPublic
+from service.domain import conventions
+from service.domain.catalog import TASK_INFO, default_grid
+from service.schemas import BaseInfoPublic, ConventionInfoPublic, OptimizerInfoPublic, OptimizersPublic, TaskInfoPublic, TasksPublic
 
 router = APIRouter(tags=["catalogue"])
 
 
 @cache
 def _optimizers() -> OptimizersPublic:
-    data = [
-        OptimizerInfoPublic(
-            name=v.name, title=v.title, decay_convention=v.decay_convention, rule=v.rule,
-            default_grid={axis: DEFAULT_GRIDS[v.name][axis].as_dict() for axis in ("lr", "wd")},
-        )
-        for v in VARIANTS.values()
-    ]
-    return OptimizersPublic(data=data, count=len(data))
+    data = []
+    for name in conventions.all_names():
+        r = conventions.parse(name)
+        data.append(OptimizerInfoPublic(
+            name=name, title=r.title, base=r.base, convention=r.convention, canonical=r.canonical,
+            decay_convention=r.decay_convention, rule=r.rule,
+            default_grid={axis: default_grid(name)[axis].as_dict() for axis in ("lr", "wd")},
+        ))
+    bases = [BaseInfoPublic(name=b, title=conventions.BASE_TITLE[b], family=conventions.FAMILY[b],
+                            reference=conventions.REFERENCE[b],
+                            reference_convention=conventions.REFERENCE_CONVENTION[b],
+                            rule=conventions.BASE_RULE[b]) for b in conventions.BASES]
+    convs = [ConventionInfoPublic(name=c, decay=conventions.CONVENTION_RULE[c],
+                                  description=conventions.CONVENTION_TEXT[c]) for c in conventions.CONVENTIONS]
+    return OptimizersPublic(data=data, count=len(data), bases=bases, conventions=convs,
+                            aliases=dict(conventions.ALIASES))
 
 
 @router.get("/optimizers", response_model=OptimizersPublic)
 def list_optimizers() -> OptimizersPublic:
-    """The five optimizers: update rule, weight-decay convention and default lr x wd grid."""
+    """Every optimizer name (the five original ones, bare bases, every BASE:CONVENTION): its exact
+    update rule, weight-decay convention and default lr x wd grid; and the bases, conventions and
+    aliases they are made of."""
     return _optimizers()
 
 
