@@ -37,9 +37,9 @@ def main() -> int:
               f"torch {torch.__version__}, CUDA build {torch.version.cuda})")
         return 0
     import numpy as np
-
     from trainer import matmul_peak, model_flops  # bench/trainer.py
-    from workers.catalog import DEFAULT_GRIDS
+
+    from service.domain.catalog import DEFAULT_GRIDS
     from workers.packed import TrialConfig, auto_block_size, train_block
     from workers.tasks import get_task
 

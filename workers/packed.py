@@ -79,6 +79,7 @@ from workers.schedules import Schedule, normalized_weight_decay
 from workers.tasks import SyntheticTask, Task, TaskData, get_task
 from workers.wide import WideEngine
 
+
 @dataclass(frozen=True)
 class TrialConfig:
     lr: float

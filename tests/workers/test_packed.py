@@ -13,8 +13,16 @@ import torch
 
 from workers.optim import build_optimizer
 from workers.packed import (
-    MLPEngine, PackedRun, Stack, TrainingStopped, TrialConfig, auto_block_size, cpu_training,
-    denormals_flushed, make_spec, train_block,
+    MLPEngine,
+    PackedRun,
+    Stack,
+    TrainingStopped,
+    TrialConfig,
+    auto_block_size,
+    cpu_training,
+    denormals_flushed,
+    make_spec,
+    train_block,
 )
 from workers.tasks import get_task
 from workers.trainer import train_single
