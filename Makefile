@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo lint test bench-quick clean
+.PHONY: setup demo lint test bench-quick gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ lint: $(STAMP)
 test: lint
 	scripts/ensure-test-services
 	$(BIN)/python -m pytest
+
+# The CUDA tests and a GPU block benchmark (bench/gpu_block.py) in one command, for whoever has a
+# GPU machine at hand; without CUDA both say so and it exits 0.
+gpu-check: $(STAMP)
+	@if $(BIN)/python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then \
+		$(BIN)/python -m pytest -q -x -k cuda tests/workers && $(BIN)/python bench/gpu_block.py; \
+	else \
+		$(BIN)/python bench/gpu_block.py; \
+	fi
 
 bench-quick: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done

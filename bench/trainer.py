@@ -48,8 +48,18 @@ the GPU with a block of 1024 configs and reports trials x epochs per second.
    their FLOPs over the wall time until the last finishes, against the sgemm peak with as many
    threads as CPUs (``fraction_of_machine_peak``). Step 5 is one slot against one CPU's peak.
 
+7. **conv nets**: the mnist5k_cnn block the service runs (32 AdamW configs from the default axes,
+   batch 64, full epochs over the 4,000 training images: 2, or 1 with ``--quick``) on the wide
+   engine (``workers.wide``), its executed FLOPs (every conv and linear layer's forward, weight
+   gradient and input gradient, the first layer's input gradient excepted, and the validation
+   forward pass; BatchNorm, pooling and the update are not counted) over the same sgemm peak:
+   ``cnn_fraction_of_matmul_peak``; and the same block on ``mnist5k_resnet``:
+   ``resnet_trial_epochs_per_second``. Both also by CPU time.
+
+The CPU model and the sgemm peak are printed with the RESULT line, since every ratio depends on both.
+
 Last line: ``RESULT speedup_vs_sequential=... speedup_vs_ray_default=... fraction_of_matmul_peak=...
-fraction_of_machine_peak=...``
+fraction_of_machine_peak=... cnn_fraction_of_matmul_peak=... resnet_trial_epochs_per_second=...``
 """
 
 from __future__ import annotations
@@ -124,6 +134,64 @@ def executed_flops(n_configs: int, epochs: int, n_train: int, n_val: int) -> tup
     return float(executed), float(mfu)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+def model_flops(task: str) -> tuple[float, float]:
+    """(training, evaluation) FLOPs per sample executed by the packed engines on ``task``.
+
+    Forward: 2 * (output elements) * (inputs per output) for every Conv2d and Linear; training
+    adds the weight gradient (the same again) and the input gradient (the same again) for every
+    layer but the one that reads the input. BatchNorm, activations and pooling are not counted.
+    """
+    from torch import nn
+
+    t = get_task(task)
+    model = t.build_model(0)
+    layers: list[float] = []
+
+    def hook(m, _inp, out):
+        if isinstance(m, nn.Conv2d):
+            per_out = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            per_out = m.in_features
+        layers.append(2.0 * out[0].numel() * per_out)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *t.input_shape))
+    for h in handles:
+        h.remove()
+    fwd = sum(layers)
+    return fwd + fwd + (fwd - layers[0]), fwd
+
+
+def conv_block(task: str, epochs: int, threads: int) -> tuple[float, float, float, int]:
+    """The 32-config AdamW block on ``task``: (wall s, CPU s, executed FLOPs, trial-epochs)."""
+    configs = [TrialConfig(lr, wd, 0) for lr in axis("lr", 8) for wd in axis("wd", 4)]
+    data = get_task(task).load_data()
+    train_block(task, OPT, configs[:4], epochs=1, batch_size=BATCH, max_train=256, max_val=64,
+                device="cpu", threads=threads)  # warm-up: oneDNN's kernels, the data set
+    c0 = time.process_time()
+    s, _ = timed(train_block, task, OPT, configs, epochs=epochs, batch_size=BATCH, schedule=SCHEDULE,
+                 device="cpu", threads=threads)
+    cpu_s = time.process_time() - c0
+    train_f, eval_f = model_flops(task)
+    flops = len(configs) * epochs * (data.n_train * train_f + int(data.x_val.shape[0]) * eval_f)
+    return s, cpu_s, flops, len(configs) * epochs
+
+
 def demo_blocks_in_one_slot(epochs: int) -> float:
     """One Ray slot's work in a fresh process: the five demo blocks in turn, one thread (as a Ray
     trial trains them). Returns the seconds from the first block's start to the last one's end."""
@@ -132,17 +200,6 @@ def demo_blocks_in_one_slot(epochs: int) -> float:
         train_block(TASK, opt, grid(8, (0, 1), opt), epochs=epochs, batch_size=BATCH,
                     schedule=SCHEDULE, device="cpu", threads=1)
     return time.perf_counter() - t0
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def bases_rates(epochs: int, threads: int, reps: int) -> dict[str, float]:
@@ -246,7 +303,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cpu = torch.device("cpu")
-    print(f"CPU: {cpu_model()}")
+    print(f"CPU: {cpu_model()}; torch {torch.get_num_threads()} threads, "
+          f"capability {torch.backends.cpu.get_cpu_capability()}")
     if args.bases_only:
         rates = bases_rates(5 if args.quick else EPOCHS, args.threads, 1 if args.quick else 2)
         print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes share these CPUs)")
@@ -321,6 +379,17 @@ def main() -> None:
           f"{machine_s:.2f} s: {machine_rate / 1e9:.1f} GFLOP/s executed = {machine_rate / machine_peak:.3f} "
           f"of the {slots}-thread sgemm peak ({machine_peak / 1e9:.1f} GFLOP/s)")
 
+    # 7. conv nets on the wide engine, against the same sgemm peak
+    conv_epochs = 1 if args.quick else 2
+    cnn_s, cnn_cpu, cnn_flops, cnn_te = conv_block("mnist5k_cnn", conv_epochs, args.threads)
+    print(f"mnist5k_cnn 32 configs x {conv_epochs} epochs: {cnn_s:.2f} s = {cnn_s / cnn_te:.3f} s per trial-epoch, "
+          f"{cnn_flops / cnn_s / 1e9:.1f} GFLOP/s executed = {cnn_flops / cnn_s / peak:.3f} of the sgemm peak; "
+          f"by CPU time {cnn_cpu / cnn_te:.3f} s per trial-epoch = {cnn_flops / cnn_cpu / cpu_peak:.3f}")
+    res_s, res_cpu, res_flops, res_te = conv_block("mnist5k_resnet", conv_epochs, args.threads)
+    print(f"mnist5k_resnet 32 configs x {conv_epochs} epochs: {res_s:.2f} s = {res_te / res_s:.2f} trials x epochs "
+          f"per second ({res_te / res_cpu:.2f} per CPU second), {res_flops / res_s / 1e9:.1f} GFLOP/s executed = "
+          f"{res_flops / res_s / peak:.3f} of the sgemm peak ({res_flops / res_cpu / cpu_peak:.3f} by CPU time)")
+
     if device.type == "cuda":
         big = grid(32, (0,))
         train_block(TASK, OPT, big[:8], epochs=1, batch_size=BATCH, device=device)
@@ -335,9 +404,13 @@ def main() -> None:
     base_rates = bases_rates(flop_epochs, args.threads, reps)
 
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes share these CPUs)")
+    print(f"CPU: {cpu_model()}; sgemm peak {peak / 1e9:.1f} GFLOP/s wall-clock, {cpu_peak / 1e9:.1f} GFLOP/s "
+          f"per CPU second ({torch.get_num_threads()} thread(s))")
     print(
         f"RESULT speedup_vs_sequential={seq_s / packed_s:.2f} speedup_vs_ray_default={ray_s / packed_s:.1f} "
         f"fraction_of_matmul_peak={rate / peak:.3f} fraction_of_machine_peak={machine_rate / machine_peak:.3f} "
+        f"cnn_fraction_of_matmul_peak={cnn_flops / cnn_s / peak:.3f} "
+        f"resnet_trial_epochs_per_second={res_te / res_s:.2f}" + " "
         + " ".join(f"{b}_trial_epochs_per_second={r:.0f}" for b, r in base_rates.items())
     )
 

@@ -60,6 +60,10 @@ Number: TypeAlias = "float | torch.Tensor"
 #: Bases whose step reads whole tensors: run on (K, *shape) tensors (``batched``), not on flat segments.
 PER_TENSOR_BASES = frozenset({"adafactor", "muon"})
 
+#: The reference defaults of the sgd and adam bases (torch.optim.SGD's usual 0.9; torch.optim.Adam's betas).
+SGD_MOMENTUM = 0.9
+ADAM_BETAS = (0.9, 0.999)
+
 
 def _real(v: Any) -> bool:
     """A real number (NumPy's included); ``True``/``False`` are not learning rates."""
@@ -140,7 +144,7 @@ def apply_update(
 
     step_size = lr
     if base == "sgd":
-        momentum = 0.9 if momentum is None else momentum
+        momentum = SGD_MOMENTUM if momentum is None else momentum
         if momentum == 0:
             # As torch.optim.SGD: no buffer, since 0*buf would turn one inf gradient into NaN for good.
             direction = g
@@ -152,7 +156,7 @@ def apply_update(
                 buf.mul_(momentum).add_(g)
             direction = buf
     else:
-        beta1, beta2 = betas or (0.9, 0.999)
+        beta1, beta2 = betas or ADAM_BETAS
         if "exp_avg" not in state:
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(p)

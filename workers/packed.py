@@ -75,8 +75,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.optim import (
+    ADAM_BETAS,
     DECAY_ON,
     PER_TENSOR_BASES,
+    SGD_MOMENTUM,
+    _decay_factor,
     apply_update,
     check_hyperparameters,
     decayed_parameter_names,
@@ -85,6 +88,7 @@ from workers.optim import (
 )
 from workers.schedules import Schedule, normalized_weight_decay
 from workers.tasks import SyntheticTask, Task, TaskData, get_task
+from workers.wide import WideEngine
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,12 @@ class TrainingStopped(Exception):
 OnEpoch = Callable[[int, list[EpochMetrics]], "bool | None"]
 
 
+#: Configs per chunk of a wide (conv net) step (``workers.wide``; the last chunk is padded, so a
+#: block of fewer configs pays for ``WIDE_CHUNK``). Measured on mnist5k_cnn, 32 configs, batch 64,
+#: one thread: chunks of 4, 8 and 16 within noise of each other, the whole block at once 10-40 %
+#: slower; 4 wastes least on small blocks.
+WIDE_CHUNK: int | None = 4
+
 #: Intra-op threads a block trains with on the CPU: a block is given one CPU (``ray_adapter.block_resources``).
 CPU_THREADS = 1
 
@@ -181,12 +191,42 @@ def cpu_training(threads: int | None = CPU_THREADS):
         if threads != prev_threads:
             torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
+    heap = _large_allocations_from_heap(True)
     try:
         yield
     finally:
+        if heap:
+            _large_allocations_from_heap(False)
         torch.set_flush_denormal(prev_flushed)
         if torch.get_num_threads() != prev_threads:
             torch.set_num_threads(prev_threads)
+
+
+#: glibc's mallopt parameters and defaults (malloc.h): M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, 128 KiB.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _GLIBC_DEFAULT = -1, -3, 128 * 1024
+
+
+def _large_allocations_from_heap(on: bool) -> bool:
+    """Serve large tensors from glibc's heap (``on``) or restore its default thresholds.
+
+    A conv step allocates activations of tens of MB; glibc serves every allocation above 32 MB
+    (and above 128 KiB until its adaptive threshold has grown) with a fresh ``mmap``, which the
+    kernel zero-fills page by page, and gives it back on free: measured on a 32-config mnist5k_cnn
+    step, ~30 % of the step's CPU time. With the thresholds raised, freed activations are reused
+    by the next step. Only on glibc (elsewhere nothing is changed and False is returned).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    if on:
+        return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
+    mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT)
+    mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT)
+    return True
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -286,7 +326,7 @@ class Stack:
 
 
 class StackOptimizer:
-    """Optimizer state as (K, P) tensors; every step is one ``apply_update`` per column segment.
+    """Optimizer state as (K, P) tensors, updated in place with per-config lr and weight decay.
 
     Segments are the decayed columns [0, n_decayed) and the rest (weight decay 0.0). The state
     starts at zero, which for SGD's momentum buffer gives b_1 = 0.9*0 + g_1 = g_1 exactly, the
@@ -296,6 +336,17 @@ class StackOptimizer:
     step once per parameter on its (K, *shape) view, with per-config lr and decay shaped to
     broadcast against it and their state kept per parameter (Muon's hidden matrices are
     ``optim.muon_parameter_names`` of the template; its other parameters take the adam step).
+
+    The SGD and Adam bases run :meth:`_sgd` and :meth:`_adam`: the rules of
+    ``workers.optim.apply_update`` (same constants, same order of operations up to one
+    rearrangement) written for the stack: every pass runs over the whole contiguous (K, P)
+    tensors, only the decay touches the decayed columns [0, n_decayed) alone, and the temporaries
+    live in one persistent buffer. Adam, per step: lerp (m), mul + addcmul (v), sqrt into the
+    buffer, + eps, m / buffer, decay, axpy: 8 passes and no allocation, where ``apply_update``
+    per column segment made 9 passes, 2 allocations and twice the calls (K=128 digits MLPs,
+    one thread: 4.6 ms before, see ``docs/design-notes.md`` for after). The rearrangement:
+    m / (sqrt(v)/s + eps) is computed as s * m / (sqrt(v) + s*eps), s = sqrt(1 - beta2^t),
+    equal in exact arithmetic. Any other base goes through ``apply_update`` per segment.
     """
 
     _STATE = {"sgd": ("momentum_buffer",), "lion": ("exp_avg",)}
@@ -318,9 +369,11 @@ class StackOptimizer:
         else:
             names = self._STATE.get(self.variant.base, ("exp_avg", "exp_avg_sq"))
             self.state = {n: torch.zeros_like(stack.p) for n in names}
+        self._buf: torch.Tensor | None = None
 
     def select(self, rows: torch.Tensor) -> None:
         self.state = {n: t.index_select(0, rows) for n, t in self.state.items()}
+        self._buf = None
         for st in self.tensor_state.values():
             for k, v in st.items():
                 if isinstance(v, torch.Tensor):
@@ -331,6 +384,14 @@ class StackOptimizer:
         """lr: (K, 1) current step sizes a*eta_t; wd: (K, 1) lam; eta: the schedule value."""
         if self.per_tensor:
             self._step_tensors(stack, lr, wd, eta)
+            return
+        if self.variant.base == "sgd":
+            self._sgd(stack, lr, wd, eta)
+            self.steps += 1
+            return
+        if self.variant.base == "adam":
+            self._adam(stack, lr, wd, eta)
+            self.steps += 1
             return
         for a, b in self.segments:
             st: dict[str, Any] = {n: t[:, a:b] for n, t in self.state.items()}
@@ -356,6 +417,51 @@ class StackOptimizer:
                 batched=True, muon_matrix=name in self.matrices,
             )
         self.steps += 1
+
+    def _l2_and_decay(self, stack: Stack, lr: torch.Tensor, wd: torch.Tensor, eta: float) -> None:
+        """L2 (into the gradient) or the decoupled decay theta *= 1 - c, on the decayed columns."""
+        nd = self.n_decayed
+        if nd == 0:
+            return
+        decay = self.variant.decay
+        if decay == "l2":
+            stack.g[:, :nd].addcmul_(stack.p[:, :nd], wd)
+        else:
+            stack.p[:, :nd].mul_(1 - _decay_factor(self.variant, lr, wd, eta))
+
+    def _sgd(self, stack: Stack, lr: torch.Tensor, wd: torch.Tensor, eta: float) -> None:
+        momentum = SGD_MOMENTUM
+        l2 = self.variant.decay == "l2"
+        if l2:
+            self._l2_and_decay(stack, lr, wd, eta)
+        buf = self.state["momentum_buffer"]
+        buf.mul_(momentum).add_(stack.g)
+        if not l2:
+            self._l2_and_decay(stack, lr, wd, eta)
+        stack.p.addcmul_(buf, lr, value=-1.0)
+
+    def _adam(self, stack: Stack, lr: torch.Tensor, wd: torch.Tensor, eta: float) -> None:
+        beta1, beta2 = ADAM_BETAS
+        eps = _ADAM_EPS
+        t = self.steps + 1
+        l2 = self.variant.decay == "l2"
+        if l2:
+            self._l2_and_decay(stack, lr, wd, eta)
+        g, m, v = stack.g, self.state["exp_avg"], self.state["exp_avg_sq"]
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        s = math.sqrt(1 - beta2**t)
+        if self._buf is None or self._buf.shape != v.shape:
+            self._buf = torch.empty_like(v)
+        d = torch.sqrt(v, out=self._buf).add_(s * eps)
+        torch.div(m, d, out=d)
+        if not l2:
+            self._l2_and_decay(stack, lr, wd, eta)
+        stack.p.addcmul_(d, lr * (s / (1 - beta1**t)), value=-1.0)
+
+
+#: eps of ``workers.optim.apply_update`` (the one place it is set).
+_ADAM_EPS: float = (apply_update.__kwdefaults__ or {})["eps"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,10 +621,15 @@ def _loss_and_errors(logits: torch.Tensor, y: torch.Tensor, reduce: bool = True)
     return ce_sum, wrong.double()
 
 
-def make_engine(template: nn.Module, batch_size: int):
+def make_engine(template: nn.Module, batch_size: int, input_shape: tuple[int, ...] = ()):
+    """The fastest engine that runs ``template``: MLP, then wide (``workers.wide``), then vmap."""
     if MLPEngine.supports(template):
         return MLPEngine(template)
-    return FuncEngine(template, eval_batch=max(4 * batch_size, 256))
+    eval_batch = max(4 * batch_size, 256)
+    wide = WideEngine.build(template, tuple(input_shape), eval_batch, chunk=WIDE_CHUNK)
+    if wide is not None:
+        return wide
+    return FuncEngine(template, eval_batch=eval_batch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,7 +657,7 @@ class PackedRun:
         self.template = models[0].to(device)
         decayed = decayed_parameter_names(self.template, spec.decay_on)
         self.stack = Stack(models, decayed, device)
-        self.engine = make_engine(self.template, spec.batch_size)
+        self.engine = make_engine(self.template, spec.batch_size, tuple(data.x_train.shape[1:]))
         self.engine.bind(self.stack)
         self.opt = StackOptimizer(spec.optimizer, self.stack, self.template)
         self.gens = [task.data_generator(c.seed) for c in self.configs]

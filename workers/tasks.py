@@ -262,9 +262,9 @@ class ResNetCifar(nn.Module):
     BatchNorm, so all conv weights are scale-invariant, as in the paper.
     """
 
-    def __init__(self, n: int = 2, width: int = 16, num_classes: int = 10) -> None:
+    def __init__(self, n: int = 2, width: int = 16, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.conv = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(width)
         blocks: list[nn.Module] = []
         cin = width
@@ -355,6 +355,13 @@ class Mnist5kTask(Task):
 
     def _model(self) -> nn.Module:
         return SmallCNN()
+
+
+class Mnist5kResNetTask(Mnist5kTask):
+    """mnist5k with a ResNet-8 of widths 8, 16, 32 (one block per stage, about 20k weights)."""
+
+    def _model(self) -> nn.Module:
+        return ResNetCifar(n=1, width=8, in_channels=1)
 
 
 class Cifar10Task(Task):
@@ -498,6 +505,7 @@ def get_task(name: str) -> Task:
 register_task(DigitsTask(TASK_INFO["digits_mlp"], batchnorm=False))
 register_task(DigitsTask(TASK_INFO["digits_mlp_bn"], batchnorm=True))
 register_task(Mnist5kTask(TASK_INFO["mnist5k_cnn"]))
+register_task(Mnist5kResNetTask(TASK_INFO["mnist5k_resnet"]))
 register_task(Cifar10Task(TASK_INFO["cifar10_resnet"]))
 register_task(SyntheticTask(TASK_INFO["synthetic"]))
 register_task(SyntheticTask(TASK_INFO["synthetic_offgrid"], outside=(0.5, 0.5)))

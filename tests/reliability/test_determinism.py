@@ -29,9 +29,12 @@ def curves(results) -> dict:
     return {r.key: [(m.train_loss, m.val_loss, m.val_error, m.diverged) for m in r.curve] for r in results}
 
 
-@pytest.mark.parametrize("task, optimizer", [("digits_mlp", "adamw"), ("digits_mlp_bn", "adamw")])
+@pytest.mark.parametrize("task, optimizer", [
+    ("digits_mlp", "adamw"), ("digits_mlp_bn", "adamw"), ("mnist5k_cnn", "adamw"), ("mnist5k_resnet", "adamw"),
+])
 def test_packing_does_not_change_results(task, optimizer):
-    """The MLP engine (batched matmuls) and the functional one (vmap, BatchNorm); Adam, because
+    """The MLP engine (batched matmuls) and the wide one (grouped convolutions, BatchNorm over
+    the stacked channels; chunks padded to a fixed group count); Adam, because
     with BatchNorm it turns rounding noise into whole steps (``workers.packed``'s docstring), so
     any dependence on the block's other rows would show."""
     kw = {"epochs": 2, "batch_size": 64, "schedule": {"name": "cosine"}, **DATA}

@@ -23,7 +23,7 @@ def test_registry_matches_catalog_and_rejects_unknown_names():
         get_task("workers.tasks.Evil")
     assert str(e.value) == (
         "Unknown task: 'workers.tasks.Evil' (expected one of digits_mlp, digits_mlp_bn, mnist5k_cnn, "
-        "cifar10_resnet, synthetic, synthetic_offgrid)"
+        "mnist5k_resnet, cifar10_resnet, synthetic, synthetic_offgrid)"
     )
     with pytest.raises(ValueError, match="already registered: 'digits_mlp'"):
         register_task(SyntheticTask(TASK_INFO["digits_mlp"]))
@@ -84,6 +84,21 @@ def test_model_sizes_and_scale_invariant_weights(name, params, invariant):
     assert decayed_parameter_names(model, "invariant") == invariant
     x = torch.zeros(3, *get_task(name).input_shape)
     assert model(x).shape == (3, 10)
+
+
+def test_mnist5k_resnet_every_conv_feeds_a_batchnorm():
+    task = get_task("mnist5k_resnet")
+    model = task.build_model(0)
+    convs = {n + ".weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert len(convs) == 1 + 3 * 2 + 2  # stem, 3 blocks of two, 2 projection shortcuts
+    assert decayed_parameter_names(model, "invariant") == convs
+    # stem 9*8, stage convs 8*8*9*2, 8*16*9 + 16*16*9 + 8*16, 16*32*9 + 32*32*9 + 16*32, BN scales
+    # and shifts 2*(8 + 8+8 + 16+16+16 + 32+32+32), fc 32*10 + 10
+    assert sum(p.numel() for p in model.parameters()) == (
+        72 + 1152 + (1152 + 2304 + 128) + (4608 + 9216 + 512) + 2 * 168 + 330)
+    assert model(torch.zeros(2, *task.input_shape)).shape == (2, 10)
+    # The same data as mnist5k_cnn.
+    assert torch.equal(task.load_data(8, 4).x_val, get_task("mnist5k_cnn").load_data(8, 4).x_val)
 
 
 def test_cifar_resnet_every_conv_feeds_a_batchnorm():
