@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     max_trials: int = Field(20_000, gt=0, validation_alias="DECOUPLE_MAX_TRIALS")
     data_dir: Path = Field(Path("./data"), validation_alias="DECOUPLE_DATA_DIR")
     lease_seconds: float = Field(60.0, gt=0, validation_alias="DECOUPLE_LEASE_SECONDS")
+    # A file holding the first admin's token (the compose stack's `secrets` service writes it):
+    # `decouple migrate` stores it as the token of `admin`, once (service.tokens.ensure_token).
+    admin_token_file: Path | None = Field(None, validation_alias="DECOUPLE_ADMIN_TOKEN_FILE")
 
     @property
     def state_dir(self) -> Path:
