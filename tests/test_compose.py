@@ -285,6 +285,11 @@ def test_commands_are_real_subcommands(models):
     line = line.replace('"$RAY_ADDRESS"', "ray-head:6379").replace('"$ray_gpus"', "1")
     params = start.make_context("start", shlex.split(line)[2:]).params
     assert (params["address"], params["num_gpus"], params["num_cpus"]) == ("ray-head:6379", 1, 8)
+    # The worker's own `ray start` options in the stack: fixed agent ports (see the compose file).
+    extra = shlex.split(env_of(models["cpu"]["services"]["worker"])["DECOUPLE_RAY_START_ARGS"])
+    params = start.make_context("start", ["--address=ray-head:6379", *extra]).params
+    assert (params["dashboard_agent_grpc_port"], params["dashboard_agent_listen_port"],
+            params["runtime_env_agent_port"], params["metrics_export_port"]) == (52366, 52365, 52367, 52368)
 
 
 # --- the Dockerfile ------------------------------------------------------------------------------
