@@ -49,6 +49,11 @@ if [ "$gpus" -gt 0 ]; then
 fi
 
 # The Ray daemons started here outlive `ray start`; they must not hold the GPU slot lock.
+# $HOME/.decouple-ray-joined exists once this node has joined (the compose healthcheck reads it);
+# it is removed first, since a restarted container keeps its files.
+joined="${HOME:-/tmp}/.decouple-ray-joined"
+rm -f "$joined"
 # shellcheck disable=SC2086 # DECOUPLE_RAY_START_ARGS is a list of options, split on purpose
 ray start --address="$RAY_ADDRESS" --num-gpus="$ray_gpus" --disable-usage-stats ${DECOUPLE_RAY_START_ARGS:-} 9>&-
+touch "$joined"
 exec "$@"

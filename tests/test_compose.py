@@ -168,6 +168,7 @@ def test_gpu_variant_services_healthchecks_and_dependencies(models):
     }
     assert env_of(worker)["RAY_ADDRESS"] == "ray-head:6379"
     assert worker["init"] is True  # `docker compose restart worker` stops it at once
+    assert worker["healthcheck"]["test"] == ["CMD", "sh", "-c", 'test -f "$HOME/.decouple-ray-joined"']
     assert worker["deploy"]["resources"]["reservations"]["devices"] == [
         {"capabilities": ["gpu"], "driver": "nvidia", "count": -1}]  # -1 is `all`
     # `--scale worker=N` needs a service without a fixed name or host port.
@@ -241,7 +242,10 @@ def test_cpu_variant_is_the_same_stack_without_gpus(models):
     assert set(cpu) == set(gpu)
     for name in gpu:
         for key in ("command", "depends_on", "healthcheck", "environment", "volumes", "ports"):
-            assert cpu[name].get(key) == gpu[name].get(key), (name, key)
+            expected = gpu[name].get(key)
+            if (name, key) == ("worker", "environment"):  # no GPU to count: torch is not imported
+                expected = {**expected, "DECOUPLE_GPU_COUNT": "0"}
+            assert cpu[name].get(key) == expected, (name, key)
     assert all("deploy" not in svc for svc in cpu.values())
     assert models["cpu"]["volumes"] == models["gpu"]["volumes"]
 
@@ -567,6 +571,7 @@ def test_worker_entrypoint_joins_the_head_with_the_token_and_claims_a_free_gpu(m
             out.append(worker.stdout.readline())
             assert out[-1], "".join(out) + worker.stderr.read()  # EOF: the replica died
         assert out[0] == "decouple-worker-entrypoint: this worker uses GPU 1 of 2\n"
+        assert (ray_dir / ".decouple-ray-joined").exists()  # the worker's healthcheck file
         # Its GPU is slot 1 alone; the cluster: the head (no CPU, no GPU) and this node (1 CPU, 1 GPU).
         assert out[-1].split() == ["JOINED", "1", "1.0", "1.0"]
 
