@@ -168,7 +168,8 @@ def test_gpu_variant_services_healthchecks_and_dependencies(models):
     }
     assert env_of(worker)["RAY_ADDRESS"] == "ray-head:6379"
     assert worker["init"] is True  # `docker compose restart worker` stops it at once
-    assert worker["healthcheck"]["test"] == ["CMD", "sh", "-c", 'test -f "$HOME/.decouple-ray-joined"']
+    # `config` prints $$ (the escaped $) so that its output is a compose file again.
+    assert worker["healthcheck"]["test"] == ["CMD", "sh", "-c", 'test -f "$$HOME/.decouple-ray-joined"']
     assert worker["deploy"]["resources"]["reservations"]["devices"] == [
         {"capabilities": ["gpu"], "driver": "nvidia", "count": -1}]  # -1 is `all`
     # `--scale worker=N` needs a service without a fixed name or host port.
