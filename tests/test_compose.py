@@ -285,7 +285,8 @@ def test_commands_are_real_subcommands(models):
     assert params["head"] and params["block"] and params["dashboard_host"] == "0.0.0.0"
     assert (params["port"], params["dashboard_port"], params["num_cpus"], params["num_gpus"]) == (6379, 8265, 0, 0)
     script = (ROOT / "docker" / "worker-entrypoint.sh").read_text()
-    line = next(ln for ln in script.splitlines() if ln.startswith("ray start "))
+    joined = script.replace("\\\n", " ")
+    line = joined[joined.index("ray start --address"):]
     line = line.split(" 9>&-")[0].replace("${DECOUPLE_RAY_START_ARGS:-}", "--num-cpus=8")
     line = line.replace('"$RAY_ADDRESS"', "ray-head:6379").replace('"$ray_gpus"', "1")
     params = start.make_context("start", shlex.split(line)[2:]).params
