@@ -53,14 +53,14 @@ fi
 # it is removed first, since a restarted container keeps its files.
 #
 # Replicas sharing a data volume join one at a time (a lock on the volume), and a failed join is
-# tried again (DECOUPLE_RAY_START_ATTEMPTS, default 3): `ray start` gives a new node's agents about
+# tried again (DECOUPLE_RAY_START_ATTEMPTS, default 5): `ray start` gives a new node's agents about
 # 30 s to come up, which several nodes starting at once on a small, busy host can miss.
 joined="${HOME:-/tmp}/.decouple-ray-joined"
 rm -f "$joined"
 data="${DECOUPLE_DATA_DIR:-/data}"
 mkdir -p "$data" 2>/dev/null || true
 attempt=1
-attempts="${DECOUPLE_RAY_START_ATTEMPTS:-3}"
+attempts="${DECOUPLE_RAY_START_ATTEMPTS:-5}"
 while :; do
   # shellcheck disable=SC2086 # DECOUPLE_RAY_START_ARGS is a list of options, split on purpose
   if flock "$data/.ray-join.lock" ray start --address="$RAY_ADDRESS" --num-gpus="$ray_gpus" --disable-usage-stats \
