@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench-quick clean
+.PHONY: setup demo lint test bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ demo: $(STAMP)
 	$(BIN)/decouple migrate
 	$(BIN)/decouple demo
 
-test: $(STAMP)
+# Lint, import order, types and the import layers (contracts in pyproject.toml); make test runs it first.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint
 	scripts/ensure-test-services
 	$(BIN)/python -m pytest
 

@@ -19,7 +19,8 @@ which is what the framework, the server and loopback cost before any study data 
 
 Prints per kind p50/p99, the CPU time the server process used per request over the measured
 window (user + system, from ``/proc``: what a request costs the server, far less noisy on a shared
-machine than latencies; the load generator's own, which shares the two cores, beside it) and ``RESULT report_p99_ms=... list_p99_ms=... requests_per_s=...
+machine than latencies; the load generator's own, which shares the two cores, beside it) and
+``RESULT report_p99_ms=... list_p99_ms=... requests_per_s=...
 errors=... health_p99_ms=... server_cpu_ms_per_request=...``. Targets on a 2-core machine: report p99 <= 50 ms, zero errors.
 ``--quick``: 15 s of load (under two minutes with set-up).
 """

@@ -21,7 +21,7 @@ strictly inside. The last line holds:
   ``bench/study.py`` times it) that it took longer than the same grid given by hand. What the
   user waits for, but the two runs follow each other, so on a shared machine a change of load
   between them moves it by more than the pilot costs, and the given grid is cut into blocks by
-  ``workers.runner.make_blocks`` (even rounds of equal blocks) while the auto run cuts its grid
+  ``workers.planning.make_blocks`` (even rounds of equal blocks) while the auto run cuts its grid
   blocks smaller towards the end (``workers.auto_phase.PhasedBlocks``), which can finish its
   slots more evenly: read it as a bound check, not as the pilot's cost;
 - ``pilot_share_cpu``: the same pilot blocks (one per optimizer) and grid blocks (64 cells) trained
@@ -31,7 +31,7 @@ strictly inside. The last line holds:
   -0.05-0.47 in runs under load averages 2-6 on a 2-core machine shared with other work; the
   calmest run, load 1.9-3.7: 0.215 and 0.181, auto 23.1 s, given 18.9 s);
 - ``pilot_share_trial_epochs``: the planned share in trial-epochs
-  (``workers.autogrid.pilot_share``), independent of the machine;
+  (``service.domain.placement.pilot_share``), independent of the machine;
 - ``all_inside``, ``seconds`` (auto run) and ``given_seconds``.
 
 ``study_spec`` and ``end_to_end`` are ``bench/study.py``'s.
@@ -106,15 +106,14 @@ def given_spec(spec: dict, placed: dict) -> dict:
 
 def run_auto(args, study_spec, end_to_end) -> None:
     """The demo study with every axis ``"auto"``, then the same grid given by hand (see above)."""
+    # Imported before either timed run, so that the first (auto) run does not pay alone for
+    # loading Ray Tune into this process (~2 s of CPU): both then start Ray the same way.
+    import ray.tune  # noqa: F401
     from sqlalchemy import select
 
     from service.db import make_engine, session_scope
     from service.models import Trial
     from workers.auto_phase import pilot_epochs_for
-
-    # Imported before either timed run, so that the first (auto) run does not pay alone for
-    # loading Ray Tune into this process (~2 s of CPU): both then start Ray the same way.
-    import ray.tune  # noqa: F401
 
     spec = study_spec(args.quick)
     for opt in spec["optimizers"]:

@@ -68,7 +68,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from workers.catalog import DEFAULT_GRIDS  # noqa: E402
+from service.domain.catalog import DEFAULT_GRIDS  # noqa: E402
 from workers.packed import CPU_THREADS, TrialConfig, train_block  # noqa: E402
 from workers.tasks import get_task  # noqa: E402
 from workers.trainer import train_single  # noqa: E402

@@ -1,4 +1,4 @@
-"""How separable are the optimal learning rate and weight decay? Numbers for PAPER.md's last section.
+"""How separable are the optimal learning rate and weight decay? The measures of ``docs/measures.md``.
 
 Plain functions on arrays (numpy + scipy only): importable without FastAPI, Ray, a database or
 torch. The report (``service.report``) calls them once per optimizer.
@@ -99,10 +99,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 from itertools import combinations_with_replacement
 
 import numpy as np
+from scipy.stats import f as f_dist
 from scipy.stats import rankdata, studentized_range
+from scipy.stats import t as student_t
+
+from service.domain.numeric import parabola_vertex
 
 #: Near-optimal rows: best within this fraction of the way from the grid's best to its median.
 TOLERANCE = 0.25
@@ -180,17 +185,6 @@ def _near_rows(v: np.ndarray) -> np.ndarray:
     return np.flatnonzero(row_best <= best + TOLERANCE * (med - best) + 1e-12 * max(1.0, abs(best)))
 
 
-def _parabola_vertex(xs: np.ndarray, ys: np.ndarray) -> float:
-    """The vertex of the parabola through three points, clipped to half a step around the middle one."""
-    (x0, x1, x2), (y0, y1, y2) = xs, ys
-    denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
-    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
-    b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / denom
-    if not a > 0:  # not convex (collinear): the middle cell is the best we know
-        return float(x1)
-    return float(np.clip(-b / (2 * a), (x0 + x1) / 2, (x1 + x2) / 2))
-
-
 def _row_optimum(y: np.ndarray, row_v: np.ndarray, row_key: np.ndarray) -> float | None:
     """The row's best log10 wd; None when a unique minimum sits on an edge (only a bound)."""
     m = y.size
@@ -200,7 +194,7 @@ def _row_optimum(y: np.ndarray, row_v: np.ndarray, row_key: np.ndarray) -> float
     j = int(tied[0])
     if j == 0 or j == m - 1:
         return None
-    return _parabola_vertex(y[j - 1:j + 2], row_v[j - 1:j + 2])
+    return parabola_vertex(y[j - 1:j + 2], row_v[j - 1:j + 2])
 
 
 def _slope(x: np.ndarray, y: np.ndarray, v: np.ndarray, key: np.ndarray, rows: np.ndarray):
@@ -328,6 +322,13 @@ def _seed_mean(per_seed: np.ndarray, present: np.ndarray) -> np.ndarray:
     return np.where(count > 0, mean, np.nan)
 
 
+@lru_cache(maxsize=512)
+def _studentized_q95(m: int, df: int) -> float:
+    """The 95 % point of the studentized range of m means on df degrees of freedom (cached: scipy
+    integrates it numerically, ~0.2 s a call, and a report or a battery asks for the same few)."""
+    return float(studentized_range.ppf(0.95, m, df))
+
+
 def _noise(y, per_seed, present, mean, c, rows) -> dict:
     """Seed-to-seed noise near the optimum and whether wd moves the metric beyond it."""
     v = _clamp(per_seed, c)
@@ -336,7 +337,7 @@ def _noise(y, per_seed, present, mean, c, rows) -> dict:
     cell_mean = np.where(sub_p, sub_v, 0.0).sum(axis=0) / np.maximum(k, 1)
     ss = (np.where(sub_p, (sub_v - cell_mean) ** 2, 0.0)).sum()
     df = int((k - 1).clip(min=0).sum())
-    out = {"seeds": int(per_seed.shape[0]), "seed_sd": None, "wd_range_near_best": None,
+    out: dict = {"seeds": int(per_seed.shape[0]), "seed_sd": None, "wd_range_near_best": None,
            "wd_noise_threshold": None, "wd_has_effect": None}
     if df < 1 or len(rows) == 0:
         return out
@@ -344,7 +345,7 @@ def _noise(y, per_seed, present, mean, c, rows) -> dict:
     s_eff = float(k[k > 0].mean())
     m = mean.shape[1]
     ranges = [float(np.ptp(_clamp(mean[i], c))) for i in rows]
-    q = float(studentized_range.ppf(0.95, m, df)) if m >= 2 else 0.0
+    q = _studentized_q95(m, df) if m >= 2 else 0.0
     threshold = q * sigma / math.sqrt(s_eff)
     wd_range = float(np.median(ranges))
     out.update(seed_sd=sigma, wd_range_near_best=wd_range, wd_noise_threshold=threshold,
@@ -532,3 +533,472 @@ def warnings_for(result: dict, *, lrs=None, wds=None) -> list[str]:
         out.append(f"The {names[k]}'s 95% interval [{_fmt(lo)}, {_fmt(hi)}] is too wide to rank on; "
                    "run more seeds.")
     return out
+
+
+# --------------------------------------------------------------------------- decisions
+#
+# ``decide`` answers the practitioner's question with one of five verdicts, from statistics that
+# match it: whether the best wd moves with lr is a property of the *ridge* of good cells, so it is
+# estimated from a local quadratic response surface fitted to the cells near the optimum (diverged
+# and chance-level cells censored), with a Fieller interval for the ridge slope; "separable" is an
+# equivalence statement (the whole interval inside +-SLOPE_TOLERANCE), "coupled" needs the interval
+# to exclude 0 and the estimate to lie beyond the tolerance. The rule and its calibration are
+# documented in docs/measures.md; ``bench/verdicts.py`` and tests/service/test_decide.py measure it.
+
+#: Equivalence tolerance on the ridge slope, in decades of best wd per decade of lr: inside it the
+#: best wd moves by less than half a decade when lr moves by a decade (about one half-decade grid
+#: step of wd per decade of lr), which one extra wd pass at the new lr recovers.
+SLOPE_TOLERANCE = 0.5
+#: Confidence level of the ridge-slope interval.
+LEVEL = 0.95
+#: The fit's first band: cells whose seed mean is within this fraction of the way from the best
+#: cell to chance (widened by BAND_GROWTH until the fit has enough cells and spread).
+BAND_FRAC = 0.12
+BAND_GROWTH = 1.5
+#: A cell whose seed mean is this close to chance (fraction of best -> chance) is censored.
+CHANCE_MARGIN = 0.05
+#: The local fit needs this many cells (6 coefficients), on at least 3 lrs and 3 wds.
+MIN_FIT_CELLS = 9
+#: seeds_to_decide is capped here (beyond it, more seeds is not the way to decide).
+MAX_SEEDS_TO_DECIDE = 64
+
+VERDICTS = ("separable", "coupled", "inconclusive", "no_wd_effect", "not_enough_data")
+
+
+def ridge_fit(x, y, means, counts, *, level: float = LEVEL) -> dict | None:
+    """Local quadratic f = a + b x + c y + d x^2 + e xy + g y^2 by weighted least squares.
+
+    ``x``, ``y``: the cells' coordinates (log10 lr and log10 wd in any convention: they need not
+    form a rectangle); ``means``: the cells' seed means; ``counts``: seeds per cell (the weights,
+    Var(mean) ~ 1/count). The residual variance of the cell means estimates seed noise and
+    lack of fit together, so the interval widens when the surface is not quadratic near its best.
+
+    The ridge (best y at each x) is y*(x) = -(c + e x) / (2 g), slope -e / (2 g); its interval is
+    Fieller's for the ratio e/g with Student t on k - 6 degrees of freedom (exact for normal
+    coefficients; unbounded when g is not clearly > 0, i.e. when wd's curvature is not
+    established). Returns None when the design is singular or there are fewer than 7 cells.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    v, w = np.asarray(means, float), np.asarray(counts, float)
+    k = x.size
+    if k < 7:
+        return None
+    x0, y0 = x[np.argmin(v)], y[np.argmin(v)]
+    u, t = x - x0, y - y0  # centred at the best cell: the slope does not change, conditioning does
+    X = np.column_stack([np.ones(k), u, t, u * u, u * t, t * t])
+    sw = np.sqrt(w)
+    Xw, vw = X * sw[:, None], v * sw
+    if np.linalg.matrix_rank(Xw) < 6:
+        return None
+    coef, *_ = np.linalg.lstsq(Xw, vw, rcond=None)
+    resid = vw - Xw @ coef
+    df = k - 6
+    s2 = float(resid @ resid) / df
+    cov = s2 * np.linalg.inv(Xw.T @ Xw)
+    e, g = float(coef[4]), float(coef[5])
+    ve, vg, ceg = float(cov[4, 4]), float(cov[5, 5]), float(cov[4, 5])
+    tq = float(student_t.ppf(0.5 + level / 2, df))
+    slope = -e / (2 * g) if g > 0 else None
+    # Fieller: {r : (e - r g)^2 <= t^2 (ve - 2 r ceg + r^2 vg)}, r = e/g, slope = -r/2
+    qa = g * g - tq * tq * vg
+    qb = -2 * (e * g - tq * tq * ceg)
+    qc = e * e - tq * tq * ve
+    lo, hi = -math.inf, math.inf
+    bounded = False
+    if qa > 0:
+        disc = qb * qb - 4 * qa * qc
+        if disc >= 0:
+            r1 = (-qb - math.sqrt(disc)) / (2 * qa)
+            r2 = (-qb + math.sqrt(disc)) / (2 * qa)
+            lo, hi = -r2 / 2, -r1 / 2
+            bounded = True
+    # delta-method standard error (for the seeds-to-decide projection)
+    se = None
+    if g > 0:
+        grad = np.array([-1 / (2 * g), e / (2 * g * g)])
+        var = grad @ np.array([[ve, ceg], [ceg, vg]]) @ grad
+        se = math.sqrt(var) if var > 0 else 0.0
+    return {"slope": slope, "ci": [lo, hi], "bounded": bounded, "cells": k, "df": df,
+            "curvature_wd": g, "curvature_wd_se": math.sqrt(vg), "cross": e,
+            "residual_sd": math.sqrt(s2), "slope_se": se, "t": tq,
+            "coef": [float(c) for c in coef], "centre": [float(x0), float(y0)]}
+
+
+def _fit_cells(v_mean: np.ndarray, usable: np.ndarray, x: np.ndarray, y: np.ndarray, c: float):
+    """The band of cells near the optimum the ridge is fitted on, and the band's height.
+
+    Starts at BAND_FRAC of the way from the best cell to chance and widens by BAND_GROWTH until
+    it holds MIN_FIT_CELLS cells on >= 3 lrs and >= 3 wds (or every usable cell).
+    """
+    best = float(v_mean[usable].min())
+    span = max(c - best, 1e-12)
+    frac = BAND_FRAC
+    while True:
+        band = usable & (v_mean <= best + frac * span)
+        ii, jj = np.nonzero(band)
+        if (band.sum() >= MIN_FIT_CELLS and np.unique(ii).size >= 3 and np.unique(jj).size >= 3) \
+                or band.sum() == usable.sum():
+            return band, frac * span
+        frac *= BAND_GROWTH
+
+
+def _local_interaction(per_seed_v: np.ndarray, bi: int, bj: int, present: np.ndarray | None = None) -> dict | None:
+    """Two-way ANOVA with replication (seeds) on the 3 x 3 cells around the best one.
+
+    Interaction F = MS_int / MS_within on (2*2, 9*(S-1)) degrees of freedom; the window is moved
+    inside the grid at its edges. ``per_seed_v`` is clamped at chance. None with one seed or a
+    grid narrower than 3, or when a seed is missing in the window (``present``): the balanced
+    design is what the F test needs.
+    """
+    S, n, m = per_seed_v.shape
+    if S < 2 or n < 3 or m < 3:
+        return None
+    i0, j0 = min(max(bi - 1, 0), n - 3), min(max(bj - 1, 0), m - 3)
+    if present is not None and not present[:, i0:i0 + 3, j0:j0 + 3].all():
+        return None
+    w = per_seed_v[:, i0:i0 + 3, j0:j0 + 3]
+    cell = w.mean(axis=0)
+    mu = cell.mean()
+    r = cell.mean(axis=1, keepdims=True)
+    cc = cell.mean(axis=0, keepdims=True)
+    ss_lr = S * 3 * float(((r - mu) ** 2).sum())
+    ss_wd = S * 3 * float(((cc - mu) ** 2).sum())
+    ss_int = S * float(((cell - r - cc + mu) ** 2).sum())
+    ss_err = float(((w - cell) ** 2).sum())
+    df_int, df_err = 4, 9 * (S - 1)
+    total = ss_lr + ss_wd + ss_int
+    share = ss_int / total if total > 0 else 0.0
+    if ss_err <= 0:
+        f, p = (math.inf, 0.0) if ss_int > 0 else (0.0, 1.0)
+    else:
+        f = (ss_int / df_int) / (ss_err / df_err)
+        p = float(f_dist.sf(f, df_int, df_err))
+    return {"window": {"lr_index": [i0, i0 + 2], "wd_index": [j0, j0 + 2]}, "share": share,
+            "F": f, "p": p, "df": [df_int, df_err]}
+
+
+def regret_by_start(v: np.ndarray, key: np.ndarray, usable: np.ndarray | None = None) -> list[float | None]:
+    """One-at-a-time regret from every start column j0: best lr at wd_j0, then best wd there.
+
+    ``v`` is the clamped seed-mean grid, ``key`` its ordering (diverged last). Element j0 is
+    V[i1, j1] - min V, in the metric's units; None for a column with no ``usable`` cell (every
+    cell diverged or at chance: the "best lr" there is a tie-break, not a choice).
+    """
+    best = float(v.min())
+    out: list[float | None] = []
+    for j0 in range(v.shape[1]):
+        if usable is not None and not usable[:, j0].any():
+            out.append(None)
+            continue
+        i1 = int(np.argmin(key[:, j0]))
+        j1 = int(np.argmin(key[i1]))
+        out.append(float(v[i1, j1] - best))
+    return out
+
+
+def _seeds_needed(fit: dict, S: int, pure_sd: float | None, tol: float) -> int | None:
+    """Seeds at which the interval would be narrow enough to decide, if the estimate held.
+
+    Decided means: inside +-tol (needs half-width tol - |s|) or excluding 0 beyond tol (needs
+    half-width |s|). The slope's variance is split into seed noise (shrinks as 1/S) and lack of
+    fit (does not); None when even infinitely many seeds would not get there.
+    """
+    s, se = fit["slope"], fit["slope_se"]
+    if s is None or not se or se <= 0:
+        return None
+    need = tol - abs(s) if abs(s) < tol else abs(s)
+    if need <= 0:
+        return None
+    t = fit["t"]
+    rsd = fit["residual_sd"]
+    noise_share = 1.0 if pure_sd is None or rsd <= 0 else min(1.0, (pure_sd ** 2 / S) / rsd ** 2)
+    var_now = se * se
+    var_noise, var_lof = var_now * noise_share, var_now * (1 - noise_share)
+    target = (need / t) ** 2
+    if var_lof >= target:
+        return None
+    s_new = S * var_noise / (target - var_lof)
+    return int(min(MAX_SEEDS_TO_DECIDE, max(S + 1, math.ceil(s_new))))
+
+
+def _g(v: float | None, fmt: str = ".3g") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _interval_text(ci) -> str:
+    lo, hi = ci
+    a = "-inf" if not math.isfinite(lo) else f"{lo:+.2f}"
+    b = "+inf" if not math.isfinite(hi) else f"{hi:+.2f}"
+    return f"[{a}, {b}]"
+
+
+def decide(lrs, wds, per_seed_values, *, chance: float | None = None, default_wd: float | None = None,
+           present=None, val_size: int | None = None, error_metric: bool | None = None,
+           tolerance: float = SLOPE_TOLERANCE) -> dict:
+    """Can lr and wd be tuned separately on this grid? A verdict with the numbers that decided it.
+
+    ``per_seed_values``: S x n x m, lower is better, NaN/inf = diverged (the shapes of
+    :func:`separability_with_ci`; ``present`` marks finished seeds as there). ``val_size``: the
+    validation set's size, to state regret in samples for an error metric (``error_metric``,
+    default: when a chance level below 1 is given). Returns
+
+    - ``verdict``: ``separable`` (the ridge slope's 95 % interval lies inside +-``tolerance``),
+      ``coupled`` (the interval excludes 0 and |slope| >= tolerance), ``inconclusive`` (neither),
+      ``no_wd_effect`` (wd moves the metric near the optimum less than seed noise does),
+      ``not_enough_data`` (one seed, missing cells, or too few usable cells near the optimum);
+    - ``ridge_slope``, ``ridge_slope_ci`` ([lo, hi]; +-inf = unbounded), ``tolerance``;
+    - ``seeds``, ``seeds_to_decide`` (inconclusive only: the projected seeds, else None);
+    - ``reason``: one sentence citing the numbers that decided;
+    - evidence: ``ridge`` (the local fit), ``interaction`` (seed-level ANOVA on the 3 x 3 cells
+      around the best), ``regret`` (one-at-a-time regret from every start column, in the metric,
+      in seed SDs and in validation samples), ``wd_effect`` (the noise test of
+      :func:`separability_with_ci`), ``censored_cells``.
+    """
+    per_seed = np.asarray(per_seed_values, dtype=float)
+    if per_seed.ndim != 3:
+        raise ValueError(f"per_seed_values must be S x n x m, got shape {per_seed.shape}")
+    x, y, _ = _axes(lrs, wds, per_seed[0])
+    S, n, m = per_seed.shape
+    pres = np.ones(per_seed.shape, bool) if present is None else np.asarray(present, bool)
+    mean = _seed_mean(per_seed, pres)
+    c = _chance(np.where(pres, per_seed, np.nan), chance)
+    if error_metric is None:
+        error_metric = chance is not None and chance < 1.0
+    out: dict = {"verdict": "not_enough_data", "reason": "", "tolerance": tolerance, "level": LEVEL,
+                 "ridge_slope": None, "ridge_slope_ci": None, "seeds": S, "seeds_to_decide": None,
+                 "ridge": None, "interaction": None, "regret": None, "wd_effect": None,
+                 "censored_cells": None, "best": None}
+
+    def finish(verdict: str, reason: str) -> dict:
+        out["verdict"], out["reason"] = verdict, reason
+        return out
+
+    if np.isnan(mean).any():
+        return finish("not_enough_data", f"{int(np.isnan(mean).sum())} of {n * m} cells have no finished "
+                      "seed yet, so there is nothing to decide on.")
+    if c is None or not np.isfinite(mean).any():
+        return finish("not_enough_data", "Every cell diverged: nothing to decide on.")
+    key = _order_key(mean)
+    v = _clamp(mean, c)
+    bi, bj = np.unravel_index(int(np.argmin(key)), key.shape)
+    best = float(mean[bi, bj])
+    out["best"] = {"lr": float(10 ** x[bi]), "wd": float(10 ** y[bj]), "value": best,
+                   "index": [int(bi), int(bj)]}
+    if np.ptp(v) <= 1e-12 * max(1.0, abs(best)):
+        return finish("not_enough_data", "The metric is the same in every cell: lr and wd make no "
+                      "difference on this grid.")
+    # censored: a diverged seed, or a mean within CHANCE_MARGIN of the way to chance
+    diverged = ~np.isfinite(mean)
+    at_chance = np.isfinite(mean) & (mean >= c - CHANCE_MARGIN * (c - best))
+    usable = ~diverged & ~at_chance
+    out["censored_cells"] = {"diverged": int(diverged.sum()), "chance_level": int(at_chance.sum())}
+    # seed noise near the optimum and whether wd moves the metric beyond it
+    rows = _near_rows(v)
+    noise = _noise(y, per_seed, pres, mean, c, rows) if S >= 2 else {"seeds": S}
+    out["wd_effect"] = noise
+    clamped_seeds = _clamp(per_seed, c)
+    band, height = _fit_cells(np.where(usable, v, np.inf), usable, x, y, c)
+    ii, jj = np.nonzero(band)
+    sd = noise.get("seed_sd")
+    # seed SD over the fitted cells (pure error), the noise unit of regret
+    if S >= 2:
+        sub = clamped_seeds[:, ii, jj]
+        sub_p = pres[:, ii, jj]
+        k_ = sub_p.sum(axis=0)
+        cm = np.where(sub_p, sub, 0).sum(axis=0) / np.maximum(k_, 1)
+        dfp = int((k_ - 1).clip(min=0).sum())
+        pure_sd = math.sqrt(float(np.where(sub_p, (sub - cm) ** 2, 0).sum()) / dfp) if dfp else None
+    else:
+        pure_sd = None
+    sd = pure_sd if pure_sd is not None else sd
+    regrets = regret_by_start(v, key, usable)
+    worst_j = int(np.argmax([-1.0 if r is None else r for r in regrets]))
+    worst = float(regrets[worst_j] or 0.0)
+    from_default = _regret(y, v, key, default_wd)[0]
+
+    def samples(r: float) -> float | None:
+        return r * val_size if (val_size and error_metric) else None
+
+    out["regret"] = {
+        "by_start_column": regrets, "max": worst, "seed_sd": sd,
+        "max_in_seed_sd": worst / sd if sd else None,
+        "by_start_column_in_seed_sd": [None if r is None else r / sd for r in regrets] if sd else None,
+        "start_columns_skipped": sum(r is None for r in regrets),
+        "max_in_samples": samples(worst), "val_size": val_size if error_metric else None,
+        "worst_start_wd": float(10 ** y[worst_j]), "from_default_wd": from_default,
+    }
+    basin = basin_mask(mean)
+    out["top_cells"] = [[int(i), int(j)] for i, j in zip(*np.nonzero(basin))]
+    if worst <= 1e-12:
+        regret_txt = "one-at-a-time tuning (lr, then wd) finds the grid's best from every start wd"
+    else:
+        regret_txt = f"one-at-a-time tuning (lr, then wd) loses at most {worst:.3g}"
+        if sd:
+            smp = samples(worst)
+            regret_txt += f" ({worst / sd:.2f} seed SD" + (f", {smp:.1f} of {val_size} validation samples)"
+                                                            if smp is not None else ")")
+        regret_txt += f", starting from wd = {10 ** y[worst_j]:.3g}"
+        regret_txt += (", and nothing from the default wd" if from_default <= 1e-12
+                       else f", and {from_default:.3g} from the default wd")
+    out["interaction"] = _local_interaction(clamped_seeds, int(bi), int(bj), pres)
+    if S < 2:
+        return finish("not_enough_data", f"One seed only: no way to tell the ridge from seed noise "
+                      f"({regret_txt}). Run two or more seeds.")
+    if noise.get("wd_has_effect") is False:
+        return finish("no_wd_effect", f"Weight decay moves the metric near the optimum by "
+                      f"{noise['wd_range_near_best']:.3g}, less than seed noise alone gives "
+                      f"({noise['wd_noise_threshold']:.3g}): there is no wd optimum to move with lr; "
+                      f"{regret_txt}.")
+    if band.sum() < 7 or np.unique(ii).size < 3 or np.unique(jj).size < 3:
+        return finish("not_enough_data", f"Only {int(band.sum())} usable cells near the optimum on "
+                      f"{np.unique(ii).size} lrs and {np.unique(jj).size} wds (the rest diverged or are "
+                      "at chance): a ridge needs 3 of each. Use a finer grid around the best cell.")
+    fit = ridge_fit(x[ii], y[jj], v[ii, jj], pres[:, ii, jj].sum(axis=0))
+    if fit is None:
+        return finish("not_enough_data", "The cells near the optimum do not determine a quadratic "
+                      "surface: use a finer grid around the best cell.")
+    fit["band_height"] = height
+    fit["_means"], fit["_counts"] = v[ii, jj], pres[:, ii, jj].sum(axis=0)
+    fit["lr_index"], fit["wd_index"] = [int(i) for i in ii], [int(j) for j in jj]
+    out["ridge"] = fit
+    out["ridge_slope"] = fit["slope"]
+    out["ridge_slope_ci"] = list(fit["ci"])
+    lo, hi = fit["ci"]
+    s = fit["slope"]
+    where = f"fit on {fit['cells']} cells near the optimum, {S} seeds"
+    if s is not None and fit["bounded"] and -tolerance < lo and hi < tolerance:
+        return finish("separable", f"The best wd stays put as lr changes: ridge slope {s:+.2f} "
+                      f"{_interval_text(fit['ci'])} lies inside +-{tolerance:g} ({where}); {regret_txt}.")
+    if s is not None and fit["bounded"] and (lo > 0 or hi < 0) and abs(s) >= tolerance:
+        return finish("coupled", f"The best wd moves with lr: ridge slope {s:+.2f} "
+                      f"{_interval_text(fit['ci'])} excludes 0 and exceeds +-{tolerance:g} ({where}); "
+                      f"still, {regret_txt}.")
+    out["seeds_to_decide"] = _seeds_needed(fit, S, pure_sd, tolerance)
+    more = (f"about {out['seeds_to_decide']} seeds would decide it" if out["seeds_to_decide"]
+            else "more seeds alone would not decide it (a finer grid near the best cell would)")
+    if s is None or not fit["bounded"]:
+        why = (f"wd's curvature near the optimum is not established (ridge slope interval "
+               f"{_interval_text(fit['ci'])})")
+    else:
+        why = (f"ridge slope {s:+.2f} {_interval_text(fit['ci'])} is neither inside +-{tolerance:g} "
+               "nor clear of 0 beyond it")
+    return finish("inconclusive", f"Cannot tell yet: {why} ({where}); {more}; {regret_txt}.")
+
+
+# --------------------------------------------------------------------------- parametrizations
+#
+# A decoupled decay step is theta <- theta * (1 - c_t) with c_t = lr^p * m(s_t) * lam: the
+# conventions differ in the power p of the base lr and in the schedule factor m. Two conventions
+# with the same m describe the same trajectories, lam_to = lr^(p_from - p_to) * lam_from, so one
+# grid can be read in both; with a constant schedule (s_t = 1) every m is 1 and all of them can.
+# ``l2`` (decay through the gradient) has no such rewriting.
+
+#: convention -> (schedule factor, power of the base lr in the per-step decay)
+DECAY_CONVENTIONS: dict[str, tuple[str, int]] = {
+    "schedule": ("s", 0),   # the paper's: c_t = s_t * lam
+    "lr": ("s", 1),         # torch.optim.AdamW's: c_t = lr * s_t * lam
+    "constant": ("1", 0),   # c_t = lam
+    "corrected": ("s2", 1),  # c_t = lr * s_t^2 * lam
+}
+#: Words for each coordinate system in the report.
+CONVENTION_WORDS = {"schedule": "the paper's (decay scaled by the schedule only)",
+                    "lr": "PyTorch's (decay multiplied by lr)",
+                    "constant": "constant decay", "corrected": "corrected decay (lr * schedule^2)",
+                    "tau_epochs": "the timescale tau = 1/(lr_eff * lam_lr), in epochs"}
+
+
+def convertible(convention: str, *, constant_schedule: bool = False) -> list[str]:
+    """The other conventions a grid in ``convention`` can be read in (none for ``l2``)."""
+    if convention not in DECAY_CONVENTIONS:
+        return []
+    fam = DECAY_CONVENTIONS[convention][0]
+    return [c for c, (f, _) in DECAY_CONVENTIONS.items()
+            if c != convention and (constant_schedule or f == fam)]
+
+
+def convert_wd(lrs, wds, from_convention: str, to_convention: str, *,
+               constant_schedule: bool = False) -> np.ndarray:
+    """The n x m grid of wd values in ``to_convention`` for the cells (lrs[i], wds[j]).
+
+    lam_to = lr^(p_from - p_to) * lam_from (e.g. lam_schedule = lr * lam_lr). The result is not a
+    rectangle on log axes unless the powers agree. ValueError for a pair that cannot be converted.
+    """
+    if to_convention not in convertible(from_convention, constant_schedule=constant_schedule) \
+            and to_convention != from_convention:
+        raise ValueError(f"a grid in the {from_convention!r} convention cannot be read in the "
+                         f"{to_convention!r} convention")
+    lr = np.asarray(lrs, float)[:, None]
+    wd = np.asarray(wds, float)[None, :]
+    p_from, p_to = DECAY_CONVENTIONS[from_convention][1], DECAY_CONVENTIONS[to_convention][1]
+    return wd * lr ** (p_from - p_to)
+
+
+def timescale_epochs(lrs, wds, convention: str, iters_per_epoch: int | None) -> np.ndarray | None:
+    """tau = 1/(lr^p * lam) iterations (the EMA timescale of the weights, at schedule value 1),
+    in epochs when ``iters_per_epoch`` is given (else in iterations); None for ``l2``."""
+    if convention not in DECAY_CONVENTIONS:
+        return None
+    p = DECAY_CONVENTIONS[convention][1]
+    lr = np.asarray(lrs, float)[:, None]
+    wd = np.asarray(wds, float)[None, :]
+    tau = 1.0 / (lr ** p * wd)
+    return tau / iters_per_epoch if iters_per_epoch else tau
+
+
+def _axis_verdict(fit: dict | None, tolerance: float) -> str:
+    if fit is None or fit["slope"] is None or not fit["bounded"]:
+        return "inconclusive"
+    lo, hi = fit["ci"]
+    if -tolerance < lo and hi < tolerance:
+        return "axis_aligned"
+    if (lo > 0 or hi < 0) and abs(fit["slope"]) >= tolerance:
+        return "tilted"
+    return "inconclusive"
+
+
+def parametrizations(lrs, wds, decision: dict, convention: str, *, iters_per_epoch: int | None = None,
+                     constant_schedule: bool = False) -> dict | None:
+    """The decision's ridge read in every coordinate system the grid can be written in.
+
+    The same cells near the optimum (``decision["ridge"]``) are refitted with their wd coordinate
+    converted (:func:`convert_wd`; the converted points are not a rectangle) and in
+    (log lr, log tau) with tau in epochs (:func:`timescale_epochs`). A quadratic stays a quadratic
+    under these shears, so each slope is the original plus the shear (an identity the tests check);
+    what changes is which system's interval lies inside the tolerance: ``axis_aligned`` (inside
+    +-tolerance), ``tilted`` (clear of 0 beyond it) or ``inconclusive``. Also the best cell's tau in
+    epochs and its range over the TOP_K best cells (``basin_mask``). None when the decision has no ridge or the
+    convention has no rewriting (``l2``).
+    """
+    fit0 = decision.get("ridge")
+    if not fit0 or convention not in DECAY_CONVENTIONS:
+        return None
+    tol = decision.get("tolerance", SLOPE_TOLERANCE)
+    ii, jj = np.array(fit0["lr_index"]), np.array(fit0["wd_index"])
+    lr = np.asarray(lrs, float)
+    per_seed_means = fit0.get("_means")
+    counts = fit0.get("_counts")
+    x = np.log10(lr[ii])
+    out: list[dict] = []
+    systems: list[tuple[str, np.ndarray]] = [(convention, np.log10(np.asarray(wds, float)[jj]))]
+    for other in convertible(convention, constant_schedule=constant_schedule):
+        systems.append((other, np.log10(convert_wd(lrs, wds, convention, other,
+                                                   constant_schedule=constant_schedule)[ii, jj])))
+    tau = timescale_epochs(lrs, wds, convention, iters_per_epoch)
+    if tau is not None:
+        systems.append(("tau_epochs" if iters_per_epoch else "tau_iterations", np.log10(tau[ii, jj])))
+    for name, yy in systems:
+        fit = ridge_fit(x, yy, per_seed_means, counts)
+        out.append({"coordinates": name, "words": CONVENTION_WORDS.get(name, name),
+                    "ridge_slope": None if fit is None else fit["slope"],
+                    "ridge_slope_ci": None if fit is None else list(fit["ci"]),
+                    "reading": _axis_verdict(fit, tol)})
+    best = decision.get("best") or {}
+    bi, bj = best.get("index", [None, None])
+    best_tau = float(tau[bi, bj]) if tau is not None and bi is not None else None
+    top = np.array(decision.get("top_cells") or [[bi, bj]])
+    tau_top = tau[top[:, 0], top[:, 1]] if tau is not None and bi is not None else None
+    aligned = [o["coordinates"] for o in out if o["reading"] == "axis_aligned"]
+    return {"systems": out, "axis_aligned_in": aligned,
+            "best_tau": best_tau, "tau_unit": "epochs" if iters_per_epoch else "iterations",
+            "tau_range_top_cells": None if tau_top is None else [float(tau_top.min()), float(tau_top.max())],
+            "iters_per_epoch": iters_per_epoch}

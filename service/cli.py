@@ -1,4 +1,4 @@
-"""The `decouple` command line (see CONTRACT.md).
+"""The `decouple` command line (reference: ``docs/api.md``).
 
 Each subcommand's work lives beside what it drives (`service.db`, `service.api`, `service.client`,
 `workers.worker`, `workers.demo`); this module only parses arguments and turns the project's own
@@ -11,9 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from service.errors import CliError
 
-class CliError(Exception):
-    """An error the user can act on; printed as one line, exit status 2."""
+__all__ = ["CliError", "build_parser", "main"]
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:

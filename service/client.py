@@ -1,6 +1,6 @@
 """The team's client: ``decouple submit``, ``decouple status`` and ``decouple report`` over HTTP.
 
-Each talks to the REST API of CONTRACT.md with httpx. The API's address and token come from the
+Each talks to the REST API (``docs/api.md``) with httpx. The API's address and token come from the
 command's ``--api-url`` / ``--token``, else ``DECOUPLE_API_URL`` / ``DECOUPLE_TOKEN``
 (:func:`service.config.get_settings`). Every failure a user can meet (a server that is not there,
 a missing or wrong token, an unknown study, a spec the API rejects, a spec file that does not
@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 import yaml
 
-from service.cli import CliError
 from service.config import get_settings
+from service.errors import CliError
 
 #: Connecting should be quick; a report of a large finished study may take a while to compute.
 TIMEOUT = httpx.Timeout(120.0, connect=10.0)
@@ -235,14 +235,7 @@ def follow(
     total is re-read each time, since an ``auto`` axis adds its grid after the pilot run.
     """
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = (
         TextColumn("[bold]{task.description}"),

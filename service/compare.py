@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 
 from service.analysis import CI_MEASURES, _raw_measures, _seed_mean
+from service.domain.catalog import DEFAULT_GRIDS, chance_level, default_wd
 from service.errors import Conflict, InvalidInput
-from workers.catalog import DEFAULT_GRIDS, chance_level, default_wd
 
 #: Bootstrap resamples per difference; the generator seed that makes them reproducible.
 N_BOOT = 400

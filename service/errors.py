@@ -20,6 +20,11 @@ class DecoupleError(Exception):
         return self.message
 
 
+class CliError(Exception):
+    """An error the user can act on at the command line; ``decouple`` prints it as one line and
+    exits with status 2 (``service.cli``)."""
+
+
 class NotFound(DecoupleError):
     """The study, trial or token asked for does not exist."""
 

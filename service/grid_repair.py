@@ -1,7 +1,7 @@
 """Edge repair on the database: find optimizers whose best cell is on a grid edge and extend them.
 
-The planning is :mod:`workers.autogrid` (numpy only); this module reads a study's grid trials,
-decides with :func:`workers.autogrid.edge_directions`, and writes the extension: the spec's axis
+The planning is :mod:`service.domain.placement` (numpy only); this module reads a study's grid trials,
+decides with :func:`service.domain.placement.edge_directions`, and writes the extension: the spec's axis
 gets more points with the same log spacing (``placement: "extended"``, ``origin`` = trial index
 of its first point, negative after an extension below) and only the new cells' trials are added,
 so every trial already run keeps its id and result. Used by ``POST /studies/{id}/extend`` and by
@@ -17,9 +17,9 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from service import store
+from service.domain.grid import Axis, axis_value, extend_axis, extension_steps
+from service.domain.placement import edge_directions
 from service.models import Study, Trial
-from workers.autogrid import axis_value, edge_directions, extend_axis, extension_steps
-from workers.catalog import Axis
 
 #: Largest number of rows or columns one extension may add to one side.
 MAX_EXTEND_STEPS = 8

@@ -9,7 +9,7 @@ cell x seed, the unit a worker trains), ``curve_points`` (per-epoch metrics of a
 * ``PRIMARY KEY(trial_id, epoch)`` makes recording an epoch an idempotent upsert;
 * ``ix_studies_queue(status, priority, created_at)`` serves the claim query.
 
-Diverged runs are data (STYLE.md, habit 5): a metric is stored as a ``DOUBLE`` that is NULL
+Diverged runs are data: a metric is stored as a ``DOUBLE`` that is NULL
 unless finite, plus a ``*_kind`` column in {``finite``, ``nan``, ``inf``, ``-inf``} (NULL kind:
 not measured yet). Neither SQLite (which turns NaN into NULL) nor JSON can carry NaN, so the
 kind is explicit; on the Python side the attribute without suffix (``trial.val_loss``) reads and
@@ -252,7 +252,7 @@ class Trial(Base):
 
 
 class CurvePoint(Base):
-    """A trial's metrics after one epoch (epochs count from 1)."""
+    """A trial's metrics after one epoch (epochs count from 0, as the trainer writes them)."""
 
     __tablename__ = "curve_points"
     __table_args__ = _kind_checks()

@@ -1,4 +1,4 @@
-"""A study's separability report: the JSON of CONTRACT.md, the terminal table, the HTML page.
+"""A study's separability report: the JSON of ``docs/api.md``, the terminal table, the HTML page.
 
 ``build_report`` turns a study and its trials into the report dict (computed once when a study
 finishes and cached by the API; also built on the fly, marked ``partial``, while it runs).
@@ -11,55 +11,38 @@ seeds that finished there. A cell where any finished seed diverged is diverged (
 in ``grid.diverged``); a cell without a finished seed is missing (``null``, ``grid.seeds[i][j] == 0``).
 The measures come from ``service.analysis`` (see its docstring for the formulas and readings).
 
-The one-sentence reading per optimizer (``verdict``) uses these judgement thresholds, with
-"share" the smaller of the interaction share and its rank version for "separable" and the smaller
-too for "jointly" (both must agree, since a few extreme cells can carry the raw share alone):
-share <= 0.15 and |slope| <= 0.35 -> "tune wd once and keep it when you change lr";
-share >= 0.35 or |slope| >= 0.65 -> "lr and wd must be searched jointly"; in between "partly
-coupled". When weight decay moves the metric less than seed noise, it says that instead.
+The reading per optimizer (``verdict``, one headline and the sentence that decided it) and the
+ranking come from :func:`service.analysis.decide` (``decision``: the ridge slope of the good cells
+with its 95 % interval, an equivalence test against +-0.5, the local interaction test and the
+one-at-a-time regret from every start column in seed SDs and validation samples). ``parametrizations``
+reads the same ridge in the other decay conventions the optimizer can be written in and in the
+weight-averaging timescale tau (epochs). The older measures (interaction share, best-wd slope,
+tilt) stay in the entry as evidence; none of them decides.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import html
 import io
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from service.analysis import basin_mask, separability_with_ci
-from workers.catalog import DEFAULT_GRIDS, chance_level, default_wd
+from service.analysis import basin_mask, decide, parametrizations, separability_with_ci
+from service.domain.catalog import DEFAULT_GRIDS, TASK_INFO, chance_level, default_wd
+from service.domain.numeric import json_safe
+from service.domain.rules import VARIANTS
 
-SEPARABLE_SHARE, COUPLED_SHARE = 0.15, 0.35
-SEPARABLE_SLOPE, COUPLED_SLOPE = 0.35, 0.65
+#: Ranking order of the verdicts: most separable first.
+VERDICT_ORDER = {"separable": 0, "no_wd_effect": 1, "inconclusive": 2, "coupled": 3, "not_enough_data": 4}
 METRIC_WORDS = {"val_error": "validation error", "val_loss": "validation loss"}
 
 
 # --------------------------------------------------------------------------- JSON
-
-
-def _json_safe(obj: Any) -> Any:
-    """Plain JSON types only; NaN and inf become None (the contract's ``null``)."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, (_dt.datetime, _dt.date)):
-        return obj.isoformat()
-    return obj
 
 
 def _axis(ax: Any, trials: list[dict], key: str) -> np.ndarray:
@@ -76,8 +59,6 @@ def _finite(v: Any) -> bool:
 
 def _other_convention(name: str, best: dict | None, slope: float | None) -> dict | None:
     """What the grid means in the other decoupled convention: lam_paper = lr * lam_torch."""
-    from workers.optim import VARIANTS
-
     decay = VARIANTS[name].decay
     if decay == "l2" or not best:
         return None
@@ -100,43 +81,37 @@ def _other_convention(name: str, best: dict | None, slope: float | None) -> dict
             "sentence": sentence}
 
 
+HEADLINES = {
+    "separable": "Separable: tune wd once and keep it when you change lr.",
+    "coupled": "Coupled: the best wd moves with lr, so re-tune wd after changing lr.",
+    "inconclusive": "Inconclusive: this grid cannot tell whether the best wd moves with lr.",
+    "no_wd_effect": "Weight decay made no difference beyond seed noise on this grid: tune lr; wd can stay "
+                    "anywhere in this range (widen it to see where wd starts to matter).",
+}
+
+
 def verdict(entry: dict) -> str:
-    """One sentence: what the measures mean for tuning this optimizer."""
+    """The headline of the entry's ``decision`` and the sentence with the numbers that decided it."""
     d = entry.get("diagnostics", {})
     if d.get("all_diverged"):
         return "Every setting diverged: nothing to judge; try lower learning rates."
-    if entry.get("separability") is None:
+    dec = entry.get("decision") or {}
+    if entry.get("separability") is None or not dec:
         return "Not enough finished cells to judge yet."
     if d.get("flat"):
         return "Neither lr nor wd changed the metric on this grid: nothing to judge."
-    noise = entry.get("noise") or {}
-    share, slope = entry["interaction_share"], entry.get("optimal_wd_slope")
-    rank_share = entry.get("interaction_share_rank")
-    # the raw share can be carried by a few extreme cells; the verdict needs both shares to agree
-    low, high = (min(share, rank_share), max(share, rank_share)) if rank_share is not None else (share, share)
-    if noise.get("wd_has_effect") is False:
-        text = ("Weight decay made no difference beyond seed noise on this grid: tune lr, wd can stay "
-                "anywhere in this range (widen it to see where wd starts to matter).")
-    elif low >= COUPLED_SHARE or (slope is not None and abs(slope) >= COUPLED_SLOPE):
-        moves = f" (slope {slope:+.2f})" if slope is not None else ""
-        text = f"lr and wd must be searched jointly: the best wd moves with lr{moves}."
-    elif low <= SEPARABLE_SHARE and (slope is None or abs(slope) <= SEPARABLE_SLOPE):
-        text = "Separable: tune wd once and keep it when you change lr."
-    else:
-        text = "Partly coupled: re-tune wd when lr moves by more than a grid step or two."
-    regret, trials = entry.get("coordinate_regret"), entry.get("coordinate_trials") or {}
-    if regret is not None and trials:
-        if regret <= 1e-12:
-            text += (f" One-at-a-time tuning from the default wd finds the grid's best "
-                     f"({trials['one_at_a_time']} trials instead of {trials['full_grid']}).")
-        else:
-            text += f" One-at-a-time tuning from the default wd ends {regret:.3g} worse than the grid's best."
-    return text
+    head = HEADLINES.get(dec["verdict"], "Not enough data to decide.")
+    r = dec.get("regret") or {}
+    lost = r.get("max_in_seed_sd")
+    if dec["verdict"] == "coupled" and lost is not None and lost < 1:
+        head = ("Coupled, mildly: the best wd moves with lr, but on this grid tuning lr, then wd, "
+                "from any start wd loses less than one seed SD.")
+    elif dec["verdict"] == "separable" and lost is not None and lost >= 1:
+        head = "Separable, but the best lr depends on wd: tune wd once, then re-tune lr at that wd."
+    return f"{head} {dec['reason']}"
 
 
 def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, chance: float | None) -> dict:
-    from workers.optim import VARIANTS
-
     name = opt["name"]
     mine = [t for t in trials if t.get("optimizer") == name and (t.get("phase") or "grid") == "grid"]
     lrs, wds = _axis(opt.get("lr"), mine, "lr"), _axis(opt.get("wd"), mine, "wd")
@@ -176,6 +151,18 @@ def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, cha
         ids.setdefault((i, j), []).append((t["id"], t.get("seed")))
     dwd = None if spec.get("wd_normalized") or name not in DEFAULT_GRIDS else default_wd(name)
     res = separability_with_ci(lrs, wds, vals, chance=chance, default_wd=dwd, present=present)
+    info = TASK_INFO.get(spec.get("task") or "")
+    val_size = info.val_size if info else None
+    dec = decide(lrs, wds, vals, chance=chance, default_wd=dwd, present=present, val_size=val_size,
+                 error_metric=metric == "val_error")
+    batch = spec.get("batch_size") or (info.batch_size if info else None)
+    ipe = math.ceil(info.train_size / batch) if info and info.train_size and batch else None
+    sched = (spec.get("schedule") or {}).get("name")
+    params = parametrizations(lrs, wds, dec, VARIANTS[name].decay, iters_per_epoch=ipe,
+                              constant_schedule=sched == "constant")
+    if dec.get("ridge"):
+        for k in ("_means", "_counts"):
+            dec["ridge"].pop(k, None)
     finished = present.sum(axis=0)
     diverged = (present & ~np.isfinite(vals)).sum(axis=0)
     mean = np.where(present & np.isfinite(vals), vals, 0.0).sum(axis=0) / np.maximum(finished, 1)
@@ -195,7 +182,11 @@ def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, cha
         "trials": counts,
         "default_wd": dwd,
         "other_convention": _other_convention(name, res["best"], res["optimal_wd_slope"]),
+        "decision": dec,
+        "parametrizations": params,
     }
+    if params:
+        entry["parametrizations"]["sentence"] = parametrization_sentence(params)
     entry["placement"] = placement(opt)
     entry["pilot"] = pilot_grid(name, trials, metric)
     if counts["failed"]:
@@ -254,12 +245,11 @@ def pilot_png(pilot: dict) -> str:
 
 def _unplaced_entry(name: str, n_trials: int) -> dict:
     """An optimizer whose ``auto`` grid has not been placed by its pilot run yet."""
-    from workers.optim import VARIANTS
-
     variant = VARIANTS[name]
     none = dict.fromkeys(("best", "interaction_share", "interaction_share_rank", "optimal_wd_slope",
                           "basin_tilt_deg", "basin_angle_deg", "coordinate_regret", "coordinate_trials",
-                          "separability", "other_convention", "default_wd"))
+                          "separability", "other_convention", "default_wd", "decision",
+                          "parametrizations"))
     return {"name": name, "title": variant.title, "decay_convention": variant.decay_convention,
             "rule": variant.rule, **none, "ci": {}, "noise": {}, "unreliable": [], "diagnostics": {},
             "warnings": ["The grid is not placed yet: its auto axis waits for the pilot run."],
@@ -268,20 +258,43 @@ def _unplaced_entry(name: str, n_trials: int) -> dict:
             "_best_ids": [], "verdict": "Not enough finished cells to judge yet."}
 
 
+def _bounds(ci: list) -> tuple[float, float]:
+    """An interval with ``None`` (unbounded, as JSON writes it) read as -inf / +inf."""
+    return (-math.inf if ci[0] is None else ci[0]), (math.inf if ci[1] is None else ci[1])
+
+
+def _rank_key(e: dict) -> tuple:
+    """Verdict class first (VERDICT_ORDER); within a class, how far from 0 the ridge slope's
+    interval reaches (coupled: how close it comes to 0, nearer = less coupled); then the old
+    separability."""
+    dec = e.get("decision") or {}
+    v = dec.get("verdict", "not_enough_data")
+    ci = dec.get("ridge_slope_ci")
+    reach = math.inf
+    if ci and dec.get("ridge_slope") is not None:
+        lo, hi = _bounds(ci)
+        reach = min(abs(lo), abs(hi)) if v == "coupled" else max(abs(lo), abs(hi))
+    return (VERDICT_ORDER.get(v, 4), reach, -(e.get("separability") or 0.0))
+
+
 def _rank(entries: list[dict]) -> tuple[list[str], list[str]]:
-    """Most separable first; warnings where neighbours cannot be told apart."""
-    ranked = sorted((e for e in entries if e["separability"] is not None),
-                    key=lambda e: -e["separability"])
+    """Most separable first (by ``decision``); warnings where neighbours cannot be told apart."""
+    ranked = sorted((e for e in entries if e["separability"] is not None), key=_rank_key)
     warnings = []
-    for a, b in zip(ranked, ranked[1:]):
-        ca, cb = a["ci"].get("separability"), b["ci"].get("separability")
-        if abs(a["separability"] - b["separability"]) <= 1e-9:
-            warnings.append(f"{a['name']} and {b['name']} tie on separability "
-                            f"({a['separability']:.3f}); their order is arbitrary.")
-        elif ca and cb and ca[0] <= cb[1]:
-            warnings.append(f"{a['name']} and {b['name']} cannot be told apart: their separability "
-                            f"intervals overlap ([{ca[0]:.2f}, {ca[1]:.2f}] and [{cb[0]:.2f}, {cb[1]:.2f}]), "
-                            "so their order is not a finding.")
+    for a, b in itertools.pairwise(ranked):
+        da, db = a.get("decision") or {}, b.get("decision") or {}
+        if da.get("verdict") != db.get("verdict"):
+            continue
+        ca, cb = da.get("ridge_slope_ci"), db.get("ridge_slope_ci")
+        if ca and cb:
+            (lo_a, hi_a), (lo_b, hi_b) = _bounds(ca), _bounds(cb)
+            if lo_a <= hi_b and lo_b <= hi_a:
+                warnings.append(f"{a['name']} and {b['name']} are both {da['verdict'].replace('_', ' ')} "
+                                f"and their ridge-slope intervals overlap ({_ci_text(ca)} and {_ci_text(cb)}), "
+                                "so their order is not a finding.")
+        else:
+            warnings.append(f"{a['name']} and {b['name']} are both {da.get('verdict', '?').replace('_', ' ')} "
+                            "without a ridge slope: their order is arbitrary.")
     if ranked and all(e["ci"].get("separability") is None for e in ranked) and len(ranked) > 1:
         warnings.append("No intervals (one seed): the ranking is provisional.")
     unranked = [e["name"] for e in entries if e["separability"] is None]
@@ -290,9 +303,41 @@ def _rank(entries: list[dict]) -> tuple[list[str], list[str]]:
     return [e["name"] for e in ranked], warnings
 
 
+def _ci_text(ci: list) -> str:
+    lo = "-inf" if ci[0] is None or not math.isfinite(ci[0]) else f"{ci[0]:+.2f}"
+    hi = "+inf" if ci[1] is None or not math.isfinite(ci[1]) else f"{ci[1]:+.2f}"
+    return f"[{lo}, {hi}]"
+
+
+SYSTEM_WORDS = {"schedule": "the paper's convention", "lr": "PyTorch's convention (lr-scaled)",
+                "constant": "the constant-decay convention", "corrected": "the corrected convention",
+                "tau_epochs": "timescale tau (epochs)", "tau_iterations": "timescale tau (iterations)"}
+
+
+def parametrization_sentence(params: dict) -> str:
+    """Where the optimum is axis-aligned, with each system's ridge slope, and the best tau."""
+    parts = []
+    for o in params["systems"]:
+        s = o["ridge_slope"]
+        slope = "slope -" if s is None else f"slope {s:+.2f} {_ci_text(o['ridge_slope_ci'])}"
+        parts.append(f"{SYSTEM_WORDS.get(o['coordinates'], o['coordinates'])}: {slope}, "
+                     f"{o['reading'].replace('_', '-')}")
+    aligned = params["axis_aligned_in"]
+    head = ("The optimum is axis-aligned in " + ", ".join(SYSTEM_WORDS.get(a, a) for a in aligned)
+            if aligned else "The optimum is axis-aligned in none of the coordinate systems (within +-0.5)")
+    text = f"{head} ({'; '.join(parts)})."
+    if params.get("best_tau") is not None:
+        text += f" Best cell's tau = {params['best_tau']:.3g} {params['tau_unit']}"
+        rng = params.get("tau_range_top_cells")
+        if rng:
+            text += f" (the 10 best cells span {rng[0]:.3g}-{rng[1]:.3g})"
+        text += "."
+    return text
+
+
 def build_report(study: dict, trials: list[dict],
                  load_curves: Callable[[list[int]], dict[int, list[dict]]]) -> dict:
-    """The report JSON of CONTRACT.md for one study (JSON-ready: non-finite numbers are None)."""
+    """The report JSON (``docs/api.md``) for one study (JSON-ready: non-finite numbers are None)."""
     spec = study.get("spec") or {}
     metric = spec.get("metric", "val_error")
     task = spec.get("task")
@@ -322,7 +367,21 @@ def build_report(study: dict, trials: list[dict],
         "wd_normalized": bool(spec.get("wd_normalized", False)),
         "optimizers": entries, "ranking": ranking, "warnings": warnings,
     }
-    return _json_safe(report)
+    return json_safe(report)
+
+
+def study_report(engine: Any, study_id: str) -> dict[str, Any]:
+    """A study's report, from its stored row when done and cached, else built (and cached when
+    the study is done). Building happens in a read-only transaction, caching in a short write."""
+    from service import store
+    from service.db import session_scope
+
+    with session_scope(engine, read_only=True) as session:
+        report, needs_caching = store.compute_report(session, study_id, build_report)
+    if needs_caching:
+        with session_scope(engine) as session:
+            store.cache_report(session, study_id, report)
+    return report
 
 
 # --------------------------------------------------------------------------- terminal table
@@ -347,13 +406,28 @@ def _with_ci(e: dict, key: str, fmt: str) -> str:
     return f"{_f(v, fmt)}{mark}" + (f" [{_f(ci[0], fmt)}, {_f(ci[1], fmt)}]" if ci else "")
 
 
+def _ridge_text(dec: dict) -> str:
+    s, ci = dec.get("ridge_slope"), dec.get("ridge_slope_ci")
+    if s is None:
+        return "-"
+    return f"{_f(s, '+.2f')} {_ci_text(ci)}" if ci else _f(s, "+.2f")
+
+
+def _regret_text(dec: dict) -> str:
+    r = dec.get("regret") or {}
+    if r.get("max") is None:
+        return "-"
+    txt = _f(r["max"], ".3g")
+    return txt + (f" ({r['max_in_seed_sd']:.2f})" if r.get("max_in_seed_sd") is not None else "")
+
+
 def format_table(report: dict) -> str:
     """The separability table for a terminal: one row per optimizer, most separable first."""
     metric = report.get("metric", "val_error")
     order = {n: i for i, n in enumerate(report.get("ranking", []))}
     entries = sorted(report.get("optimizers", []), key=lambda e: order.get(e["name"], len(order)))
-    head = ["rank", "optimizer", f"best {metric}", "at lr, wd", "separability [95% CI]",
-            "wd slope [95% CI]", "tilt deg", "regret"]
+    head = ["rank", "optimizer", f"best {metric}", "at lr, wd", "verdict", "ridge slope [95% CI]",
+            "regret max (seed SD)", "separability [95% CI]"]
     rows = []
     for e in entries:
         best = e.get("best") or {}
@@ -362,10 +436,10 @@ def format_table(report: dict) -> str:
             e["name"],
             _num(best.get("value"), ".4g"),
             f"{best['lr']:.2g}, {best['wd']:.2g}" if best else "-",
+            (e.get("decision") or {}).get("verdict", "-"),
+            _ridge_text(e.get("decision") or {}),
+            _regret_text(e.get("decision") or {}),
             _with_ci(e, "separability", ".2f"),
-            _with_ci(e, "optimal_wd_slope", "+.2f"),
-            _num(e.get("basin_tilt_deg"), ".0f"),
-            _num(e.get("coordinate_regret"), ".3g"),
         ])
     widths = [max(len(r[k]) for r in [head, *rows]) for k in range(len(head))]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
@@ -378,14 +452,18 @@ def format_table(report: dict) -> str:
     out = [title, "", line(head), line(["-" * w for w in widths]), *map(line, rows), ""]
     for e in entries:
         out.append(f"{e['name']}: {e.get('verdict', '')}")
+        if (e.get("parametrizations") or {}).get("sentence"):
+            out.append(f"  {e['parametrizations']['sentence']}")
         out.extend(f"  ! {w}" for w in e.get("warnings", []))
     if report.get("warnings"):
         out.append("")
         out.extend(f"! {w}" for w in report["warnings"])
     out.append("")
-    out.append("separability = 1 - interaction share (1: the best wd does not depend on lr); wd slope: 0 "
-               "tune wd once, -1 only lr*wd matters; tilt: 0 axis-aligned basin, 45 diagonal; regret: "
-               "metric lost by tuning lr then wd one at a time. '?' = interval too wide to rank on.")
+    out.append("verdict: separable = the ridge slope's 95% interval lies inside +-0.5, coupled = it excludes "
+               "0 and |slope| >= 0.5; ridge slope: how many decades the best wd moves per decade of lr (0 tune "
+               "wd once, -1 only lr*wd matters), from a quadratic fit near the optimum; regret: metric lost "
+               "by tuning lr then wd one at a time, worst start wd, in seed SDs; separability = 1 - "
+               "interaction share. '?' = interval too wide to rank on.")
     return "\n".join(out)
 
 
@@ -622,13 +700,14 @@ def render_html(report: dict) -> str:
         rank = order.get(e["name"])
         rows.append(f"<tr><td>{rank + 1 if rank is not None else '&ndash;'}</td>"
                     f"<td><a href='#opt-{_e(e['name'])}'>{_e(e['name'])}</a></td>"
+                    f"<td>{_e((e.get('decision') or {}).get('verdict', '-'))}</td>"
+                    f"<td class='num'>{_e(_ridge_text(e.get('decision') or {}))}</td>"
                     f"<td class='num'>{_cell(e, 'separability', '.2f')}</td>"
-                    f"<td class='num'>{_cell(e, 'optimal_wd_slope', '+.2f')}</td>"
                     f"<td>{_e(e.get('verdict', ''))}</td>"
                     f"<td class='muted'>{_e(e.get('decay_convention', ''))}</td></tr>")
     parts.append("<section class='card' id='summary'><h2>Ranking: most separable first</h2>"
-                 "<table><tr><th>#</th><th>optimizer</th><th>separability [95% CI]</th>"
-                 "<th>best-wd slope</th><th>what it means for tuning</th><th>decay convention</th></tr>"
+                 "<table><tr><th>#</th><th>optimizer</th><th>verdict</th><th>ridge slope [95% CI]</th>"
+                 "<th>separability [95% CI]</th><th>what it means for tuning</th><th>decay convention</th></tr>"
                  + "".join(rows) + "</table>")
     if report.get("warnings"):
         parts.append("<ul class='warn'>" + "".join(f"<li>{_e(w)}</li>" for w in report["warnings"]) + "</ul>")
@@ -643,7 +722,9 @@ def render_html(report: dict) -> str:
                 f"src='{heatmap_png(e, metric, report.get('chance'))}'>" if e["grid"]["lr"] and e["grid"]["wd"]
                 else "<p class='muted'>No grid yet.</p>")
         parts.append(f"<div class='row'><div>{heat}</div><div>{_measures_table(e)}")
-        if e.get("other_convention"):
+        if (e.get("parametrizations") or {}).get("sentence"):
+            parts.append(f"<p class='conv'>{_e(e['parametrizations']['sentence'])}</p>")
+        elif e.get("other_convention"):
             parts.append(f"<p class='conv'>{_e(e['other_convention']['sentence'])}</p>")
         if e.get("warnings"):
             parts.append("<ul class='warn'>" + "".join(f"<li>{_e(w)}</li>" for w in e["warnings"]) + "</ul>")
@@ -668,6 +749,12 @@ def render_html(report: dict) -> str:
 
 
 _ABOUT = """<section class='card' id='about'><h2>How to read the measures</h2><dl>
+<dt>Verdict and ridge slope</dt><dd>The ridge is the best log10 wd as a function of log10 lr, from a
+quadratic surface fitted to the cells near the optimum (diverged and chance-level cells left out);
+its slope has a 95% Fieller interval. Separable: the whole interval lies inside &plusmn;0.5.
+Coupled: it excludes 0 and the slope is beyond &plusmn;0.5. Otherwise inconclusive, with the seeds
+that would likely decide it. No wd effect: wd moves the metric less than seed noise near the
+optimum. The ranking follows the verdicts.</dd>
 <dt>Interaction share and separability</dt><dd>Two-way ANOVA of the grid on log10 axes:
 SS<sub>interaction</sub> / (SS<sub>lr</sub> + SS<sub>wd</sub> + SS<sub>interaction</sub>). 0 exactly
 when the metric is f(lr) + g(wd): the best wd is the same at every lr. Diverged cells and cells

@@ -1,15 +1,15 @@
-"""Pydantic models: the study spec of CONTRACT.md and the API's public shapes.
+"""Pydantic models: the study spec (``docs/api.md``) and the API's public shapes.
 
-The spec models reject bad input by themselves (STYLE.md, habit 3): unknown optimizer or task
+The spec models reject bad input by themselves: unknown optimizer or task
 names (the message lists the allowed ones), non-positive or non-finite bounds, min > max, axes of
 0 or more than 64 points, 0 or more than 16 seeds, duplicate names, unknown fields, and studies
 with more trials than ``DECOUPLE_MAX_TRIALS``. FastAPI turns any of these into a 422 whose message
 names the field (:func:`format_errors`); routes hold no hand-written checks.
 
 A grid axis is log-spaced: ``num`` points from ``min`` to ``max``,
-``v_k = min * (max/min)**(k/(num-1))`` for k = 0..num-1 (:func:`axis_values`, the one place that
-computes them). A spec normalized by the model (:meth:`StudySpec.stored`) has every default
-filled in, so workers and the report read explicit axes, epochs and schedule parameters.
+``v_k = min * (max/min)**(k/(num-1))`` for k = 0..num-1 (:func:`service.domain.grid.axis_values`,
+the one place that computes them). A spec normalized by the model (:meth:`StudySpec.stored`) has
+every default filled in, so workers and the report read explicit axes, epochs and schedule parameters.
 """
 
 from __future__ import annotations
@@ -19,25 +19,12 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import numpy as np
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
-from workers.catalog import DEFAULT_GRIDS, TASK_INFO
+from service.domain.catalog import DEFAULT_GRIDS, TASK_INFO
+from service.domain.grid import axis_values as axis_values  # re-exported: the spec's axes' points
+from service.domain.rules import OPTIMIZER_NAMES, SCHEDULE_NAMES
 
-#: The five optimizer names of PAPER.md. ``workers.optim.OPTIMIZER_NAMES`` holds the same names
-#: (a test checks it) but imports torch; the API only needs the catalogue, which does not.
-OPTIMIZER_NAMES: tuple[str, ...] = tuple(DEFAULT_GRIDS)
-SCHEDULE_NAMES = ("constant", "step", "cosine", "cosine_restarts")
-METRIC_NAMES = ("val_error", "val_loss")
-DECAY_ON = ("all", "weights", "invariant")
 MAX_AXIS_POINTS = 64
 MAX_SEEDS = 16
 MAX_EPOCHS = 10_000
@@ -120,22 +107,6 @@ class GridAxis(_Spec):
         if self.origin:
             out["origin"] = self.origin
         return out
-
-
-def axis_values(axis: Any) -> list[float]:
-    """The points of a log-spaced axis (a :class:`GridAxis`, a catalogue ``Axis`` or a dict).
-
-    ``np.geomspace`` returns ``min`` and ``max`` exactly at the ends.
-    """
-    if isinstance(axis, dict):
-        lo, hi, num = axis["min"], axis["max"], axis["num"]
-    else:
-        lo, hi, num = axis.min, axis.max, axis.num
-    if lo is None or hi is None or num is None:
-        raise ValueError("an auto axis has no values until its pilot run has placed it")
-    if num == 1:
-        return [float(lo)]
-    return [float(v) for v in np.geomspace(lo, hi, int(num))]
 
 
 # --- optimizers and schedules --------------------------------------------------------------------

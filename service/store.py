@@ -19,28 +19,21 @@ are upserts on ``(trial_id, epoch)``. Metrics go in and come out as floats, NaN 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Text, and_, bindparam, cast, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from service.domain.grid import axis_values
+from service.domain.numeric import json_safe
 from service.errors import Conflict, Forbidden, NotFound
-from service.models import (
-    FINAL_STUDY_STATUSES,
-    STUDY_STATUSES,
-    CurvePoint,
-    Study,
-    Trial,
-    metric_values,
-    utcnow,
-)
-from service.schemas import StudySpec, axis_values
+from service.models import FINAL_STUDY_STATUSES, STUDY_STATUSES, CurvePoint, Study, Trial, metric_values, utcnow
+from service.schemas import StudySpec
 
 _STUDY_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -334,21 +327,6 @@ def trial_dict(trial: Trial) -> dict[str, Any]:
         "val_loss": trial.val_loss, "val_error": trial.val_error, "diverged": trial.diverged,
         "diverged_epoch": trial.diverged_epoch,
     }
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every NaN/inf float replaced by None (JSON, and PostgreSQL's json, have none)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return json_safe(value.item())
-    return value
 
 
 ReportBuilder = Callable[

@@ -80,9 +80,8 @@ def revoke_tokens(session: Session, name: str) -> int:
 
 def create_token_cli(name: str, admin: bool = False) -> int:
     """``decouple token create NAME [--admin]``: print a new token once, on stdout."""
-    from service.cli import CliError
     from service.db import check_schema_current, get_engine, session_scope
-    from service.errors import DecoupleError
+    from service.errors import CliError, DecoupleError
 
     try:
         check_name(name)
@@ -104,9 +103,8 @@ def create_token_cli(name: str, admin: bool = False) -> int:
 
 def revoke_token_cli(name: str) -> int:
     """``decouple token revoke NAME``: revoke every live token of NAME (admin work, on the database)."""
-    from service.cli import CliError
     from service.db import check_schema_current, get_engine, session_scope
-    from service.errors import DecoupleError
+    from service.errors import CliError, DecoupleError
 
     try:
         check_name(name)

@@ -741,7 +741,7 @@ def check_readme_command(cmd: str, state: ReadmeState) -> None:
         service, path = dest.split(":", 1)
         assert path == services[service]["volumes"][0]["target"] + "/"
         assert services[service]["volumes"][0]["source"] == "decouple-data"
-        from workers.catalog import TASK_INFO  # torch-free; workers.tasks reads the same folder
+        from service.domain.catalog import TASK_INFO  # torch-free; workers.tasks reads the same folder
 
         assert f"DECOUPLE_DATA_DIR/{src} " in TASK_INFO["cifar10_resnet"].description
         assert env_of(services[service])["DECOUPLE_DATA_DIR"] == path.rstrip("/")

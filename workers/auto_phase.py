@@ -1,16 +1,15 @@
 """The worker's phases around the grid: the pilot that places ``"auto"`` axes, and edge repair.
 
 For each optimizer with an auto axis, :func:`add_pilots` adds the pilot trials (phase ``pilot``,
-the spec's first seed, :func:`workers.autogrid.pilot_axes`, each for
-:func:`workers.autogrid.pilot_epochs` epochs). :class:`PhasedBlocks` then feeds the pilot and
+the spec's first seed, :func:`service.domain.placement.pilot_axes`, each for
+:func:`service.domain.placement.pilot_epochs` epochs). :class:`PhasedBlocks` then feeds the pilot and
 the grid to *one* Ray experiment (``workers.runner.run_phased``): pilot blocks first, and as soon
 as an optimizer's pilot has finished (its family's, under ``share_lr_window``),
-:func:`place_group` places its final window with :func:`workers.autogrid.place_window` (then
-:func:`workers.autogrid.share_lr_window` when the spec asks), writes the placed axes into the
+:func:`place_group` places its final window with :func:`service.domain.placement.place_window` (then
+:func:`service.domain.placement.share_lr_window` when the spec asks), writes the placed axes into the
 study's spec (``placement: "auto"``; the other axis ``"given"``) and adds its grid trials for
-every seed, whose blocks join the queue while the other optimizers' pilots still run. Run one
-phase after the other, a study paid for a second Ray experiment (~5 s between the phases here)
-and for the slots idling at the end of the pilot; measured by ``bench/study.py --auto``.
+every seed, whose blocks join the queue while the other optimizers' pilots still run: one Ray
+experiment instead of two, and no slots idling at the end of the pilot (``docs/design-notes.md``).
 
 A study resumed after a crash reuses the pilot trials already done (``add_trials`` skips
 existing cells, blocks skip done trials), and an optimizer already placed is not piloted again.
@@ -30,13 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from workers import autogrid
-from workers.catalog import Axis, chance_level
+from service.domain import placement
+from service.domain.catalog import chance_level
+from service.domain.grid import Axis, normalized_wd_scale
+from service.domain.rules import FAMILY
+from workers.planning import PilotCell, TrialRow, even_split, make_blocks
 
 log = logging.getLogger(__name__)
 
-#: ``run(rows, epochs_by_optimizer, name)`` -> Ray outcomes; rows are (id, optimizer, lr, wd, seed).
-RunRows = Callable[[list[tuple[int, str, float, float, int]], dict[str, int], str], list]
+#: ``run(rows, epochs_by_optimizer, name)`` -> Ray outcomes.
+RunRows = Callable[[list[TrialRow], dict[str, int], str], list]
 
 
 def wd_scale(spec: dict[str, Any]) -> float:
@@ -46,7 +48,7 @@ def wd_scale(spec: dict[str, Any]) -> float:
     from workers.tasks import get_task
 
     n_train = get_task(spec["task"]).load_data().n_train
-    return 1.0 / math.sqrt(spec["batch_size"] / (n_train * spec["epochs"]))
+    return normalized_wd_scale(spec["batch_size"], n_train, spec["epochs"])
 
 
 def _given(axis: dict) -> Axis | None:
@@ -55,7 +57,7 @@ def _given(axis: dict) -> Axis | None:
 
 def pilot_rows(spec: dict[str, Any], opt: dict[str, Any]) -> list[dict[str, Any]]:
     """The pilot trials of one optimizer: every (lr, wd) of its pilot grid, the first seed."""
-    lrs, wds = autogrid.pilot_axes(opt["name"], bool(opt["lr"].get("auto")),
+    lrs, wds = placement.pilot_axes(opt["name"], bool(opt["lr"].get("auto")),
                                    bool(opt["wd"].get("auto")), _given(opt["lr"]),
                                    _given(opt["wd"]), wd_scale=wd_scale(spec))
     seed = spec["seeds"][0]
@@ -66,24 +68,31 @@ def pilot_rows(spec: dict[str, Any], opt: dict[str, Any]) -> list[dict[str, Any]
 
 def pilot_epochs_for(spec: dict[str, Any], opt: dict[str, Any], n_pilot: int) -> int:
     final = int(opt["lr"]["num"]) * int(opt["wd"]["num"]) * len(spec["seeds"])
-    return autogrid.pilot_epochs(int(spec["epochs"]), pilot_trials=n_pilot, final_trials=final)
+    return placement.pilot_epochs(int(spec["epochs"]), pilot_trials=n_pilot, final_trials=final)
 
 
-def place(spec: dict[str, Any], opt: dict[str, Any], trials: list) -> tuple[Axis, Axis]:
-    """The placed (lr, wd) axes of one optimizer from its pilot trials (ORM rows)."""
+def pilot_cell(trial: Any, metric: str) -> PilotCell:
+    """A pilot trial (ORM row) as a frozen record: its metric only if it finished, not diverged."""
+    v = getattr(trial, metric)
+    ok = trial.status == "done" and not trial.diverged and v is not None
+    return PilotCell(int(trial.lr_index), int(trial.wd_index), float(trial.lr), float(trial.wd),
+                     float(v) if ok else None)
+
+
+def place(spec: dict[str, Any], opt: dict[str, Any], cells: list[PilotCell]) -> tuple[Axis, Axis]:
+    """The placed (lr, wd) axes of one optimizer from its pilot cells."""
     metric = spec.get("metric", "val_error")
-    lrs = sorted({(t.lr_index, t.lr) for t in trials})
-    wds = sorted({(t.wd_index, t.wd) for t in trials})
+    lrs = sorted({(c.lr_index, c.lr) for c in cells})
+    wds = sorted({(c.wd_index, c.wd) for c in cells})
     values = np.full((len(lrs), len(wds)), np.nan)
-    for t in trials:
-        v = getattr(t, metric)
-        if t.status == "done" and not t.diverged and v is not None:
-            values[t.lr_index, t.wd_index] = v
+    for c in cells:
+        if c.value is not None:
+            values[c.lr_index, c.wd_index] = c.value
     try:
         chance = chance_level(spec["task"], metric)
     except KeyError:
         chance = None
-    return autogrid.place_window(
+    return placement.place_window(
         [v for _, v in lrs], [v for _, v in wds], values, int(opt["lr"]["num"]),
         int(opt["wd"]["num"]), lr_auto=bool(opt["lr"].get("auto")),
         wd_auto=bool(opt["wd"].get("auto")), given_lr=_given(opt["lr"]),
@@ -118,18 +127,18 @@ def add_pilots(engine, study_id: str) -> tuple[list[list[str]], dict[str, int]]:
             epochs[opt["name"]] = pilot_epochs_for(spec, opt, len(rows))
             store.add_trials(s, study_id, rows, phase="pilot")
             shared = spec.get("share_lr_window") and opt["lr"].get("auto")
-            key = "family:" + autogrid.FAMILY[opt["name"]] if shared else opt["name"]
+            key = "family:" + FAMILY[opt["name"]] if shared else opt["name"]
             groups.setdefault(key, []).append(opt["name"])
     return list(groups.values()), epochs
 
 
-def pending_rows(engine, study_id: str, phase: str, names=None) -> list[tuple[int, str, float, float, int]]:
-    """(id, optimizer, lr, wd, seed) of the trials of ``phase`` not done yet (of ``names``)."""
+def pending_rows(engine, study_id: str, phase: str, names=None) -> list[TrialRow]:
+    """The trials of ``phase`` not done yet (of ``names``)."""
     from service import store
     from service.db import session_scope
 
     with session_scope(engine, read_only=True) as s:
-        return [(t.id, t.optimizer, t.lr, t.wd, t.seed)
+        return [TrialRow(t.id, t.optimizer, t.lr, t.wd, t.seed)
                 for t in store.pending_trials(s, study_id, phase=phase)
                 if names is None or t.optimizer in names]
 
@@ -144,15 +153,17 @@ def place_group(engine, study_id: str, names: list[str]) -> dict[str, tuple[Axis
     with session_scope(engine) as s:
         study = store.get_study(s, study_id)
         spec = dict(study.spec)
-        pilot = [t for t in store.list_trials(s, study_id, phase="pilot") if t.optimizer in names]
+        metric = spec.get("metric", "val_error")
+        pilot = [(t.optimizer, pilot_cell(t, metric))
+                 for t in store.list_trials(s, study_id, phase="pilot") if t.optimizer in names]
         placed: dict[str, tuple[Axis, Axis]] = {}
         for opt in spec["optimizers"]:
             if opt["name"] in names:
-                placed[opt["name"]] = place(spec, opt, [t for t in pilot if t.optimizer == opt["name"]])
+                placed[opt["name"]] = place(spec, opt, [c for n, c in pilot if n == opt["name"]])
         if spec.get("share_lr_window"):
             lr_auto = {n: placed[n][0] for n in placed
                        if next(o for o in spec["optimizers"] if o["name"] == n)["lr"].get("auto")}
-            shared = autogrid.share_lr_window(lr_auto)
+            shared = placement.share_lr_window(lr_auto)
             placed = {n: (shared.get(n, lr), wd) for n, (lr, wd) in placed.items()}
         optimizers = []
         for opt in spec["optimizers"]:
@@ -219,7 +230,7 @@ class PhasedBlocks:
     after the pilots.
 
     Grid blocks are cut when a slot asks for one, from the optimizer with the most rows waiting:
-    at most ``target`` rows (the size :func:`workers.runner.make_blocks` picks for the whole
+    at most ``target`` rows (the size :func:`workers.planning.make_blocks` picks for the whole
     planned grid), and at most 1/(2 x slots) of the grid rows still to hand out (those of
     unplaced optimizers included), but not under ``min_block``, so the blocks shrink towards the
     end and the slots finish together.
@@ -228,8 +239,6 @@ class PhasedBlocks:
     def __init__(self, engine, study_id: str, *, groups: list[list[str]], pilot_epochs: dict[str, int],
                  make_config: Callable[[str, list, int | None, str], dict[str, Any]],
                  max_block: int, slots: int, min_block: int, still_ours: Callable[[], bool]) -> None:
-        from workers.runner import _even_split, make_blocks
-
         self.engine, self.study_id = engine, study_id
         self.make_config, self.slots, self.min_block = make_config, max(1, slots), max(1, min_block)
         self.still_ours = still_ours
@@ -238,29 +247,29 @@ class PhasedBlocks:
         self._waiting = {i: list(g) for i, g in enumerate(groups)}  # groups not placed yet
         self._pilot_running: dict[int, int] = {}  # group -> pilot blocks handed out, not finished
         self._queue: list[dict[str, Any]] = []  # pilot blocks, in order
-        self._grid: dict[str, list] = {}  # optimizer -> grid rows not handed out yet
+        self._grid: dict[str, list[TrialRow]] = {}  # optimizer -> grid rows not handed out yet
         names = {n for g in groups for n in g}
         pilot = pending_rows(engine, study_id, "pilot", names)
         self._group_of = {n: i for i, g in enumerate(groups) for n in g}
         # More slots than pilots (a GPU cluster): cut each pilot so that every slot starts on one.
-        piloted = {r[1] for r in pilot}
+        piloted = {r.optimizer for r in pilot}
         share = math.ceil(self.slots / len(piloted)) if piloted else 1
         for group in groups:
             for opt in group:
-                mine = [r for r in pilot if r[1] == opt]
+                mine = [r for r in pilot if r.optimizer == opt]
                 pieces = min(len(mine), max(math.ceil(len(mine) / max_block), share))
                 start = 0
-                for n in _even_split(len(mine), pieces):
+                for n in even_split(len(mine), pieces):
                     self._queue.append(self.make_config(opt, mine[start:start + n],
                                                         pilot_epochs[opt], "pilot"))
                     start += n
         self._queue.sort(key=lambda c: -len(c["trials"]))
         for row in pending_rows(engine, study_id, "grid"):
-            if row[1] not in names:
-                self._grid.setdefault(row[1], []).append(row)
+            if row.optimizer not in names:
+                self._grid.setdefault(row.optimizer, []).append(row)
         self._expected = self._expected_grid(names)
         planned = [r for rows in self._grid.values() for r in rows] + [
-            (-k, n, 0.0, 0.0, 0) for n, count in self._expected.items() for k in range(count)]
+            TrialRow(-k, n, 0.0, 0.0, 0) for n, count in self._expected.items() for k in range(count)]
         blocks = make_blocks(planned, max_block, self.slots)
         self.target = max((len(b.trials) for b in blocks), default=max_block)
         for i in list(self._waiting):  # a group whose pilot is already done: place it now
@@ -285,7 +294,7 @@ class PhasedBlocks:
         for n in names:
             self._expected.pop(n, None)
         for row in pending_rows(self.engine, self.study_id, "grid", set(names)):
-            self._grid.setdefault(row[1], []).append(row)
+            self._grid.setdefault(row.optimizer, []).append(row)
 
     def next_block(self):
         from workers.ray_adapter import DONE
@@ -352,7 +361,7 @@ def run_extensions(engine, study_id: str, run: RunRows, still_ours: Callable[[],
                 break
             extended = extend_study(s, study, directions)
             log.info("study %s: edge repair %s", study_id, extended)
-            rows = [(t.id, t.optimizer, t.lr, t.wd, t.seed)
+            rows = [TrialRow(t.id, t.optimizer, t.lr, t.wd, t.seed)
                     for t in store.pending_trials(s, study_id, phase="grid")]
         if rows:
             outcomes += run(rows, {}, "extend")

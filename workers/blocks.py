@@ -70,6 +70,7 @@ def _execute_block(block: dict[str, Any], db_url: str) -> dict[str, Any]:
     from service.db import session_scope
     from service.models import Trial
     from workers.packed import TrainingStopped, TrialConfig, train_block
+    from workers.planning import BlockTrial
     from workers.tasks import get_task
 
     if block.get("data_dir"):
@@ -85,21 +86,22 @@ def _execute_block(block: dict[str, Any], db_url: str) -> dict[str, Any]:
         load_error = exc
     engine = _engine(db_url)
     study_id, worker_id = block["study_id"], block["worker_id"]
-    ids = [int(t[0]) for t in block["trials"]]
+    trials = [BlockTrial(int(t[0]), float(t[1]), float(t[2]), int(t[3])) for t in block["trials"]]
+    ids = [t.id for t in trials]
     with session_scope(engine) as s:
         if not still_owner(s, study_id, worker_id):
             return {"trials_done": 0, "stopped": True}
         done = {
             t.id for t in s.query(Trial).filter(Trial.id.in_(ids), Trial.status == "done")
         }
-        todo = [t for t in block["trials"] if int(t[0]) not in done]
+        todo = [t for t in trials if t.id not in done]
         if not todo:
             return {"trials_done": 0, "stopped": False}
-        store.mark_trials_running(s, [int(t[0]) for t in todo], worker_id)
+        store.mark_trials_running(s, [t.id for t in todo], worker_id)
     if load_error is not None:
         raise load_error
 
-    configs = [TrialConfig(lr=float(lr), wd=float(wd), seed=int(seed), key=int(tid)) for tid, lr, wd, seed in todo]
+    configs = [TrialConfig(lr=t.lr, wd=t.wd, seed=t.seed, key=t.id) for t in todo]
 
     def on_epoch(epoch: int, metrics) -> bool:
         # Ownership first, in the same transaction (see still_owner): a cancelled study or a

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workers.catalog import DEFAULT_GRIDS
-from workers.optim import OPTIMIZER_NAMES
+from service.domain.catalog import DEFAULT_GRIDS
+from service.domain.rules import OPTIMIZER_NAMES
 
 
 def demo_spec(quick: bool = False) -> dict[str, Any]:
-    """The demo study's spec (CONTRACT.md format)."""
+    """The demo study's spec (``docs/api.md`` format)."""
     if quick:
         optimizers = [
             {"name": name,
@@ -72,10 +72,9 @@ class ProgressWatcher(threading.Thread):
 
 def run_demo(out: str | Path = "demo-report", quick: bool = False) -> int:
     from service import store
-    from service.api.routes.reports import study_report
     from service.config import get_settings
     from service.db import make_engine, session_scope, upgrade_to_head
-    from service.report import format_table, render_html
+    from service.report import format_table, render_html, study_report
     from service.schemas import StudySpec
     from workers import ray_adapter
     from workers.worker import run_worker

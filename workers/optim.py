@@ -35,60 +35,21 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
 from torch import nn
 
-Number = float | torch.Tensor
+from service.domain.rules import DECAY_ON, OPTIMIZER_NAMES, VARIANTS, Variant, get_variant
 
+__all__ = [
+    "DECAY_ON", "OPTIMIZER_NAMES", "VARIANTS", "DecayChainOptimizer", "Variant", "apply_update",
+    "build_optimizer", "check_hyperparameters", "decayed_parameter_names", "get_variant", "param_groups",
+]
 
-@dataclass(frozen=True)
-class Variant:
-    """One optimizer: its base direction and where its weight decay sits."""
-
-    name: str
-    base: Literal["sgd", "adam"]
-    decay: Literal["l2", "schedule", "lr"]
-    title: str
-    decay_convention: str
-    rule: str
-
-
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant("sgd", "sgd", "l2", "SGD with momentum + L2",
-                "L2: decay added to the gradient, so it goes through momentum",
-                "g <- g + wd*theta; b <- momentum*b + g; theta <- theta - eta_t*lr*b"),
-        Variant("sgdw", "sgd", "schedule", "SGDW (paper, Algorithm 1)",
-                "decoupled; scaled by the schedule, not by lr",
-                "b <- momentum*b + g; theta <- theta - eta_t*lr*b - eta_t*wd*theta"),
-        Variant("adam", "adam", "l2", "Adam + L2",
-                "L2: decay added to the gradient, so it goes through Adam's preconditioner",
-                "g <- g + wd*theta, then Adam"),
-        Variant("adamw", "adam", "schedule", "AdamW (paper, Algorithm 2)",
-                "decoupled; scaled by the schedule, not by lr",
-                "theta <- theta - eta_t*(lr*mhat/(sqrt(vhat)+eps) + wd*theta)"),
-        Variant("adamw_torch", "adam", "lr", "AdamW as in torch.optim.AdamW",
-                "decoupled from the preconditioner but multiplied by lr (PyTorch, optax, Keras)",
-                "theta <- theta*(1 - lr*eta_t*wd), then Adam"),
-    )
-}
-
-OPTIMIZER_NAMES: tuple[str, ...] = tuple(VARIANTS)
-DECAY_ON = ("all", "weights", "invariant")
-
-
-def get_variant(name: str) -> Variant:
-    try:
-        return VARIANTS[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown optimizer: {name!r} (expected one of {', '.join(OPTIMIZER_NAMES)})"
-        ) from None
+#: A Python float, or a tensor broadcasting against the parameter (one value per packed config).
+Number: TypeAlias = "float | torch.Tensor"
 
 
 def _real(v: Any) -> bool:

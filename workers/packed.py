@@ -78,6 +78,7 @@ from workers.optim import DECAY_ON, apply_update, check_hyperparameters, decayed
 from workers.schedules import Schedule, normalized_weight_decay
 from workers.tasks import SyntheticTask, Task, TaskData, get_task
 
+
 @dataclass(frozen=True)
 class TrialConfig:
     lr: float

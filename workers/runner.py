@@ -2,7 +2,7 @@
 
 Trials are grouped by optimizer (one packed model per optimizer) and cut into blocks of at most
 K cells, K chosen from the model size and the device's memory, cut so that the Ray slots finish
-together (:func:`make_blocks`). A heartbeat thread renews the study's lease while the experiment runs; a study
+together (:func:`workers.planning.make_blocks`). A heartbeat thread renews the study's lease while the experiment runs; a study
 whose worker dies is claimed again after the lease expires, and the next worker runs only the
 trials not yet done.
 """
@@ -10,13 +10,13 @@ trials not yet done.
 from __future__ import annotations
 
 import logging
-import math
 import threading
-from dataclasses import dataclass
-from itertools import groupby
 from typing import Any
 
 from service.config import Settings
+from workers.planning import BLOCK_OVERHEAD, Block, BlockTrial, TrialRow, even_split, make_blocks
+
+__all__ = ["BLOCK_OVERHEAD", "BLOCK_RETRIES", "Block", "BlockTrial", "TrialRow", "even_split", "make_blocks"]
 
 log = logging.getLogger(__name__)
 
@@ -50,78 +50,6 @@ class Heartbeat(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=5)
-
-
-@dataclass(frozen=True)
-class Block:
-    optimizer: str
-    trials: tuple[tuple[int, float, float, int], ...]  # (trial id, lr, wd, seed)
-
-
-#: A block's fixed cost (a Tune trial on a Ray process, building its K models, its database round
-#: trips), in units of one config's training: it keeps small studies from being cut finer than
-#: balancing the slots is worth.
-BLOCK_OVERHEAD = 4
-
-
-def _even_split(n: int, pieces: int) -> list[int]:
-    """``pieces`` sizes summing to ``n`` that differ by at most one (largest first); none for 0."""
-    if pieces <= 0:
-        return []
-    q, r = divmod(n, pieces)
-    return [q + 1] * r + [q] * (pieces - r)
-
-
-def _makespan(sizes: list[int], slots: int) -> int:
-    """Finishing time of blocks of these sizes on ``slots`` slots, largest first to the least loaded
-    (Tune starts trials in order as slots free up), each costing its size + BLOCK_OVERHEAD."""
-    loads = [0] * slots
-    for size in sorted(sizes, reverse=True):
-        i = loads.index(min(loads))
-        loads[i] += size + BLOCK_OVERHEAD
-    return max(loads)
-
-
-def make_blocks(
-    trials: list[tuple[int, str, float, float, int]], max_block: int, slots: int
-) -> list[Block]:
-    """Cut (id, optimizer, lr, wd, seed) rows into per-optimizer blocks of at most ``max_block``.
-
-    Blocks never mix optimizers, so the slots can only be balanced by cutting optimizers into
-    pieces: five optimizers of 128 trials on 2 slots as five blocks take three rounds, the last
-    with one slot idle (makespan 3 x 128), as ten blocks of 64 five even rounds (5 x 64). For
-    r = 1, 2, ... rounds the target size is min(max_block, ceil(total / (slots r))), each optimizer
-    is cut into ceil(n / target) near-equal blocks, and the cut with the smallest makespan
-    (:func:`_makespan`, which charges each block :data:`BLOCK_OVERHEAD`) wins, the fewest blocks on
-    a tie. Sixteen rounds suffice: by then every slot has many blocks and the last round's idle
-    share is small.
-    """
-    by_opt = {
-        opt: [(tid, lr, wd, seed) for tid, _, lr, wd, seed in rows]
-        for opt, rows in groupby(sorted(trials, key=lambda r: (r[1], r[0])), key=lambda r: r[1])
-    }
-    if not by_opt:
-        return []
-    slots = max(1, slots)
-    total = sum(len(v) for v in by_opt.values())
-    best: tuple[tuple[int, int], dict[str, list[int]]] | None = None
-    for rounds in range(1, 17):
-        target = max(1, min(max_block, math.ceil(total / (slots * rounds))))
-        cut = {opt: _even_split(len(rows), math.ceil(len(rows) / target)) for opt, rows in by_opt.items()}
-        sizes = [n for split in cut.values() for n in split]
-        key = (_makespan(sizes, slots), len(sizes))
-        if best is None or key < best[0]:
-            best = (key, cut)
-        if target == 1:
-            break
-    blocks = []
-    for opt, rows in by_opt.items():
-        i = 0
-        for n in best[1][opt]:
-            blocks.append(Block(opt, tuple(rows[i : i + n])))
-            i += n
-    # Largest first, as the makespan assumed (Tune starts them in this order).
-    return sorted(blocks, key=lambda b: -len(b.trials))
 
 
 def absolute_db_url(url: str) -> str:
@@ -226,9 +154,8 @@ def _with_heartbeat(engine, study_id: str, worker_id: str, settings: Settings, e
     return outcomes
 
 
-#: Smallest grid block :func:`run_phased` cuts near the end of a study: at the end of the demo
-#: (digits, 30 epochs, load ~4) blocks of 8 MLPs took as long as blocks of 16 (~0.8 s; a block's
-#: per-epoch evaluation and bookkeeping), 32 took 1.4 s.
+#: Smallest grid block :func:`run_phased` cuts near the end of a study: below it a block's fixed
+#: per-epoch cost dominates (measurements in ``docs/design-notes.md``).
 MIN_TAIL_BLOCK = 16
 
 
@@ -254,7 +181,7 @@ def run_phased(engine, study_id: str, worker_id: str, settings: Settings, groups
     base = _base_config(study_id, worker_id, spec, settings)
 
     def make_config(optimizer, rows, epochs, phase):
-        return {**base, "optimizer": optimizer, "trials": [[t[0], t[2], t[3], t[4]] for t in rows],
+        return {**base, "optimizer": optimizer, "trials": [list(t.block_trial()) for t in rows],
                 "epochs": epochs or spec["epochs"], "phase": phase}
 
     slots = _slots(per_block, resources)
@@ -275,7 +202,7 @@ def run_phased(engine, study_id: str, worker_id: str, settings: Settings, groups
 
 
 def run_rows(engine, study_id: str, worker_id: str, settings: Settings,
-             rows: list[tuple[int, str, float, float, int]], *,
+             rows: list[TrialRow], *,
              epochs: dict[str, int] | None = None, phase: str = "grid") -> list:
     """Run (id, optimizer, lr, wd, seed) trials as one Ray Tune experiment; return its outcomes.
 

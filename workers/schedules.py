@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-SCHEDULE_NAMES = ("constant", "step", "cosine", "cosine_restarts")
+from service.domain.rules import SCHEDULE_NAMES
 
 
 @dataclass(frozen=True)

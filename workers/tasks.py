@@ -1,6 +1,6 @@
-"""The task registry: data loaders and model builders behind the names of ``workers.catalog``.
+"""The task registry: data loaders and model builders behind the names of ``service.domain.catalog``.
 
-A task is a name with metadata (:class:`workers.catalog.TaskInfo`), a data set split into train
+A task is a name with metadata (:class:`service.domain.catalog.TaskInfo`), a data set split into train
 and validation tensors, and a model builder. Trainers look tasks up by name with
 :func:`get_task`; a study can only name a registered task, never a module path. A team adds its
 own with :func:`register_task`.
@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.catalog import DEFAULT_GRIDS, TASK_INFO, TaskInfo
-
+from service.domain.catalog import DEFAULT_GRIDS, TASK_INFO, TaskInfo
+from service.domain.rules import DECAY
 
 # --------------------------------------------------------------------------------------------
 # Data
@@ -404,7 +404,7 @@ class SyntheticTask(Task):
 
     N_TRAIN = 1000
     CHANCE = 0.9
-    COUPLING = {"sgd": 1.0, "sgdw": 0.0, "adam": 1.0, "adamw": 0.0, "adamw_torch": 1.0}
+    COUPLING = {name: 0.0 if decay == "schedule" else 1.0 for name, decay in DECAY.items()}
 
     def __init__(
         self,

@@ -23,9 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.optim import build_optimizer, check_hyperparameters
-from workers.packed import (
-    CPU_THREADS, EpochMetrics, TrialConfig, TrialResult, cpu_training, make_spec, resolve_device, train_block,
-)
+from workers.packed import CPU_THREADS, EpochMetrics, TrialConfig, TrialResult, cpu_training, make_spec, resolve_device, train_block
 from workers.tasks import get_task
 
 

@@ -1,4 +1,4 @@
-"""The REST API of CONTRACT.md: ``create_app(settings)`` and ``serve(host, port)``.
+"""The REST API (``docs/api.md``): ``create_app(settings)`` and ``serve(host, port)``.
 
 * Domain errors (``service.errors``) become HTTP statuses here, in one table
   (:data:`ERROR_STATUS`); a bad spec is a 422 whose ``detail`` names the field.
@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
+from service.api.responses import error_responses
 from service.config import Settings, get_settings
 from service.db import check_schema_current, get_engine, translate_db_error
 from service.errors import (
@@ -35,7 +36,6 @@ from service.errors import (
     SchemaOutOfDate,
     Unauthorized,
 )
-from service.api.responses import error_responses
 from service.schemas import errors_summary, format_errors, max_trials_var
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
     """``decouple serve``: run the API with uvicorn; refuse an out-of-date schema."""
     import uvicorn
 
-    from service.cli import CliError
+    from service.errors import CliError
 
     settings = settings or get_settings()
     try:

@@ -37,7 +37,7 @@ from service.db import dispose_engines, make_engine, session_scope, upgrade_to_h
 from service.report import build_report
 from service.schemas import StudySpec
 from tests.conftest import _pg_conninfo, _pg_execute, pg_schema_url
-from tests.reliability.servers import PYTHON, Process, RayHead, wait_for
+from tests.reliability.servers import PYTHON, Process, RayHead
 from workers.packed import TrialConfig, train_block
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow]

@@ -17,8 +17,8 @@ import re
 from sqlalchemy import event
 
 from service import store
-from service.db import session_scope
 from service.api.routes.studies import study_public
+from service.db import session_scope
 from service.report import build_report
 from service.schemas import StudiesPublic
 from tests.conftest import make_spec

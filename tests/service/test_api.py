@@ -1,4 +1,4 @@
-"""The REST API of CONTRACT.md, in-process (TestClient) on SQLite and PostgreSQL, and once as a
+"""The REST API (``docs/api.md``), in-process (TestClient) on SQLite and PostgreSQL, and once as a
 real ``decouple serve`` (uvicorn) process."""
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from service.api import create_app
 from service.cli import CliError
 from service.config import Settings
 from service.db import session_scope
+from service.domain.catalog import DEFAULT_GRIDS
 from service.errors import SchemaOutOfDate
 from service.schemas import OPTIMIZER_NAMES, user_task_names
 from service.tokens import create_token
 from tests.conftest import make_spec
-from workers.catalog import DEFAULT_GRIDS
 
 UNREACHABLE_PG = "postgresql+psycopg://postgres@127.0.0.1:9/nowhere"
 
@@ -437,7 +437,8 @@ def test_api_refuses_an_out_of_date_schema(empty_db_url, tmp_path):
     assert r.status_code == 503 and r.json()["database"] == "out of date"
     from service.api import serve
 
-    with pytest.raises(CliError, match=r"^the database schema is empty \(never migrated\) but this code needs revision 0001: run `decouple migrate`$"):
+    with pytest.raises(CliError, match=r"^the database schema is empty \(never migrated\) but this code needs "
+                                       r"revision 0001: run `decouple migrate`$"):
         serve(port=1, settings=settings)
 
 

@@ -15,8 +15,8 @@ import pytest
 from service import store
 from service.compare import (
     MEASURES,
-    check_distinct,
     OptimizerGrid,
+    check_distinct,
     compare,
     difference,
     format_compare,

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import select
 
 from service.db import session_scope
+from service.domain.catalog import DEFAULT_GRIDS
 from service.models import Trial
-from workers.catalog import DEFAULT_GRIDS
-from workers.tasks import get_task
 from tests.service.test_api import auth_client  # noqa: F401 (a fixture)
+from workers.tasks import get_task
 from workers.worker import run_worker
 
 
@@ -118,7 +118,7 @@ def test_auto_extend_is_bounded(client):
     assert r.status_code == 422 and "auto_extend" in r.text
 
 
-def test_only_owner_or_admin_may_extend(auth_client):
+def test_only_owner_or_admin_may_extend(auth_client):  # noqa: F811 (the imported fixture)
     c = auth_client
     sid = c.post("/studies", json=offgrid_spec(), headers=c.tokens["alice"]).json()["id"]
     r = c.post(f"/studies/{sid}/extend", headers=c.tokens["bob"])

@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
+from service.domain.catalog import chance_level
 from service.report import build_report, format_table, render_html
-from workers.catalog import chance_level
 from workers.optim import VARIANTS
 
 LR = {"min": 1e-4, "max": 1e-1, "num": 6}
@@ -107,7 +107,23 @@ def test_done_study_report():
     assert any(w.startswith("The interaction share (0.58) and its rank version (0.02) disagree") for w in adamw["warnings"])
     assert sgd["optimal_wd_slope"] == pytest.approx(-1.0, abs=0.15)
     assert adamw["verdict"].startswith("Separable: tune wd once and keep it when you change lr.")
-    assert sgd["verdict"].startswith("lr and wd must be searched jointly")
+    assert sgd["verdict"].startswith("Coupled: the best wd moves with lr")
+    # the verdicts come from decide: the ridge slope's interval holds the surface's true slope
+    da, ds = adamw["decision"], sgd["decision"]
+    assert da["verdict"] == "separable" and ds["verdict"] == "coupled"
+    assert da["ridge_slope_ci"][0] <= 0.0 <= da["ridge_slope_ci"][1]
+    assert -0.5 < da["ridge_slope_ci"][0] and da["ridge_slope_ci"][1] < 0.5
+    assert ds["ridge_slope_ci"][0] <= -1.0 <= ds["ridge_slope_ci"][1] < 0
+    assert adamw["verdict"].endswith(da["reason"]) and sgd["verdict"].endswith(ds["reason"])
+    assert f"{ds['ridge_slope']:+.2f}" in ds["reason"]
+    # the diverged corner is censored, not fitted
+    assert da["censored_cells"] == {"diverged": 1, "chance_level": 0}
+    assert [5, 5] not in [list(c) for c in zip(da["ridge"]["lr_index"], da["ridge"]["wd_index"])]
+    # regret from every start column, in seed SDs and validation samples (360 for digits)
+    r = ds["regret"]
+    assert len(r["by_start_column"]) == 6 and r["max"] == max(r["by_start_column"])
+    assert r["max_in_seed_sd"] == pytest.approx(r["max"] / r["seed_sd"])
+    assert r["max_in_samples"] == pytest.approx(r["max"] * 360)
     for e in (adamw, sgd):
         assert set(e["ci"]) >= {"interaction_share", "optimal_wd_slope", "separability"}
         assert e["ci"]["separability"][0] <= e["separability"] <= e["ci"]["separability"][1]
@@ -189,12 +205,18 @@ def test_format_table():
     text = format_table(rep)
     lines = text.splitlines()
     assert lines[0] == 'Study s-1 "hand-made": done, validation error (lower is better)'
-    assert lines[2].split() == ["rank", "optimizer", "best", "val_error", "at", "lr,", "wd", "separability",
-                                "[95%", "CI]", "wd", "slope", "[95%", "CI]", "tilt", "deg", "regret"]
-    assert lines[4].split()[:2] == ["1", "adamw"] and lines[5].split()[:2] == ["2", "sgd"]
-    a = rep["optimizers"][0]
+    assert lines[2].split() == ["rank", "optimizer", "best", "val_error", "at", "lr,", "wd", "verdict",
+                                "ridge", "slope", "[95%", "CI]", "regret", "max", "(seed", "SD)",
+                                "separability", "[95%", "CI]"]
+    assert lines[4].split()[:2] == ["1", "adamw"]
+    assert lines[5].split()[:2] == ["2", "sgd"]
+    a, g = rep["optimizers"]
+    assert lines[4].split()[5] == "separable" and lines[5].split()[5] == "coupled"
     ci = a["ci"]["separability"]
     assert f"{a['separability']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" in lines[4]
+    dc = g["decision"]
+    assert f"{dc['ridge_slope']:+.2f} [{dc['ridge_slope_ci'][0]:+.2f}, {dc['ridge_slope_ci'][1]:+.2f}]" in lines[5]
+    assert f"{dc['regret']['max']:.3g} ({dc['regret']['max_in_seed_sd']:.2f})" in lines[5]
     assert f"adamw: {a['verdict']}" in lines
     assert any(line.startswith("  ! ") for line in lines)
 

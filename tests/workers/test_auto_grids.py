@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import func, select
 
 from service.db import session_scope
+from service.domain import placement as autogrid
 from service.models import CurvePoint, Trial
-from workers import autogrid
 from workers.optim import OPTIMIZER_NAMES
 from workers.tasks import get_task
 from workers.worker import run_worker

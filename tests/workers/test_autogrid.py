@@ -1,4 +1,4 @@
-"""The planning logic of ``"auto"`` axes and edge repair (``workers.autogrid``, issue 10).
+"""The planning logic of ``"auto"`` axes and edge repair (``service.domain.placement``).
 
 Everything runs on an analytic objective with a known optimum, shaped like the ``synthetic``
 task (``workers.tasks.SyntheticTask``): with u, v the decades from the optimum in lr and wd,
@@ -18,16 +18,13 @@ import zlib
 import numpy as np
 import pytest
 
-from workers import autogrid as ag
-from workers.autogrid import (
-    DECAY,
-    FAMILY,
+from service.domain import placement as ag
+from service.domain.catalog import DEFAULT_GRIDS
+from service.domain.grid import Axis, axis_value, extend_axis, extension_steps
+from service.domain.placement import (
     PILOT_LR,
     PILOT_WD,
-    axis_value,
     edge_directions,
-    extend_axis,
-    extension_steps,
     fill_worst,
     pilot_axes,
     pilot_epochs,
@@ -36,7 +33,7 @@ from workers.autogrid import (
     share_lr_window,
     smooth,
 )
-from workers.catalog import DEFAULT_GRIDS, Axis
+from service.domain.rules import DECAY, FAMILY
 
 CHANCE = 0.9
 COUPLING = {"sgd": 1.0, "sgdw": 0.0, "adam": 1.0, "adamw": 0.0, "adamw_torch": 1.0}

@@ -1,9 +1,9 @@
-"""Exactness of the five update rules of ``workers.optim`` (PAPER.md, issue 2).
+"""Exactness of the five update rules of ``workers.optim`` (``docs/update-rules.md``).
 
 What is checked, and against what:
 
 - ``sgd``, ``adam``, ``adamw_torch`` against ``torch.optim.SGD/Adam/AdamW`` step by step;
-- ``sgdw`` and ``adamw`` against PAPER.md's rules re-written plainly below;
+- ``sgdw`` and ``adamw`` against the paper's rules re-written plainly below;
 - Propositions 1-3 of the paper as numerical identities (or, for 2, a non-identity);
 - the schedule multiplier eta_t = group lr / lr at build, under any torch scheduler;
 - ``decay_on``; hyperparameter validation messages; diverged values as data.
@@ -14,7 +14,6 @@ with torch also run in float32 at 1e-6.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -23,14 +22,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch import nn
 
-from workers.optim import (
-    OPTIMIZER_NAMES,
-    apply_update,
-    build_optimizer,
-    check_hyperparameters,
-    decayed_parameter_names,
-    get_variant,
-)
+from workers.optim import OPTIMIZER_NAMES, apply_update, build_optimizer, check_hyperparameters, decayed_parameter_names, get_variant
 from workers.schedules import Schedule
 
 STEPS = 50
@@ -107,11 +99,11 @@ def test_decay_is_visible_at_the_tolerance_of_the_torch_comparison(name):
     assert _max_diff(a, b) > 1e-3
 
 
-# ------------------------------------------------------------- PAPER.md's rules as the reference
+# ------------------------------------------------------------- the paper's rules as the reference
 
 
 def _paper_step(name, theta, g, state, *, alpha, lam, eta, beta=0.9, betas=(0.9, 0.999), eps=1e-8):
-    """One step of PAPER.md's ``sgdw`` or ``adamw``, written plainly.
+    """One step of the paper's ``sgdw`` or ``adamw``, written plainly.
 
     eta_t multiplies lam, alpha does not; the momentum buffer sums raw gradients (PyTorch's form,
     alpha*eta_t applied when the buffer is used); the decay uses theta_{t-1}.

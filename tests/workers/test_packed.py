@@ -13,8 +13,17 @@ import torch
 
 from workers.optim import build_optimizer
 from workers.packed import (
-    MLPEngine, FuncEngine, PackedRun, Stack, TrainingStopped, TrialConfig, auto_block_size, cpu_training,
-    denormals_flushed, make_spec, train_block,
+    FuncEngine,
+    MLPEngine,
+    PackedRun,
+    Stack,
+    TrainingStopped,
+    TrialConfig,
+    auto_block_size,
+    cpu_training,
+    denormals_flushed,
+    make_spec,
+    train_block,
 )
 from workers.tasks import get_task
 from workers.trainer import train_single

@@ -1,4 +1,4 @@
-"""Schedules as multipliers eta_t and the normalized weight decay (PAPER.md, Section 3, B.1, B.2).
+"""Schedules as multipliers eta_t and the normalized weight decay (Loshchilov & Hutter, Section 3, Appendix B.1, B.2).
 
 Exact values where the formula gives them (restarts at exactly 1, the cosine at exactly 0.5 at
 mid-budget, gamma^k after the k-th milestone), and torch's own schedulers, stepped per batch, as

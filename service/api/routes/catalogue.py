@@ -6,17 +6,15 @@ from functools import cache
 
 from fastapi import APIRouter
 
+from service.domain.catalog import DEFAULT_GRIDS, TASK_INFO
+from service.domain.rules import VARIANTS
 from service.schemas import OptimizerInfoPublic, OptimizersPublic, TaskInfoPublic, TasksPublic
-from workers.catalog import DEFAULT_GRIDS, TASK_INFO
 
 router = APIRouter(tags=["catalogue"])
 
 
 @cache
 def _optimizers() -> OptimizersPublic:
-    # workers.optim imports torch (a couple of seconds, once); the names alone live in the catalogue.
-    from workers.optim import VARIANTS
-
     data = [
         OptimizerInfoPublic(
             name=v.name, title=v.title, decay_convention=v.decay_convention, rule=v.rule,

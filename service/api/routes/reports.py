@@ -15,27 +15,22 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from service import store
 from service.api.deps import EngineDep
 from service.api.responses import error_responses
-from service.db import read, session_scope
+from service.db import read
 
 router = APIRouter(prefix="/studies", tags=["reports"])
 
 
 def study_report(engine: Any, study_id: str) -> dict[str, Any]:
-    from service.report import build_report
+    from service.report import study_report as build
 
-    with session_scope(engine, read_only=True) as session:
-        report, needs_caching = store.compute_report(session, study_id, build_report)
-    if needs_caching:
-        with session_scope(engine) as session:
-            store.cache_report(session, study_id, report)
-    return report
+    return build(engine, study_id)
 
 
 @router.get(
     "/{study_id}/report",
     response_model=None,
     responses={
-        200: {"description": "the report (CONTRACT.md)", "content": {"application/json": {"schema": {"type": "object"}}}},
+        200: {"description": "the report (docs/api.md)", "content": {"application/json": {"schema": {"type": "object"}}}},
         **error_responses(404),
     },
 )

