@@ -3,8 +3,9 @@ Docker engine, a study submitted, a worker restart survived, a backup restored, 
 the machine's network as found (the script's docstring and README's "Check it end to end").
 
 It runs wherever a Docker engine answers or ``dockerd`` can be started (root); elsewhere the test
-is skipped with the script's own reason (``scripts/compose-e2e --can-run``). A cold run (no cached
-image, no debootstrap cache) takes about 15 minutes on a 2-core machine; see RESULTS.md.
+is skipped with the script's own reason (``scripts/compose-e2e --can-run``). A cold run (no engine,
+no image, no debootstrap cache) took 25 minutes on a busy 2-core machine, 11 of them building the
+image; see docs/design-notes.md, "The compose stack under a real engine".
 """
 
 from __future__ import annotations
