@@ -49,6 +49,30 @@ if [ "$gpus" -gt 0 ]; then
 fi
 
 # The Ray daemons started here outlive `ray start`; they must not hold the GPU slot lock.
-# shellcheck disable=SC2086 # DECOUPLE_RAY_START_ARGS is a list of options, split on purpose
-ray start --address="$RAY_ADDRESS" --num-gpus="$ray_gpus" --disable-usage-stats ${DECOUPLE_RAY_START_ARGS:-} 9>&-
+# $HOME/.decouple-ray-joined exists once this node has joined (the compose healthcheck reads it);
+# it is removed first, since a restarted container keeps its files.
+#
+# Replicas sharing a data volume join one at a time (a lock on the volume), and a failed join is
+# tried again (DECOUPLE_RAY_START_ATTEMPTS, default 5): `ray start` gives a new node's agents about
+# 30 s to come up, which several nodes starting at once on a small, busy host can miss.
+joined="${HOME:-/tmp}/.decouple-ray-joined"
+rm -f "$joined"
+data="${DECOUPLE_DATA_DIR:-/data}"
+mkdir -p "$data" 2>/dev/null || true
+attempt=1
+attempts="${DECOUPLE_RAY_START_ATTEMPTS:-5}"
+while :; do
+  # shellcheck disable=SC2086 # DECOUPLE_RAY_START_ARGS is a list of options, split on purpose
+  if flock "$data/.ray-join.lock" ray start --address="$RAY_ADDRESS" --num-gpus="$ray_gpus" --disable-usage-stats \
+      ${DECOUPLE_RAY_START_ARGS:-} 9>&-; then
+    break
+  fi
+  if [ "$attempt" -ge "$attempts" ]; then
+    echo "decouple-worker-entrypoint: could not join the Ray cluster at $RAY_ADDRESS ($attempt attempts)" >&2
+    exit 1
+  fi
+  attempt=$((attempt + 1))
+  echo "decouple-worker-entrypoint: joining the Ray cluster again (attempt $attempt of $attempts)" >&2
+done
+touch "$joined"
 exec "$@"

@@ -17,10 +17,26 @@ __all__ = ["CliError", "build_parser", "main"]
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from service.db import upgrade_to_head
+    from service.config import Settings
+    from service.db import get_engine, session_scope, upgrade_to_head
+    from service.tokens import ensure_token
 
     rev = upgrade_to_head()
     print(f"database is at revision {rev}")
+    # The compose stack's first admin: its token was made by the `secrets` service, which cannot
+    # reach the database; the migration, which runs before the API, stores it.
+    path = Settings().admin_token_file
+    if path is not None:
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise CliError(f"DECOUPLE_ADMIN_TOKEN_FILE: cannot read {path}: {exc.strerror}") from exc
+        try:
+            with session_scope(get_engine()) as session:
+                added = ensure_token(session, "admin", token, admin=True)
+        except ValueError as exc:
+            raise CliError(f"DECOUPLE_ADMIN_TOKEN_FILE ({path}): {exc}") from exc
+        print("stored the admin token of 'admin'" if added else "the admin token of 'admin' is already stored")
     return 0
 
 

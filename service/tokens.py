@@ -43,6 +43,20 @@ def create_token(session: Session, name: str, *, admin: bool = False) -> str:
     return token
 
 
+def ensure_token(session: Session, name: str, token: str, *, admin: bool = False) -> bool:
+    """Store ``token`` (made elsewhere, e.g. by the compose stack's ``secrets`` service) for
+    ``name`` unless its hash is already stored; returns whether it was added. A token that was
+    stored and then revoked stays revoked: running this again does not bring it back."""
+    if len(token) < 32:
+        raise ValueError("a token given to store must have at least 32 characters")
+    digest = hash_token(token)
+    if session.scalar(select(ApiToken.id).where(ApiToken.token_hash == digest)) is not None:
+        return False
+    session.add(ApiToken(name=check_name(name), token_hash=digest, admin=admin, created_at=utcnow()))
+    session.flush()
+    return True
+
+
 #: The one query every authenticated request makes, built once (``authenticate``).
 _LOOKUP = select(ApiToken.name, ApiToken.admin).where(
     ApiToken.token_hash == bindparam("token_hash"), ApiToken.revoked_at.is_(None)

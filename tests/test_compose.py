@@ -52,9 +52,12 @@ VARIANTS = {
     "cpu": ["docker-compose.yml", "docker-compose.cpu.yml"],
     "external-ray": ["docker-compose.yml", "docker-compose.external-ray.yml"],
 }
-SECRETS = {"POSTGRES_PASSWORD": "5ec2e7d0a1b2c3d4", "RAY_AUTH_TOKEN": "70ce2a9b8c7d6e5f"}
+SECRETS = {"POSTGRES_PASSWORD": "5ec2e7d0a1b2c3d4", "RAY_AUTH_TOKEN": "70ce2a9b8c7d6e5f",
+           "DECOUPLE_ADMIN_TOKEN": "ad1e5c0ffee0123456789abcdef0123456789abcd"}
 APP_SERVICES = {"migrate", "api", "ray-head", "worker"}
-ALL_SERVICES = APP_SERVICES | {"postgres"}
+IMAGE_SERVICES = APP_SERVICES | {"secrets"}  # every service built from the project's Dockerfile
+ALL_SERVICES = IMAGE_SERVICES | {"postgres"}
+SECRETS_DIR = "/run/decouple-secrets"
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,7 +93,7 @@ def resolved(tmp_path: Path, files: list[str] | None, *, env: dict[str, str] | N
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("compose")
-    return {name: resolved(tmp, files) for name, files in VARIANTS.items()}
+    return {name: resolved(tmp, files, env={}) for name, files in VARIANTS.items()}
 
 
 def test_the_binary_is_the_real_compose_and_rejects_an_invalid_file(tmp_path):
@@ -109,33 +112,52 @@ def env_of(service: dict[str, Any]) -> dict[str, str]:
     return service.get("environment") or {}
 
 
+def mounts(service: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    return [(v["source"], v["target"], bool(v.get("read_only"))) for v in service.get("volumes", [])]
+
+
+SECRETS_RO = ("secrets", SECRETS_DIR, True)
+AFTER_SECRETS = {"secrets": {"condition": "service_completed_successfully", "required": True}}
+
+
 def test_gpu_variant_services_healthchecks_and_dependencies(models):
     s = models["gpu"]["services"]
     assert set(s) == ALL_SERVICES
+
+    sec = s["secrets"]
+    assert sec["entrypoint"] == ["decouple-secrets"] and sec["command"] == ["init"]
+    assert mounts(sec) == [("secrets", SECRETS_DIR, False)]  # the only writer
+    assert sec["restart"] == "no" and sec["network_mode"] == "none" and "depends_on" not in sec
+    # Without a .env nothing is given: the service makes every secret itself.
+    assert env_of(sec) == {"POSTGRES_PASSWORD": "", "RAY_AUTH_TOKEN": "", "DECOUPLE_ADMIN_TOKEN": ""}
 
     pg = s["postgres"]
     assert pg["image"] == "postgres:17"
     assert pg["healthcheck"]["test"] == ["CMD", "pg_isready", "--username=decouple", "--dbname=decouple"]
     assert env_of(pg) == {"POSTGRES_USER": "decouple", "POSTGRES_DB": "decouple",
-                          "POSTGRES_PASSWORD": SECRETS["POSTGRES_PASSWORD"]}
-    assert [(v["type"], v["source"], v["target"]) for v in pg["volumes"]] == [
-        ("volume", "pgdata", "/var/lib/postgresql/data")]
+                          "POSTGRES_PASSWORD_FILE": f"{SECRETS_DIR}/postgres-password"}
+    assert mounts(pg) == [("pgdata", "/var/lib/postgresql/data", False), SECRETS_RO]
+    assert pg["depends_on"] == AFTER_SECRETS
     assert "ports" not in pg  # the database is reachable only inside the stack
 
     assert s["migrate"]["command"] == ["decouple", "migrate"]
     assert s["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy", "required": True}}
+    assert env_of(s["migrate"])["DECOUPLE_ADMIN_TOKEN_FILE"] == f"{SECRETS_DIR}/admin-token"
+    assert mounts(s["migrate"]) == [SECRETS_RO]
     assert s["migrate"]["restart"] == "no"
 
     api = s["api"]
     assert api["command"] == ["decouple", "serve", "--host", "0.0.0.0", "--port", "8000"]
     assert api["depends_on"] == {"migrate": {"condition": "service_completed_successfully", "required": True}}
     assert "http://127.0.0.1:8000/health" in " ".join(api["healthcheck"]["test"])
-    assert [(p["target"], p["published"]) for p in api["ports"]] == [(8000, "8000")]
+    assert [(p["host_ip"], p["target"], p["published"]) for p in api["ports"]] == [("0.0.0.0", 8000, "8000")]
+    assert mounts(api) == [SECRETS_RO]
 
     head = s["ray-head"]
     assert head["command"][:4] == ["ray", "start", "--head", "--block"]
     assert {"--port=6379", "--dashboard-host=0.0.0.0", "--dashboard-port=8265"} <= set(head["command"])
-    assert [(p["target"], p["published"]) for p in head["ports"]] == [(8265, "8265")]
+    assert [(p["host_ip"], p["target"], p["published"]) for p in head["ports"]] == [("0.0.0.0", 8265, "8265")]
+    assert head["depends_on"] == AFTER_SECRETS
     assert head["healthcheck"]["test"] == ["CMD", "ray", "health-check", "--address=127.0.0.1:6379"]
 
     worker = s["worker"]
@@ -145,39 +167,64 @@ def test_gpu_variant_services_healthchecks_and_dependencies(models):
         "ray-head": {"condition": "service_healthy", "required": True},
     }
     assert env_of(worker)["RAY_ADDRESS"] == "ray-head:6379"
+    assert worker["init"] is True  # `docker compose restart worker` stops it at once
+    # `config` prints $$ (the escaped $) so that its output is a compose file again.
+    assert worker["healthcheck"]["test"] == ["CMD", "sh", "-c", 'test -f "$$HOME/.decouple-ray-joined"']
     assert worker["deploy"]["resources"]["reservations"]["devices"] == [
         {"capabilities": ["gpu"], "driver": "nvidia", "count": -1}]  # -1 is `all`
     # `--scale worker=N` needs a service without a fixed name or host port.
     assert "container_name" not in worker and "ports" not in worker
     for name in ("ray-head", "worker"):
-        assert [(v["source"], v["target"]) for v in s[name]["volumes"]] == [("decouple-data", "/data")]
-    assert set(models["gpu"]["volumes"]) == {"pgdata", "decouple-data"}
+        assert mounts(s[name]) == [("decouple-data", "/data", False), SECRETS_RO]
+    assert set(models["gpu"]["volumes"]) == {"secrets", "pgdata", "decouple-data"}
+    # Every service but `secrets` starts after it, directly or through one that does.
+    for name in ALL_SERVICES - {"secrets"}:
+        seen, todo = set(), [name]
+        while todo:
+            deps = s[todo.pop()].get("depends_on", {})
+            seen |= set(deps)
+            todo += list(deps)
+        assert "secrets" in seen, name
+
+
+def test_published_ports_can_be_bound_to_loopback(tmp_path):
+    """scripts/compose-e2e publishes on 127.0.0.1 only (DECOUPLE_API_BIND, RAY_DASHBOARD_BIND)."""
+    env = {"DECOUPLE_API_BIND": "127.0.0.1", "RAY_DASHBOARD_BIND": "127.0.0.1", "DECOUPLE_API_PORT": "18000"}
+    s = resolved(tmp_path, VARIANTS["cpu"], env=env)["services"]
+    assert [(p["host_ip"], p["published"]) for p in s["api"]["ports"]] == [("127.0.0.1", "18000")]
+    assert [(p["host_ip"], p["published"]) for p in s["ray-head"]["ports"]] == [("127.0.0.1", "8265")]
 
 
 def test_auth_is_required_and_every_ray_process_presents_the_token(models):
     for variant in ("gpu", "cpu"):
         s = models[variant]["services"]
-        url = f"postgresql+psycopg://decouple:{SECRETS['POSTGRES_PASSWORD']}@postgres:5432/decouple"
         for name in APP_SERVICES:
             assert env_of(s[name])["DECOUPLE_AUTH"] == "required"
-            assert env_of(s[name])["DECOUPLE_DATABASE_URL"] == url
+            # No password in the URL: the image's entrypoint exports PGPASSWORD from the file.
+            assert env_of(s[name])["DECOUPLE_DATABASE_URL"] == "postgresql+psycopg://decouple@postgres:5432/decouple"
+            assert env_of(s[name])["POSTGRES_PASSWORD_FILE"] == f"{SECRETS_DIR}/postgres-password"
             assert env_of(s[name])["DECOUPLE_DATA_DIR"] == "/data"
+            assert SECRETS_RO in mounts(s[name])
         for name in ("ray-head", "worker"):
             assert env_of(s[name])["RAY_AUTH_MODE"] == "token"
-            assert env_of(s[name])["RAY_AUTH_TOKEN"] == SECRETS["RAY_AUTH_TOKEN"]
+            assert env_of(s[name])["RAY_AUTH_TOKEN_PATH"] == f"{SECRETS_DIR}/ray-auth-token"
+            assert "RAY_AUTH_TOKEN" not in env_of(s[name])
             assert env_of(s[name])["RAY_USAGE_STATS_ENABLED"] == "0"
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("missing", list(SECRETS))
-def test_no_default_secrets(tmp_path, variant, missing):
-    env = {k: v for k, v in SECRETS.items() if k != missing}
-    proc = run_compose(tmp_path, VARIANTS[variant], "config", env=env)
-    assert proc.returncode != 0
-    assert f"required variable {missing} is missing a value: set {missing} to a" in proc.stderr
-    # Empty counts as missing too (`:?`), so `POSTGRES_PASSWORD= docker compose up` fails as well.
-    proc = run_compose(tmp_path, VARIANTS[variant], "config", env={**env, missing: ""})
-    assert proc.returncode != 0 and f"required variable {missing} is missing a value" in proc.stderr
+def test_a_fresh_clone_needs_no_secrets_and_given_ones_reach_only_the_secrets_service(tmp_path, variant):
+    """No .env: Compose resolves every variant (nothing is required, nothing has a default). With
+    the three secrets set, they go to the `secrets` service, which writes them to the volume, and
+    appear nowhere else in the model."""
+    bare = resolved(tmp_path, VARIANTS[variant], env={})
+    given = resolved(tmp_path, VARIANTS[variant], env=SECRETS)
+    assert env_of(given["services"]["secrets"]) == SECRETS
+    for name, svc in given["services"].items():
+        if name != "secrets":
+            assert svc == bare["services"][name], name
+            assert not any(v in json.dumps(svc) for v in SECRETS.values()), name
+    assert not any(v in json.dumps(bare) for v in SECRETS.values())
 
 
 def test_one_image_per_variant_built_from_the_one_dockerfile(models):
@@ -185,7 +232,7 @@ def test_one_image_per_variant_built_from_the_one_dockerfile(models):
                 "external-ray": ("decouple-lab:cu128", "cu128")}
     for variant, (image, torch_variant) in expected.items():
         s = models[variant]["services"]
-        for name in APP_SERVICES & set(s):
+        for name in IMAGE_SERVICES & set(s):
             assert s[name]["image"] == image, (variant, name)
             assert s[name]["build"] == {"context": str(ROOT), "dockerfile": "Dockerfile",
                                         "args": {"TORCH_VARIANT": torch_variant}}, (variant, name)
@@ -196,17 +243,20 @@ def test_cpu_variant_is_the_same_stack_without_gpus(models):
     assert set(cpu) == set(gpu)
     for name in gpu:
         for key in ("command", "depends_on", "healthcheck", "environment", "volumes", "ports"):
-            assert cpu[name].get(key) == gpu[name].get(key), (name, key)
+            expected = gpu[name].get(key)
+            if (name, key) == ("worker", "environment"):  # no GPU to count: torch is not imported
+                expected = {**expected, "DECOUPLE_GPU_COUNT": "0"}
+            assert cpu[name].get(key) == expected, (name, key)
     assert all("deploy" not in svc for svc in cpu.values())
     assert models["cpu"]["volumes"] == models["gpu"]["volumes"]
 
 
 def test_external_ray_variant_runs_only_database_migrations_and_api(models, tmp_path):
     s = models["external-ray"]["services"]
-    assert set(s) == {"postgres", "migrate", "api"}
+    assert set(s) == {"secrets", "postgres", "migrate", "api"}
     assert [(p["target"], p["published"]) for p in s["postgres"]["ports"]] == [(5432, "5432")]
     assert s["api"]["depends_on"] == models["gpu"]["services"]["api"]["depends_on"]
-    with_ray = resolved(tmp_path, VARIANTS["external-ray"], profiles=("bundled-ray",))
+    with_ray = resolved(tmp_path, VARIANTS["external-ray"], env={}, profiles=("bundled-ray",))
     assert set(with_ray["services"]) == ALL_SERVICES
 
 
@@ -235,11 +285,17 @@ def test_commands_are_real_subcommands(models):
     assert params["head"] and params["block"] and params["dashboard_host"] == "0.0.0.0"
     assert (params["port"], params["dashboard_port"], params["num_cpus"], params["num_gpus"]) == (6379, 8265, 0, 0)
     script = (ROOT / "docker" / "worker-entrypoint.sh").read_text()
-    line = next(ln for ln in script.splitlines() if ln.startswith("ray start "))
+    joined = script.replace("\\\n", " ")
+    line = joined[joined.index("ray start --address"):]
     line = line.split(" 9>&-")[0].replace("${DECOUPLE_RAY_START_ARGS:-}", "--num-cpus=8")
     line = line.replace('"$RAY_ADDRESS"', "ray-head:6379").replace('"$ray_gpus"', "1")
     params = start.make_context("start", shlex.split(line)[2:]).params
     assert (params["address"], params["num_gpus"], params["num_cpus"]) == ("ray-head:6379", 1, 8)
+    # The worker's own `ray start` options in the stack: fixed agent ports (see the compose file).
+    extra = shlex.split(env_of(models["cpu"]["services"]["worker"])["DECOUPLE_RAY_START_ARGS"])
+    params = start.make_context("start", ["--address=ray-head:6379", *extra]).params
+    assert (params["dashboard_agent_grpc_port"], params["dashboard_agent_listen_port"],
+            params["runtime_env_agent_port"], params["metrics_export_port"]) == (52366, 52365, 52367, 52368)
 
 
 # --- the Dockerfile ------------------------------------------------------------------------------
@@ -251,15 +307,29 @@ def dockerfile_args(text: str) -> dict[str, str]:
 
 def test_dockerfile_pins_what_the_suite_runs_and_copies_what_exists():
     text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    # The base is a build argument (an offline build passes a local one); its default is the
+    # official slim image of the Python this suite runs. No `# syntax=` line: that would make
+    # BuildKit pull a frontend image from a registry before building anything.
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I) and "--chmod" not in text
     assert sys.version_info[:2] == (3, 11)
     args = dockerfile_args(text)
+    assert args["BASE_IMAGE"] == "python:3.11-slim"
+    assert text.index("ARG BASE_IMAGE=") < text.index("FROM ")
     assert args["TORCH_VERSION"] == metadata.version("torch").split("+")[0]
     assert args["RAY_VERSION"] == metadata.version("ray")
     assert args["TORCH_VARIANT"] == "cu128"  # the default image is the GPU workers' one
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/${TORCH_VARIANT}"
     torch_line = next(ln for ln in text.splitlines() if "pip install \"torch==" in ln)
-    urls = {v: torch_line.replace("${TORCH_VARIANT}", v).split("--index-url ")[1].strip('"') for v in ("cpu", "cu128")}
-    assert urls == {"cpu": "https://download.pytorch.org/whl/cpu", "cu128": "https://download.pytorch.org/whl/cu128"}
+    # The shell's words of the RUN line, as the build runs it: the default index, then a local
+    # wheel folder on top (TORCH_FIND_LINKS).
+    for find_links, extra in (("", []), ("http://127.0.0.1:8899/", ["--find-links", "http://127.0.0.1:8899/"])):
+        words = subprocess.run(
+            ["sh", "-c", 'for w in ' + torch_line.split("pip install ", 1)[1] + '; do echo "$w"; done'],
+            env={"TORCH_VERSION": args["TORCH_VERSION"], "TORCH_FIND_LINKS": find_links,
+                 "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu", "PATH": "/usr/bin:/bin"},
+            capture_output=True, text=True, check=True).stdout.split()
+        assert words == [f"torch=={args['TORCH_VERSION']}", "--index-url", "https://download.pytorch.org/whl/cpu", *extra]
     ignored = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
                if ln.strip() and not ln.startswith("#")}
     sources = []
@@ -267,14 +337,117 @@ def test_dockerfile_pins_what_the_suite_runs_and_copies_what_exists():
         parts = [p for p in line.split() if not p.startswith("--")]
         sources += parts[:-1]
     assert sources == ["pyproject.toml", "README.md", "alembic.ini", "service", "workers", "migrations",
-                       "docker/worker-entrypoint.sh"]
+                       "docker/worker-entrypoint.sh", "docker/entrypoint.sh", "docker/secrets.sh"]
     for src in sources:
         assert (ROOT / src).exists(), src
         assert src not in ignored and src.split("/")[0] not in ignored, src
     assert {".venv", ".git", ".env", "data", "*.db"} <= ignored
-    assert os.access(ROOT / "docker" / "worker-entrypoint.sh", os.X_OK)
+    for script in ("worker-entrypoint.sh", "entrypoint.sh", "secrets.sh", "postgres/entrypoint.sh"):
+        assert os.access(ROOT / "docker" / script, os.X_OK), script  # COPY keeps the mode
+    assert re.search(r'^ENTRYPOINT \["decouple-entrypoint"\]$', text, re.M)
     # Installed packages must include the migrations, or `decouple migrate` fails in the image.
     assert (ROOT / "migrations" / "versions" / "__init__.py").exists()
+
+
+# --- the secrets service and the image's entrypoint, run for real ---------------------------------
+
+
+def run_secrets(folder: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """docker/secrets.sh (the `secrets` service's entrypoint) with ``folder`` as its volume."""
+    folder.mkdir(exist_ok=True)
+    full_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "DECOUPLE_SECRETS_DIR": str(folder),
+                **(env or {})}
+    return subprocess.run([str(ROOT / "docker" / "secrets.sh"), *args], env=full_env, capture_output=True,
+                          text=True, timeout=60)
+
+
+SECRET_FORMATS = {"postgres-password": r"[0-9a-f]{48}", "ray-auth-token": r"[0-9a-f]{64}",
+                  "admin-token": r"[A-Za-z0-9_-]{43}"}
+
+
+def test_secrets_service_makes_each_deployments_own_secrets_once(tmp_path):
+    first = run_secrets(tmp_path / "a", "init")
+    assert first.returncode == 0, first.stderr
+    a = {name: (tmp_path / "a" / name).read_text() for name in SECRET_FORMATS}
+    for name, pattern in SECRET_FORMATS.items():
+        assert re.fullmatch(pattern, a[name]), name  # URL-safe: the password may go into a URL
+        assert (tmp_path / "a" / name).stat().st_mode & 0o777 == 0o444
+    assert first.stdout.count(a["admin-token"]) == 1  # printed once, with how to see it again
+    assert "print it again with: docker compose run --rm secrets show admin-token" in first.stdout
+    assert a["postgres-password"] not in first.stdout and a["ray-auth-token"] not in first.stdout
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(SECRET_FORMATS)  # no temp files
+
+    again = run_secrets(tmp_path / "a", "init")  # every later `up`
+    assert again.returncode == 0 and a["admin-token"] not in again.stdout
+    assert {name: (tmp_path / "a" / name).read_text() for name in SECRET_FORMATS} == a
+    show = run_secrets(tmp_path / "a", "show", "admin-token")
+    assert (show.returncode, show.stdout) == (0, a["admin-token"] + "\n")
+
+    b = run_secrets(tmp_path / "b", "init")  # another deployment: other secrets
+    assert b.returncode == 0
+    assert all((tmp_path / "b" / name).read_text() != a[name] for name in SECRET_FORMATS)
+
+    # Values from a .env are written instead, also over existing ones; the rest is kept.
+    given = run_secrets(tmp_path / "a", "init", env={"RAY_AUTH_TOKEN": SECRETS["RAY_AUTH_TOKEN"]})
+    assert given.returncode == 0 and "wrote a new Ray cluster token" in given.stdout
+    assert (tmp_path / "a" / "ray-auth-token").read_text() == SECRETS["RAY_AUTH_TOKEN"]
+    assert (tmp_path / "a" / "postgres-password").read_text() == a["postgres-password"]
+
+    bad = run_secrets(tmp_path / "a", "show", "../etc/passwd")
+    assert bad.returncode == 2 and bad.stderr.startswith("usage: decouple-secrets show {")
+    none = run_secrets(tmp_path / "c", "show", "admin-token")
+    assert none.returncode == 1 and "no admin-token yet" in none.stderr
+
+
+def test_image_entrypoint_exports_the_database_password_from_its_file(tmp_path):
+    entry = str(ROOT / "docker" / "entrypoint.sh")
+    (tmp_path / "pw").write_text("s3cret")
+    env = {"PATH": "/usr/bin:/bin", "POSTGRES_PASSWORD_FILE": str(tmp_path / "pw")}
+    out = subprocess.run([entry, "sh", "-c", 'printf %s "$PGPASSWORD"'], env=env, capture_output=True, text=True,
+                         timeout=30)
+    assert (out.returncode, out.stdout) == (0, "s3cret")
+    missing = subprocess.run([entry, "true"], env={**env, "POSTGRES_PASSWORD_FILE": str(tmp_path / "none")},
+                             capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 1 and "cannot read POSTGRES_PASSWORD_FILE" in missing.stderr
+
+
+def test_migrate_stores_the_first_admin_token_once_and_respects_its_revocation(tmp_path):
+    """The `migrate` service's command with its DECOUPLE_ADMIN_TOKEN_FILE (SQLite here)."""
+    from service.db import dispose_engines, get_engine
+    from service.tokens import authenticate, revoke_tokens
+
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    run_secrets(tmp_path / "secrets", "init")
+    token = (tmp_path / "secrets" / "admin-token").read_text()
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "DECOUPLE_DATABASE_URL": url, "DECOUPLE_ADMIN_TOKEN_FILE": str(tmp_path / "secrets" / "admin-token")}
+
+    def migrate(extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["decouple", "migrate"], env={**env, **(extra or {})}, capture_output=True,
+                              text=True, timeout=120)
+
+    first = migrate()
+    assert first.returncode == 0, first.stderr
+    assert "stored the admin token of 'admin'" in first.stdout
+    assert "already stored" in migrate().stdout
+    from sqlalchemy.orm import Session
+
+    try:
+        with Session(get_engine(url)) as s:
+            principal = authenticate(s, token)
+            assert principal is not None and (principal.name, principal.admin) == ("admin", True)
+            assert revoke_tokens(s, "admin") == 1
+            s.commit()
+        assert "already stored" in migrate().stdout  # a revoked token stays revoked
+        with Session(get_engine(url)) as s:
+            assert authenticate(s, token) is None
+        (tmp_path / "short").write_text("abc")
+        short = migrate({"DECOUPLE_ADMIN_TOKEN_FILE": str(tmp_path / "short")})
+        assert short.returncode != 0 and "at least 32 characters" in short.stderr
+        gone = migrate({"DECOUPLE_ADMIN_TOKEN_FILE": str(tmp_path / "none")})
+        assert gone.returncode != 0 and "DECOUPLE_ADMIN_TOKEN_FILE: cannot read" in gone.stderr
+    finally:
+        dispose_engines(url)
 
 
 # --- the worker entrypoint on a real Ray cluster (loopback) --------------------------------------
@@ -348,7 +521,12 @@ def test_worker_entrypoint_joins_the_head_with_the_token_and_claims_a_free_gpu(m
                 for a in s["ray-head"]["command"]]
     head_cmd += [f"--temp-dir={ray_dir}", f"--dashboard-agent-listen-port={free_port()}"]
     ray_env = {k: v for k, v in env_of(s["ray-head"]).items() if k.startswith("RAY_")}
-    head_env = {**base_env, **ray_env, "RAY_AUTH_TOKEN": token}
+    # The token from a file, as the stack's `secrets` volume gives it (no trailing newline).
+    assert ray_env["RAY_AUTH_TOKEN_PATH"] == f"{SECRETS_DIR}/ray-auth-token"
+    token_file, wrong_file = ray_dir / "ray-auth-token", ray_dir / "wrong-token"
+    token_file.write_text(token)
+    wrong_file.write_text(uuid.uuid4().hex)
+    head_env = {**base_env, **ray_env, "RAY_AUTH_TOKEN_PATH": str(token_file)}
     started: list[subprocess.Popen] = []
     release = ray_dir / "release"
     slots = ray_dir / "data" / ".gpu-slots"
@@ -371,7 +549,7 @@ def test_worker_entrypoint_joins_the_head_with_the_token_and_claims_a_free_gpu(m
             assert started[0].poll() is None and time.monotonic() < deadline, "the Ray head did not become healthy"
             time.sleep(0.5)
 
-        worker_env = {**base_env, **env_of(s["worker"]), "RAY_AUTH_TOKEN": token,
+        worker_env = {**base_env, **env_of(s["worker"]), "RAY_AUTH_TOKEN_PATH": str(token_file),
                       "RAY_ADDRESS": f"{get_node_ip_address()}:{port}", "DECOUPLE_DATA_DIR": str(ray_dir / "data"),
                       "DECOUPLE_GPU_COUNT": "2"}
         entrypoint = str(ROOT / "docker" / "worker-entrypoint.sh")
@@ -387,7 +565,7 @@ def test_worker_entrypoint_joins_the_head_with_the_token_and_claims_a_free_gpu(m
 
         worker = replica({})
         # The head's own healthcheck with another token: the cluster refuses the caller.
-        intruder = subprocess.Popen(health, env={**head_env, "RAY_AUTH_TOKEN": uuid.uuid4().hex},
+        intruder = subprocess.Popen(health, env={**head_env, "RAY_AUTH_TOKEN_PATH": str(wrong_file)},
                                     start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         started.append(intruder)
         out = []
@@ -395,6 +573,7 @@ def test_worker_entrypoint_joins_the_head_with_the_token_and_claims_a_free_gpu(m
             out.append(worker.stdout.readline())
             assert out[-1], "".join(out) + worker.stderr.read()  # EOF: the replica died
         assert out[0] == "decouple-worker-entrypoint: this worker uses GPU 1 of 2\n"
+        assert (ray_dir / ".decouple-ray-joined").exists()  # the worker's healthcheck file
         # Its GPU is slot 1 alone; the cluster: the head (no CPU, no GPU) and this node (1 CPU, 1 GPU).
         assert out[-1].split() == ["JOINED", "1", "1.0", "1.0"]
 
@@ -426,11 +605,11 @@ def test_worker_entrypoint_needs_ray_address():
 
 #: Every command of the section, in order; check_readme_command says how each is run or validated.
 README_COMMANDS = [
-    "printf 'POSTGRES_PASSWORD=%s\\nRAY_AUTH_TOKEN=%s\\n' \"$(openssl rand -hex 24)\" \"$(openssl rand -hex 32)\" > .env && chmod 600 .env",
     "docker compose up -d --build --scale worker=2",
     "docker compose -f docker-compose.yml -f docker-compose.cpu.yml up -d --build --scale worker=2",
     "echo 'COMPOSE_FILE=docker-compose.yml:docker-compose.cpu.yml' >> .env",
-    "docker compose run --rm api decouple token create alice --admin",
+    "docker compose logs secrets",
+    "docker compose run --rm secrets show admin-token",
     "docker compose run --rm api decouple token create bob",
     "export DECOUPLE_API_URL=http://team-server:8000 DECOUPLE_TOKEN=the-token-you-were-given",
     "decouple submit spec.yaml --wait",
@@ -494,12 +673,7 @@ def check_readme_command(cmd: str, state: ReadmeState) -> None:
         # Run it as the user would, in a folder of its own, then hand the .env to Compose.
         subprocess.run(["bash", "-c", cmd], cwd=state.tmp, check=True, timeout=30)
         values = dict(ln.split("=", 1) for ln in state.env_file.read_text().splitlines())
-        assert re.fullmatch(r"[0-9a-f]{48}", values["POSTGRES_PASSWORD"])  # URL-safe, in the DB URL
-        assert re.fullmatch(r"[0-9a-f]{64}", values["RAY_AUTH_TOKEN"])
-        assert state.env_file.stat().st_mode & 0o777 == 0o600
         model = resolved(state.tmp, None, env={}, env_file=state.env_file)
-        assert env_of(model["services"]["worker"])["RAY_AUTH_TOKEN"] == values["RAY_AUTH_TOKEN"]
-        assert values["POSTGRES_PASSWORD"] in env_of(model["services"]["api"])["DECOUPLE_DATABASE_URL"]
         if "COMPOSE_FILE" in values:  # from now on, every command uses the CPU variant
             assert model["services"]["worker"]["image"] == "decouple-lab:cpu"
             assert "deploy" not in model["services"]["worker"]
@@ -523,7 +697,7 @@ def check_readme_command(cmd: str, state: ReadmeState) -> None:
     for f in files:
         assert (ROOT / f).is_file(), f
     env_file = state.env_file if state.env_file.exists() else None
-    model = resolved(state.tmp, files or None, env=SECRETS if env_file is None else {}, env_file=env_file)
+    model = resolved(state.tmp, files or None, env={}, env_file=env_file)  # a fresh clone: no secrets
     services = model["services"]
     for redirect in (">", "<"):
         if redirect in args:
@@ -537,7 +711,7 @@ def check_readme_command(cmd: str, state: ReadmeState) -> None:
         if sub == "build" or "--build" in args:
             assert all("build" in services[n] for n in APP_SERVICES & set(services))
         if files == VARIANTS["external-ray"]:
-            assert set(services) == {"postgres", "migrate", "api"}
+            assert set(services) == {"secrets", "postgres", "migrate", "api"}
     elif sub in ("run", "exec"):
         opts = {"run": {"--rm"}, "exec": {"-T"}}[sub]
         while args and args[0] in opts:
@@ -546,11 +720,22 @@ def check_readme_command(cmd: str, state: ReadmeState) -> None:
         assert service in services
         if sub == "run" and not inner:
             inner = services[service]["command"]  # the service's own command
-        if inner[0] == "decouple":
+        if service == "secrets":  # its entrypoint is docker/secrets.sh: run it for real
+            assert services[service]["entrypoint"] == ["decouple-secrets"]
+            out = run_secrets(state.tmp / "secrets", *inner)
+            assert out.returncode == 0 and out.stdout.strip() == (state.tmp / "secrets" / "admin-token").read_text()
+        elif inner[0] == "decouple":
             parser.parse_args(inner[1:])
         else:  # pg_dump / pg_restore: run for real in test_readme_backup_and_restore_...
             assert service == "postgres" and inner[0] in ("pg_dump", "pg_restore")
             assert "--username=decouple" in inner and env_of(services["postgres"])["POSTGRES_USER"] == "decouple"
+    elif sub == "logs":
+        assert args == ["secrets"]
+        out = run_secrets(state.tmp / "secrets", *services["secrets"]["command"])  # the first `up`
+        assert out.returncode == 0
+        token = (state.tmp / "secrets" / "admin-token").read_text()
+        assert f"shown here once:\n\n    {token}\n" in out.stdout
+        assert "docker compose run --rm secrets show admin-token" in out.stdout
     elif sub == "cp":
         src, dest = args
         service, path = dest.split(":", 1)

@@ -174,12 +174,22 @@ def deployment(services, database) -> Iterator[Deployment]:
     logs, data_dir = home / "logs", home / "data"
     logs.mkdir()
     base = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
-    ray_token = uuid.uuid4().hex
-    local = {"DECOUPLE_DATABASE_URL": database, "DECOUPLE_DATA_DIR": str(data_dir), "RAY_AUTH_TOKEN": ray_token}
+    # The `secrets` service's script makes this deployment's secrets, as on the first `up`; the
+    # machine's PostgreSQL trusts loopback, so the database password file is not needed here.
+    secrets = home / "secrets"
+    secrets.mkdir()
+    made = subprocess.run([str(ROOT / "docker" / "secrets.sh"), "init"], capture_output=True, text=True, timeout=60,
+                          env={**base, "DECOUPLE_SECRETS_DIR": str(secrets)})
+    assert made.returncode == 0, made.stderr
+    ray_token = (secrets / "ray-auth-token").read_text()
+    local = {"DECOUPLE_DATABASE_URL": database, "DECOUPLE_DATA_DIR": str(data_dir),
+             "RAY_AUTH_TOKEN_PATH": str(secrets / "ray-auth-token"),
+             "DECOUPLE_ADMIN_TOKEN_FILE": str(secrets / "admin-token")}
 
     def env_for(service: str, **extra: str) -> dict[str, str]:
         env = env_of(services[service])
         assert env["DECOUPLE_AUTH"] == "required" and env["DECOUPLE_DATA_DIR"] == "/data", service
+        assert env.pop("POSTGRES_PASSWORD_FILE") == "/run/decouple-secrets/postgres-password"
         return {**base, **env, **{k: v for k, v in local.items() if k in env}, **extra}
 
     started: list[subprocess.Popen] = []
