@@ -107,6 +107,7 @@ from scipy.stats import f as f_dist
 from scipy.stats import rankdata, studentized_range
 from scipy.stats import t as student_t
 
+from service.domain.conventions import CONVENTIONS, LR_POWER, SCHEDULE_FACTOR
 from service.domain.numeric import parabola_vertex
 
 #: Near-optimal rows: best within this fraction of the way from the grid's best to its median.
@@ -893,12 +894,12 @@ def decide(lrs, wds, per_seed_values, *, chance: float | None = None, default_wd
 # grid can be read in both; with a constant schedule (s_t = 1) every m is 1 and all of them can.
 # ``l2`` (decay through the gradient) has no such rewriting.
 
-#: convention -> (schedule factor, power of the base lr in the per-step decay)
+#: convention -> (schedule factor, power of the base lr in the per-step decay), for the decoupled
+#: conventions of ``service.domain.conventions`` (the paper's: c_t = s_t * lam; torch.optim.AdamW's:
+#: c_t = lr * s_t * lam; constant: c_t = lam; corrected: c_t = lr * s_t^2 * lam).
 DECAY_CONVENTIONS: dict[str, tuple[str, int]] = {
-    "schedule": ("s", 0),   # the paper's: c_t = s_t * lam
-    "lr": ("s", 1),         # torch.optim.AdamW's: c_t = lr * s_t * lam
-    "constant": ("1", 0),   # c_t = lam
-    "corrected": ("s2", 1),  # c_t = lr * s_t^2 * lam
+    c: (f, p) for c in CONVENTIONS
+    if (f := SCHEDULE_FACTOR[c]) is not None and (p := LR_POWER[c]) is not None
 }
 #: Words for each coordinate system in the report.
 CONVENTION_WORDS = {"schedule": "the paper's (decay scaled by the schedule only)",

@@ -127,6 +127,9 @@ CONVENTION_TEXT: dict[str, str] = {
 #: Convention -> how a decay coefficient converts to the schedule convention's (per-step fraction at
 #: eta_t = 1): wd_schedule = wd * lr**LR_POWER (None: L2 has no decoupled equivalent).
 LR_POWER: dict[str, int | None] = {"l2": None, "lr": 1, "schedule": 0, "constant": 0, "corrected": 1}
+#: Convention -> the schedule's factor in its per-step decay (s_t, 1 or s_t^2; None for L2). Two
+#: conventions with the same factor describe the same trajectories under a rescaled coefficient.
+SCHEDULE_FACTOR: dict[str, str | None] = {"l2": None, "lr": "s", "schedule": "s", "constant": "1", "corrected": "s2"}
 
 #: Titles the five original names keep.
 LEGACY_TITLE: dict[str, str] = {
@@ -291,6 +294,6 @@ def default_grid(name: str) -> dict[str, AxisTuple]:
 
 __all__ = [
     "ALIASES", "BASES", "CONVENTIONS", "REFERENCE_CONVENTION", "LEGACY_NAMES", "FAMILY", "REFERENCE",
-    "BASE_RULE", "CONVENTION_RULE", "CONVENTION_TEXT", "LR_POWER", "UnknownOptimizer", "UpdateRule",
+    "BASE_RULE", "CONVENTION_RULE", "CONVENTION_TEXT", "LR_POWER", "SCHEDULE_FACTOR", "UnknownOptimizer", "UpdateRule",
     "parse", "is_known", "rule_text", "all_names", "default_grid", "valid_names_message",
 ]
