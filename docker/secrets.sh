@@ -39,12 +39,18 @@ esac
 
 [ -w "$dir" ] || { echo "decouple-secrets: $dir is not writable" >&2; exit 1; }
 
-# put NAME GIVEN MAKE: write GIVEN if not empty and different, else keep the file, else run MAKE.
-# Prints "new" when it wrote the file.
+# put NAME GIVEN MAKE [sticky]: write GIVEN if not empty and different, else keep the file, else
+# run MAKE. Prints "new" when it wrote the file. A sticky secret is never replaced once written:
+# PostgreSQL takes its password when it creates its data folder, so a new value in the file would
+# lock every service out of the existing database (change it with ALTER USER, then in the file).
 put() {
-  name=$1 given=$2 make=$3
+  name=$1 given=$2 make=$3 sticky=${4:-}
   if [ -n "$given" ]; then
     if [ -s "$dir/$name" ] && [ "$(cat "$dir/$name")" = "$given" ]; then
+      return 0
+    fi
+    if [ -n "$sticky" ] && [ -s "$dir/$name" ]; then
+      echo "decouple-secrets: $name already set; the new value is ignored (the database keeps the one it was created with)" >&2
       return 0
     fi
     value=$given
@@ -59,7 +65,7 @@ put() {
   echo new
 }
 
-pg=$(put postgres-password "${POSTGRES_PASSWORD:-}" "token_hex(24)")
+pg=$(put postgres-password "${POSTGRES_PASSWORD:-}" "token_hex(24)" sticky)
 ray=$(put ray-auth-token "${RAY_AUTH_TOKEN:-}" "token_hex(32)")
 admin=$(put admin-token "${DECOUPLE_ADMIN_TOKEN:-}" "token_urlsafe(32)")
 

@@ -819,3 +819,28 @@ def test_readme_backup_and_restore_commands_round_trip_a_study(tmp_path):
         dispose_engines(url)
         with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+
+
+def test_secrets_script_keeps_the_database_password_and_replaces_the_others(tmp_path):
+    """docker/secrets.sh run as the `secrets` service runs it: random secrets on the first run;
+    later runs keep them; a value given in the environment replaces the Ray token, but never the
+    PostgreSQL password, which the database took when it was created."""
+    script = Path(__file__).resolve().parents[1] / "docker" / "secrets.sh"
+    base = {"PATH": os.environ["PATH"], "DECOUPLE_SECRETS_DIR": str(tmp_path)}
+
+    def run(**env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", str(script), "init"], env={**base, **env}, capture_output=True,
+                              text=True, check=True)
+
+    first = run()
+    assert "wrote a new PostgreSQL password" in first.stdout
+    secrets = {n: (tmp_path / n).read_text() for n in ("postgres-password", "ray-auth-token", "admin-token")}
+    assert all(len(v) >= 32 for v in secrets.values()) and len(set(secrets.values())) == 3
+    assert secrets["admin-token"] in first.stdout  # shown once
+    again = run()
+    assert secrets["admin-token"] not in again.stdout
+    assert {n: (tmp_path / n).read_text() for n in secrets} == secrets
+    changed = run(POSTGRES_PASSWORD="chosen-later", RAY_AUTH_TOKEN="chosen-token")
+    assert "postgres-password already set" in changed.stderr
+    assert (tmp_path / "postgres-password").read_text() == secrets["postgres-password"]
+    assert (tmp_path / "ray-auth-token").read_text() == "chosen-token"
