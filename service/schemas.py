@@ -334,11 +334,14 @@ class StudySpec(_Spec):
     @field_validator("optimizers")
     @classmethod
     def _distinct_optimizers(cls, optimizers: list[OptimizerSpec]) -> list[OptimizerSpec]:
-        seen: set[str] = set()
+        seen: dict[str, str] = {}  # canonical BASE:CONVENTION -> the name it was first given as
         for opt in optimizers:
-            if opt.name in seen:
-                raise ValueError(f"optimizer {opt.name!r} appears more than once")
-            seen.add(opt.name)
+            rule = conventions.parse(opt.name).canonical
+            if rule in seen:
+                first = seen[rule]
+                same = "" if first == opt.name else f" (as {first!r}: both are {rule!r})"
+                raise ValueError(f"optimizer {opt.name!r} appears more than once{same}")
+            seen[rule] = opt.name
         return optimizers
 
     @field_validator("seeds")

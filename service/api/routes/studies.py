@@ -321,9 +321,15 @@ def check_extended(session: Any, study: Study, user: store.Principal, settings: 
     """The limits of a submission, on a study just extended (the caller's transaction is rolled
     back by the error, so a refused extension stores nothing)."""
     try:
-        StudySpec.model_validate(study.spec, context={"stored": True, "max_trials": settings.max_trials})
+        StudySpec.model_validate(study.spec, context={"stored": True, "max_trials": None})
     except ValidationError as exc:
         first = format_errors(list(exc.errors()))[0]
         raise InvalidInput(first["field"], f"{first['message']} (after this extension)") from None
+    # The study's own count, not the spec's: under auto seeds the spec counts every optimizer at
+    # its seed maximum, while a finished study's optimizers have stopped where they were decided.
+    if study.trials_total > settings.max_trials:
+        raise InvalidInput("steps", f"the study would have {study.trials_total} trials (grid cells x seeds, over "
+                                    f"all optimizers), more than DECOUPLE_MAX_TRIALS={settings.max_trials} "
+                                    "(after this extension)")
     check_trial_epochs(study.trials_total, int(study.spec.get("epochs") or 1), settings)
     check_queue(session, study.owner, 0, user, settings)
