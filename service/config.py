@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     #: Seconds a client has to send a whole request (headers and body) once its connection is
     #: open or its previous answer sent; slower ones get 408 and are disconnected.
     request_timeout: float = Field(20.0, gt=0, validation_alias="DECOUPLE_REQUEST_TIMEOUT")
+    #: A file holding the first admin's token (the compose stack's `secrets` service writes it):
+    #: `decouple migrate` stores it as the token of `admin`, once (service.tokens.ensure_token).
+    admin_token_file: Path | None = Field(None, validation_alias="DECOUPLE_ADMIN_TOKEN_FILE")
 
     @property
     def trusted_hosts(self) -> list[str]:
@@ -45,9 +48,6 @@ class Settings(BaseSettings):
             return list(LOOPBACK_HOSTS) if self.auth == "off" else ["*"]
         hosts = [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
         return hosts or ["*"]
-    # A file holding the first admin's token (the compose stack's `secrets` service writes it):
-    # `decouple migrate` stores it as the token of `admin`, once (service.tokens.ensure_token).
-    admin_token_file: Path | None = Field(None, validation_alias="DECOUPLE_ADMIN_TOKEN_FILE")
 
     @property
     def state_dir(self) -> Path:

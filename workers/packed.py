@@ -17,10 +17,10 @@ How a step runs
   through ``torch.func.vmap`` over ``torch.func.functional_call`` with autograd
   (:class:`FuncEngine`); vmap gives each config its own BatchNorm batch statistics and running
   statistics, so configs never see each other's activations.
-- **Update.** ``workers.optim.apply_update`` (the one implementation of the five rules) runs on
-  the (K, P) tensors, one call per column segment, with per-config ``lr`` and ``weight_decay``
-  as (K, 1) tensors and the schedule value eta_t as a float. Adam's update is 9 elementwise
-  passes. Cutting the rows into L2-sized chunks gained nothing once training ran on one thread
+- **Update.** :class:`StackOptimizer`, with per-config ``lr`` and ``weight_decay`` as (K, 1)
+  tensors and the schedule value eta_t as a float: SGD and Adam as whole-stack passes (the
+  rules of ``workers.optim.apply_update`` rearranged, 8 passes per Adam step), every other
+  base through ``apply_update`` itself, per column segment or per tensor. Cutting the rows into L2-sized chunks gained nothing once training ran on one thread
   with denormals flushed (128 digits MLPs: ~2.0 ms chunked, ~2.0 ms whole) and cost small
   blocks the extra calls (36 MLPs: 0.81 ms chunked, 0.50 ms whole), so it is gone.
   The update is not compiled: a ``torch.compile``-fused Adam update (one C++ loop) measured
