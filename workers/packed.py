@@ -20,7 +20,8 @@ How a step runs
 - **Update.** :class:`StackOptimizer`, with per-config ``lr`` and ``weight_decay`` as (K, 1)
   tensors and the schedule value eta_t as a float: SGD and Adam as whole-stack passes (the
   rules of ``workers.optim.apply_update`` rearranged, 8 passes per Adam step), every other
-  base through ``apply_update`` itself, per column segment or per tensor. Cutting the rows into L2-sized chunks gained nothing once training ran on one thread
+  base through ``apply_update`` itself, per column segment or per tensor. Cutting the rows into
+  L2-sized chunks gained nothing once training ran on one thread
   with denormals flushed (128 digits MLPs: ~2.0 ms chunked, ~2.0 ms whole) and cost small
   blocks the extra calls (36 MLPs: 0.81 ms chunked, 0.50 ms whole), so it is gone.
   The update is not compiled: a ``torch.compile``-fused Adam update (one C++ loop) measured
