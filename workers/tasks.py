@@ -298,9 +298,10 @@ class ResNetCifar(nn.Module):
     BatchNorm, so all conv weights are scale-invariant, as in the paper.
     """
 
-    def __init__(self, n: int = 2, width: int = 16, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(self, n: int = 2, width: int = 16, num_classes: int = 10, in_channels: int = 3,
+                 stem_stride: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.conv = nn.Conv2d(in_channels, width, 3, stride=stem_stride, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(width)
         blocks: list[nn.Module] = []
         cin = width
@@ -394,10 +395,15 @@ class Mnist5kTask(Task):
 
 
 class Mnist5kResNetTask(Mnist5kTask):
-    """mnist5k with a ResNet-8 of widths 8, 16, 32 (one block per stage, about 20k weights)."""
+    """mnist5k with a ResNet-8 of widths 8, 16, 32 (one block per stage, about 20k weights).
+
+    The stem convolution has stride 2, so the stages run at 14x14, 7x7 and 4x4: 3.4x less work
+    per step than at 28x28 (32-config wide steps, one thread: 413 against 1,415 ms of CPU time),
+    which is what lets a 6x6 x 3-seed study of six optimizers train several epochs on two cores.
+    """
 
     def _model(self) -> nn.Module:
-        return ResNetCifar(n=1, width=8, in_channels=1)
+        return ResNetCifar(n=1, width=8, in_channels=1, stem_stride=2)
 
 
 class Cifar10Task(Task):
