@@ -19,9 +19,9 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationInfo, field_validator, model_serializer, model_validator
 
-from service.domain import conventions
+from service.domain import conventions, plugins
 from service.domain import seeds as seeds_rule
 from service.domain.catalog import TASK_INFO, default_grid
 from service.domain.grid import axis_values as axis_values  # re-exported: the spec's axes' points
@@ -137,6 +137,11 @@ class OptimizerSpec(_Spec):
     name: str = Field(json_schema_extra={"enum": list(conventions.all_names())})
     lr: GridAxis | None = None
     wd: GridAxis | None = None
+    #: A plugin rule's hyper-parameters (``GET /optimizers``: names, defaults and ranges); the
+    #: stored spec has every one, defaults filled in. Built-in bases take none.
+    params: dict[str, Annotated[float, Field(strict=True, allow_inf_nan=False)]] | None = None
+    #: Which of lr and wd took the default (a task may have its own defaults per base).
+    _defaulted: set[str] = PrivateAttr(default_factory=set)
 
     @field_validator("name")
     @classmethod
@@ -149,15 +154,51 @@ class OptimizerSpec(_Spec):
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> OptimizerSpec:
+        self._check_params()
         for key in ("lr", "wd"):
             default = default_grid(self.name)[key]
             axis = getattr(self, key)
             if axis is None:
+                self._defaulted.add(key)
                 axis = GridAxis(min=default.min, max=default.max, num=default.num)
             elif axis.auto and axis.num is None:
                 axis = GridAxis(auto=True, num=default.num)
             setattr(self, key, axis)
         return self
+
+    def _check_params(self) -> None:
+        base = conventions.parse(self.name).base
+        rule = plugins.rule_of(base)
+        declared = {h.name: h for h in rule.hyperparameters} if rule is not None else {}
+        given = dict(self.params or {})
+        if not declared:
+            if given:
+                raise ValueError(f"params: {self.name!r} takes no hyper-parameters (got {_names(given)})")
+            self.params = None
+            return
+        for key, value in given.items():
+            h = declared.get(key)
+            if h is None:
+                raise ValueError(f"params.{key}: {base!r} has no hyper-parameter {key!r} "
+                                 f"(it has {_names(declared)})")
+            if not h.min <= value <= h.max:
+                raise ValueError(f"params.{key}: {value:g} is outside [{h.min:g}, {h.max:g}]")
+        self.params = {k: given.get(k, h.default) for k, h in declared.items()}
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: Any) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("params") is None:
+            out.pop("params", None)  # built-in bases: the stored spec keeps its old shape
+        return out
+
+    def task_defaults(self, grids: dict[str, dict[str, tuple[float, float, int]]]) -> None:
+        """Replace the defaulted axes by a task's own defaults for this base (or this name)."""
+        r = conventions.parse(self.name)
+        grid = grids.get(self.name) or grids.get(r.canonical) or grids.get(r.base)
+        for key in self._defaulted & set(grid or {}):
+            lo, hi, num = grid[key]  # type: ignore[index]
+            setattr(self, key, GridAxis(min=lo, max=hi, num=num))
 
     @property
     def is_auto(self) -> bool:
@@ -357,6 +398,9 @@ class StudySpec(_Spec):
     @model_validator(mode="after")
     def _fill_and_cap(self, info: ValidationInfo) -> StudySpec:
         task = TASK_INFO[self.task]
+        if task.default_grids:
+            for opt in self.optimizers:
+                opt.task_defaults(task.default_grids)
         if self.epochs is None:
             self.epochs = task.epochs
         if self.batch_size is None:

@@ -46,8 +46,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from service.domain.conventions import BASES as BUILTIN_BASES
 from service.domain.rules import DECAY_ON, OPTIMIZER_NAMES, VARIANTS, Variant, get_variant
 from workers import bases
+from workers.plugins import rule_implementation
 
 __all__ = [
     "DECAY_ON", "OPTIMIZER_NAMES", "VARIANTS", "DecayChainOptimizer", "Variant", "apply_update",
@@ -360,6 +362,14 @@ def build_optimizer(
     """
     variant = get_variant(name)
     check_hyperparameters(lr, weight_decay)
+    if variant.base not in BUILTIN_BASES:
+        loaded = rule_implementation(variant.base)
+        if loaded is None or loaded.optimizer_class is None or not isinstance(params, nn.Module):
+            raise ValueError(f"optimizer {name!r} is a plugin's packed update rule: it runs in the packed "
+                             "trainer only (workers.packed.train_block)")
+        # A torch.optim fallback rule: the class itself over the decayed and undecayed groups.
+        return loaded.optimizer_class(param_groups(params, decay_on), lr=lr, weight_decay=weight_decay,
+                                      **loaded.hyperparameters(None))
     if isinstance(params, nn.Module):
         params = param_groups(params, decay_on, muon=variant.base == "muon")
     elif decay_on != "all":
