@@ -19,7 +19,18 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationInfo, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from service.domain import conventions, plugins
 from service.domain import seeds as seeds_rule
@@ -419,6 +430,20 @@ class StudySpec(_Spec):
         seeds the worst case, ``max``: the cap must hold however many seeds the study adds)."""
         return sum(opt.cells for opt in self.optimizers) * seeds_rule.max_seeds(self.seeds)
 
+    def plugins_used(self) -> dict[str, dict[str, str]]:
+        """The installed plugins this spec names (its task, its optimizers' bases), with the
+        distribution and version this process has: what the study records and a worker must have."""
+        reg = plugins.registry()
+        used: dict[str, dict[str, str]] = {}
+        task = reg.tasks.get(self.task)
+        if task is not None and not plugins.is_builtin(task.plugin):
+            used[f"task:{self.task}"] = task.plugin.as_dict()  # type: ignore[union-attr]
+        for opt in self.optimizers:
+            rule = reg.rules.get(conventions.parse(opt.name).base)
+            if rule is not None and not plugins.is_builtin(rule.plugin):
+                used[f"rule:{rule.name}"] = rule.plugin.as_dict()  # type: ignore[union-attr]
+        return used
+
     @property
     def initial_seeds(self) -> list[int]:
         """The seeds every optimizer's grid starts with (a list: all; auto: 0..min-1)."""
@@ -536,6 +561,10 @@ class StudyPublic(BaseModel):
     claimed_by: str | None
     attempts: int
     last_error: str | None
+    #: Installed plugins the study uses, "task:NAME"/"rule:NAME" -> distribution and version.
+    plugins: dict[str, dict[str, str]] | None = None
+    #: Why it is still queued: no worker with the plugins it needs has claimed it.
+    waiting_reason: str | None = None
 
 
 class StudiesPublic(BaseModel):
@@ -599,6 +628,17 @@ class OptimizerInfoPublic(BaseModel):
     decay_convention: str
     rule: str
     default_grid: dict[str, AxisPublic]
+    #: The distribution providing the base (``decouple-lab`` for the built-ins) and its version.
+    distribution: str
+    version: str
+
+
+class HyperParameterPublic(BaseModel):
+    name: str
+    default: float
+    min: float
+    max: float
+    description: str
 
 
 class BaseInfoPublic(BaseModel):
@@ -608,6 +648,15 @@ class BaseInfoPublic(BaseModel):
     reference: str
     reference_convention: str
     rule: str
+    #: The conventions it may be combined with (``BASE:CONVENTION``).
+    conventions: list[str]
+    #: ``builtin``; a plugin's ``packed`` direction or ``torch`` (a torch.optim.Optimizer, one
+    #: instance per config: slower).
+    kind: Literal["builtin", "packed", "torch"]
+    #: What ``optimizers[i].params`` may set, with defaults and ranges (plugins only).
+    hyperparameters: list[HyperParameterPublic]
+    distribution: str
+    version: str
 
 
 class ConventionInfoPublic(BaseModel):
@@ -624,6 +673,8 @@ class OptimizersPublic(BaseModel):
     bases: list[BaseInfoPublic]
     conventions: list[ConventionInfoPublic]
     aliases: dict[str, str]
+    #: Installed plugins this process refused, "rule:NAME" -> why (they cannot be named).
+    refused: dict[str, str]
 
 
 class TaskInfoPublic(BaseModel):
@@ -634,11 +685,20 @@ class TaskInfoPublic(BaseModel):
     batch_size: int
     needs_data_dir: bool
     synthetic: bool
+    #: Shape of one input sample; [] when not declared.
+    input_shape: list[int]
+    #: The lr/wd axes a spec on this task gets per optimizer base (or name) when it leaves them out.
+    default_grids: dict[str, dict[str, AxisPublic]]
+    #: The distribution providing the task (``decouple-lab`` for the built-ins) and its version.
+    distribution: str
+    version: str
 
 
 class TasksPublic(BaseModel):
     data: list[TaskInfoPublic]
     count: int
+    #: Installed plugins this process refused, "task:NAME" -> why (they cannot be named).
+    refused: dict[str, str]
 
 
 class HealthPublic(BaseModel):

@@ -1044,5 +1044,6 @@ def auto_block_size(task: str, device: str | torch.device | None = None, *, budg
 __all__ = [
     "TrialConfig", "EpochMetrics", "TrialResult", "TrainingStopped", "train_block", "auto_block_size",
     "resolve_device", "make_spec", "RunSpec", "PackedRun", "Stack", "StackOptimizer", "MLPEngine",
-    "FuncEngine", "PluginStackOptimizer", "TorchFallbackOptimizer", "make_stack_optimizer", "MAX_BLOCK", "CPU_THREADS", "cpu_training", "denormals_flushed",
+    "FuncEngine", "PluginStackOptimizer", "TorchFallbackOptimizer", "make_stack_optimizer",
+    "MAX_BLOCK", "CPU_THREADS", "cpu_training", "denormals_flushed",
 ]

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import math
 import os
-from types import ModuleType
 import pickle
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch

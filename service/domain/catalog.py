@@ -10,7 +10,7 @@ from service.domain import conventions, plugins
 from service.domain.grid import Axis
 from service.domain.plugins import TaskInfo
 
-__all__ = ["TASK_INFO", "TaskInfo", "DEFAULT_GRIDS", "default_grid", "default_wd", "chance_level", "task_default_grid"]
+__all__ = ["TASK_INFO", "TaskInfo", "DEFAULT_GRIDS", "default_grid", "default_wd", "chance_level"]
 
 
 #: Every task this process can name, built-ins and installed plugins alike

@@ -74,7 +74,7 @@ def study_public(study: Study, prog: store.StudyProgress) -> StudyPublic:
         priority=study.priority, spec=study.spec, progress=Progress(**prog.as_dict()),
         created_at=study.created_at, started_at=study.started_at, finished_at=study.finished_at,
         updated_at=study.updated_at, claimed_by=study.claimed_by, attempts=study.attempts,
-        last_error=study.last_error,
+        last_error=study.last_error, plugins=study.plugins, waiting_reason=study.waiting_reason,
     )
 
 
