@@ -352,12 +352,16 @@ def test_catalogues(client):
     assert OPTIMIZER_NAMES == TORCH_SIDE_NAMES
     body = client.get("/optimizers").json()
     names = [o["name"] for o in body["data"]]
-    assert names[:5] == list(OPTIMIZER_NAMES) and names == list(all_names()) and body["count"] == 5 + 5 + 35
+    # The built-ins, then the example plugin's bases (tests/conftest.py installs it): signum in 3
+    # conventions, adamax (a torch.optim fallback) in its own one.
+    assert names[:5] == list(OPTIMIZER_NAMES) and names == list(all_names())
+    assert body["count"] == 5 + 5 + 35 + (1 + 1) + (1 + 3)
     adamw = body["data"][3]
     assert (adamw["base"], adamw["convention"], adamw["canonical"]) == ("adam", "schedule", "adam:schedule")
     assert adamw["rule"] == "theta <- theta*(1 - eta_t*wd); then " + body["bases"][1]["rule"]
     assert adamw["default_grid"] == {k: DEFAULT_GRIDS["adamw"][k].as_dict() for k in ("lr", "wd")}
-    assert [b["name"] for b in body["bases"]] == ["sgd", "adam", "lion", "radam", "nadam", "adafactor", "muon"]
+    assert [b["name"] for b in body["bases"]] == ["sgd", "adam", "lion", "radam", "nadam", "adafactor", "muon",
+                                                  "adamax", "signum"]
     assert {b["name"]: b["reference_convention"] for b in body["bases"]}["lion"] == "lr"
     assert {c["name"]: c["decay"] for c in body["conventions"]}["corrected"] == "theta <- theta*(1 - lr*eta_t^2*wd)"
     assert body["aliases"] == {"sgdw": "sgd:schedule", "adamw": "adam:schedule", "adamw_torch": "adam:lr"}
@@ -426,7 +430,7 @@ def test_report_partial_while_running_then_cached_when_done(client, engine):
 
 
 def test_health_ok(client):
-    assert client.get("/health").json() == {"status": "ok", "database": "ok", "revision": "0001"}
+    assert client.get("/health").json() == {"status": "ok", "database": "ok", "revision": "0002"}
 
 
 def test_health_503_when_the_database_is_unreachable(tmp_path):
@@ -453,7 +457,7 @@ def test_api_refuses_an_out_of_date_schema(empty_db_url, tmp_path):
     from service.api import serve
 
     with pytest.raises(CliError, match=r"^the database schema is empty \(never migrated\) but this code needs "
-                                       r"revision 0001: run `decouple migrate`$"):
+                                       r"revision 0002: run `decouple migrate`$"):
         serve(port=1, settings=settings)
 
 
@@ -504,7 +508,7 @@ def test_decouple_serve_refuses_an_empty_database(tmp_path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert out.strip().splitlines()[-1] == (
-        "decouple: the database schema is empty (never migrated) but this code needs revision 0001: "
+        "decouple: the database schema is empty (never migrated) but this code needs revision 0002: "
         "run `decouple migrate`"
     )
 
