@@ -124,6 +124,8 @@ def apply_update(
     c = None if variant.decay == "l2" else _decay_factor(variant, lr, weight_decay, eta)
 
     base = variant.base
+    if base not in BUILTIN_BASES:  # a plugin's rule runs through workers.packed, never as the adam branch below
+        raise ValueError(f"apply_update runs the built-in bases only, not the plugin base {base!r}")
     if base == "muon" and not muon_matrix:
         base = "adam"
     if base in PER_TENSOR_BASES:
