@@ -7,7 +7,12 @@ The example plugin (examples/decouple-plugin-example) is installed by tests/conf
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
 import types
 
 import numpy as np
@@ -204,3 +209,77 @@ def test_failures_of_a_plugin_rule_name_the_plugin():
             opt.step(stack, lr, wd, 1.0)
         assert str(e.value) == message
     assert torch.equal(stack.p, before)  # a failed step changes nothing
+
+
+# --- a plugin failing inside a real worker -------------------------------------------------------------
+
+FAILING_WORKER = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from fastapi.testclient import TestClient
+    from service.api import create_app
+    from service.config import Settings
+    from service.db import upgrade_to_head
+    from workers import ray_adapter
+    from workers.worker import run_worker
+
+    tmp = Path(sys.argv[1])
+    url = f"sqlite:///{tmp / 'team.db'}"
+    upgrade_to_head(url)
+    settings = Settings(database_url=url, auth="off", data_dir=tmp / "data", lease_seconds=60.0,
+                        allowed_hosts="testserver")
+    tiny = {"epochs": 1, "seeds": [0], "optimizers": [{"name": "adamw", "lr": {"min": 1e-2, "max": 1e-2, "num": 1},
+                                                       "wd": {"min": 1e-3, "max": 1e-3, "num": 1}}]}
+    with TestClient(create_app(settings)) as client:
+        ids = [client.post("/studies", json={"name": task, "task": task, **tiny}).json()["id"]
+               for task in ("flaky_data", "wine_mlp")]
+        try:
+            code = run_worker(once=True, settings=settings, worker_id="w-survives")
+        finally:
+            ray_adapter.shutdown()
+        out = {"code": code}
+        for sid in ids:
+            out[sid] = {"study": client.get(f"/studies/{sid}").json(),
+                        "trials": client.get(f"/studies/{sid}/trials").json()["data"]}
+    print("RESULT " + json.dumps([out, ids]))
+""")
+
+
+@pytest.mark.slow
+def test_a_plugin_failing_in_training_fails_its_trials_and_the_worker_goes_on(tmp_path):
+    """A real worker process with its own Ray; the failing plugin is installed for it (and its Ray
+    workers) through PYTHONPATH: its loader raises in the Ray trial, the block fails after its
+    retries, the trials record the plugin's name, and the same worker then runs the next study."""
+    plugin = tmp_path / "plugin"
+    (plugin / "failing_plugin").mkdir(parents=True)
+    (plugin / "failing_plugin" / "__init__.py").write_text("")
+    (plugin / "failing_plugin" / "meta.py").write_text(textwrap.dedent("""
+        from service.domain.plugins import TaskInfo
+        FLAKY = TaskInfo(name="flaky_data", description="a loader that raises", num_classes=3, epochs=1,
+                         batch_size=8, input_shape=(4,), implementation="failing_plugin.flaky")
+    """))
+    (plugin / "failing_plugin" / "flaky.py").write_text(textwrap.dedent("""
+        def load_data():
+            raise OSError("disk gone")
+
+        def build_model():
+            from torch import nn
+            return nn.Linear(4, 3)
+    """))
+    dist = plugin / "failing_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: failing-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[decouple_lab.tasks]\nflaky_data = failing_plugin.meta:FLAKY\n")
+    env = {**os.environ, "PYTHONPATH": str(plugin), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", FAILING_WORKER, str(tmp_path)], capture_output=True, text=True,
+                         timeout=600, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result, (flaky, wine) = json.loads(out.stdout.split("RESULT ", 1)[1])
+    assert result["code"] == 0
+    assert result[flaky]["study"]["plugins"] == {"task:flaky_data": {"distribution": "failing-plugin", "version": "0.1"}}
+    [trial] = result[flaky]["trials"]
+    assert trial["status"] == "failed"
+    assert "plugin task 'flaky_data' (failing-plugin 0.1): load_data raised OSError: disk gone" in trial["error"]
+    assert result[flaky]["study"]["progress"] == {"trials_total": 1, "trials_done": 0, "trials_failed": 1}
+    assert result[wine]["study"]["status"] == "done"
+    assert [t["status"] for t in result[wine]["trials"]] == ["done"]
