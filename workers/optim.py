@@ -52,7 +52,7 @@ from workers import bases
 from workers.plugins import rule_implementation
 
 __all__ = [
-    "DECAY_ON", "OPTIMIZER_NAMES", "VARIANTS", "DecayChainOptimizer", "Variant", "apply_update",
+    "DECAY_ON", "OPTIMIZER_NAMES", "VARIANTS", "DecayChainOptimizer", "PluginRuleOptimizer", "Variant", "apply_update",
     "build_optimizer", "check_hyperparameters", "decayed_parameter_names", "get_variant", "param_groups",
 ]
 
@@ -268,6 +268,57 @@ class DecayChainOptimizer(torch.optim.Optimizer):
         return loss
 
 
+class PluginRuleOptimizer(torch.optim.Optimizer):
+    """A plugin's packed direction (``RuleInfo.kind == "packed"``) as a ``torch.optim.Optimizer``
+    over one model: each parameter is a (1, n) row, its decay convention applied as the packed
+    trainer applies it (``workers.packed.PluginStackOptimizer``). The single-config reference
+    the packed trainer's plugin path is tested against; exact for elementwise directions.
+    """
+
+    def __init__(self, params: Iterable[Any], variant: Variant, loaded: Any, lr: float, weight_decay: float,
+                 hyperparameters: dict[str, float] | None = None) -> None:
+        self.variant, self.loaded = variant, loaded
+        self.hyper = loaded.hyperparameters(hyperparameters)
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group["lr_at_build"] = group["lr"]
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - the rule is in the class docstring
+        from workers.plugins import PluginFailure, describe
+
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            eta = lr / group["lr_at_build"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state["step"] = state.get("step", 0) + 1
+                row, g = p.view(1, -1), p.grad.reshape(1, -1)
+                if self.variant.decay == "l2" and wd != 0:
+                    g = g.add(row, alpha=wd)
+                lr_t = torch.full((1, 1), lr, dtype=p.dtype, device=p.device)
+                try:
+                    u = self.loaded.direction(g, state.setdefault("rule", {}), p=row, lr=lr_t, step=state["step"],
+                                              **self.hyper)
+                except Exception as e:
+                    raise PluginFailure(f"{describe(self.loaded.info)}: direction raised {type(e).__name__}: {e}") from e
+                if not isinstance(u, torch.Tensor) or u.shape != row.shape:
+                    raise PluginFailure(f"{describe(self.loaded.info)}: direction returned a wrong shape")
+                if self.variant.decay != "l2" and wd != 0:
+                    row.mul_(1 - _decay_factor(self.variant, lr, wd, eta))
+                row.add_(u.to(p.dtype), alpha=-lr)
+        return loss
+
+
 _NORM_TYPES = (
     nn.modules.batchnorm._BatchNorm,
     nn.GroupNorm,
@@ -366,12 +417,16 @@ def build_optimizer(
     check_hyperparameters(lr, weight_decay)
     if variant.base not in BUILTIN_BASES:
         loaded = rule_implementation(variant.base)
-        if loaded is None or loaded.optimizer_class is None or not isinstance(params, nn.Module):
-            raise ValueError(f"optimizer {name!r} is a plugin's packed update rule: it runs in the packed "
-                             "trainer only (workers.packed.train_block)")
-        # A torch.optim fallback rule: the class itself over the decayed and undecayed groups.
-        return loaded.optimizer_class(param_groups(params, decay_on), lr=lr, weight_decay=weight_decay,
-                                      **loaded.hyperparameters(None))
+        if loaded is None:
+            raise ValueError(f"optimizer {name!r}: no implementation of base {variant.base!r}")
+        if isinstance(params, nn.Module):
+            params = param_groups(params, decay_on)
+        elif decay_on != "all":
+            raise ValueError("decay_on other than 'all' needs the nn.Module itself as params")
+        if loaded.optimizer_class is not None:
+            # A torch.optim fallback rule: the class itself over the decayed and undecayed groups.
+            return loaded.optimizer_class(params, lr=lr, weight_decay=weight_decay, **loaded.hyperparameters(None))
+        return PluginRuleOptimizer(params, variant, loaded, lr, weight_decay)
     if isinstance(params, nn.Module):
         params = param_groups(params, decay_on, muon=variant.base == "muon")
     elif decay_on != "all":

@@ -97,6 +97,18 @@ def test_the_torch_fallback_equals_the_single_config_trainer():
         assert [m.val_error for m in p.curve] == [m.val_error for m in ref.curve]
 
 
+@pytest.mark.parametrize("name", ["signum", "signum:l2", "signum:schedule"])
+def test_a_packed_plugin_rule_equals_the_single_config_trainer_under_each_convention(name):
+    """The packed path (one direction over (K, P), the trainer's decay) against build_optimizer's
+    PluginRuleOptimizer on one model; measured gap in val loss: 1e-8 to 6e-8."""
+    configs = [TrialConfig(1e-2, 1e-3, 0), TrialConfig(3e-3, 1e-1, 1)]
+    packed = train_block("wine_mlp", name, configs, epochs=3, schedule={"name": "cosine"})
+    for c, p in zip(configs, packed):
+        ref = train_single("wine_mlp", name, c.lr, c.wd, c.seed, epochs=3, schedule={"name": "cosine"})
+        assert [m.val_loss for m in p.curve] == pytest.approx([m.val_loss for m in ref.curve], rel=1e-5, abs=1e-6)
+        assert [m.val_error for m in p.curve] == [m.val_error for m in ref.curve]
+
+
 def test_a_packed_plugin_rule_trains_each_config_as_if_alone():
     configs = [TrialConfig(1e-2, 1e-3, 0), TrialConfig(3e-2, 1e-2, 1)]
     together = train_block("wine_mlp", "signum:schedule", configs, epochs=3, params={"beta": 0.8})
