@@ -423,7 +423,8 @@ def cache_report(session: Session, study_id: str, report: dict[str, Any]) -> boo
 # --- the queue (worker side) ---------------------------------------------------------------------
 
 
-#: Queued studies one claim looks at when some need plugins this worker lacks.
+#: Queued studies one claim looks at when some need plugins this worker lacks (beyond them, only
+#: studies of built-ins are looked for).
 CLAIM_WINDOW = 50
 
 
@@ -474,14 +475,20 @@ def claim_study(
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     study = None
+    passed_over = 0
     for candidate in session.scalars(query):
         reason = missing_plugins(candidate.plugins, installed)
         if reason is None:
             study = candidate
             break
+        passed_over += 1
         reason = f"no worker with the plugins it needs has claimed it ({worker_id}: {reason})"
         if candidate.waiting_reason != reason:
             candidate.waiting_reason = reason[:10_000]
+    if study is None and passed_over == CLAIM_WINDOW:
+        # The whole window needs plugins this worker lacks: a study of built-ins only, further
+        # back in the queue, must not wait behind them.
+        study = session.scalars(query.where(Study.plugins.is_(None)).limit(1)).first()
     if study is None:
         session.flush()
         return None

@@ -246,3 +246,59 @@ def test_a_worker_without_a_study_plugins_leaves_it_queued_and_says_why(client, 
         assert claimed is not None and claimed.id == sid
     study = client.get(f"/studies/{sid}").json()
     assert (study["status"], study["claimed_by"], study["waiting_reason"]) == ("running", "w-has-them", None)
+
+
+def test_studies_of_built_ins_never_wait_behind_a_window_of_plugin_studies(client, engine, monkeypatch):
+    monkeypatch.setattr(store, "CLAIM_WINDOW", 2)
+    waiting = [client.post("/studies", json=plugin_spec(name=f"p{i}")).json()["id"] for i in range(3)]
+    built_in = client.post("/studies", json={"name": "b", "task": "digits_mlp", "optimizers": [{"name": "adamw"}]})
+    with session_scope(engine) as s:
+        claimed = store.claim_study(s, "w-bare", 60, installed={})
+        assert claimed is not None and claimed.id == built_in.json()["id"]
+        assert store.claim_study(s, "w-bare", 60, installed={}) is None
+    reasons = [client.get(f"/studies/{sid}").json()["waiting_reason"] for sid in waiting]
+    assert [r is not None for r in reasons] == [True, True, False]  # the window's two say why
+
+
+# --- the image's PLUGINS build argument ----------------------------------------------------------------
+
+
+def _plugins_run_line() -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    start = text.index('RUN if [ -n "$PLUGINS" ]')
+    end = text.index("fi\n", start) + 2
+    return text[start + len("RUN "):end].replace("\\\n", " ")
+
+
+def test_the_plugins_build_argument_installs_and_refuses_broken_plugins(tmp_path):
+    """The Dockerfile's RUN line as the build's shell runs it, with this environment's pip and python:
+    empty does nothing; the example installs and is listed; a refused plugin fails the build."""
+    import os
+    from pathlib import Path
+
+    from tests.conftest import EXAMPLE_PLUGIN
+
+    line = _plugins_run_line()
+    path = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+
+    def build(plugins_arg: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", "-c", line], capture_output=True, text=True, timeout=300,
+                              env={"PATH": path, "HOME": os.environ.get("HOME", "/tmp"), "PLUGINS": plugins_arg, **env})
+
+    empty = build("")
+    assert (empty.returncode, empty.stdout) == (0, "")
+    # The example is installed already (tests/conftest.py): reinstalling it from the same folder
+    # leaves the environment as it was.
+    reinstall = f"--quiet --no-index --no-deps --no-build-isolation -e {EXAMPLE_PLUGIN}"
+    example = build(reinstall)
+    assert example.returncode == 0, example.stderr
+    assert example.stdout.splitlines()[-1] == "plugins: ['rule:adamax', 'rule:signum', 'task:wine_mlp']"
+    broken = tmp_path / "broken_plugin-0.1.dist-info"
+    broken.mkdir()
+    (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (broken / "entry_points.txt").write_text("[decouple_lab.tasks]\ngone = not_there.meta:GONE\n")
+    refused = build(reinstall, PYTHONPATH=str(tmp_path))  # the example again, a broken one beside it
+    assert refused.returncode != 0
+    assert "plugin 'gone' of broken-plugin 0.1: import of not_there.meta:GONE failed" in refused.stderr
