@@ -49,7 +49,7 @@ from torch import nn
 from service.domain.conventions import BASES as BUILTIN_BASES
 from service.domain.rules import DECAY_ON, OPTIMIZER_NAMES, VARIANTS, Variant, get_variant
 from workers import bases
-from workers.plugins import rule_implementation
+from workers.plugins import StepContext, rule_implementation
 
 __all__ = [
     "DECAY_ON", "OPTIMIZER_NAMES", "VARIANTS", "DecayChainOptimizer", "PluginRuleOptimizer", "Variant", "apply_update",
@@ -305,10 +305,11 @@ class PluginRuleOptimizer(torch.optim.Optimizer):
                 row, g = p.view(1, -1), p.grad.reshape(1, -1)
                 if self.variant.decay == "l2" and wd != 0:
                     g = g.add(row, alpha=wd)
-                lr_t = torch.full((1, 1), lr, dtype=p.dtype, device=p.device)
+                ctx = StepContext(p=row, lr=torch.full((1, 1), lr, dtype=p.dtype, device=p.device),
+                                  wd=torch.full((1, 1), wd, dtype=p.dtype, device=p.device), eta=eta,
+                                  step=state["step"], n_decayed=row.shape[1] if wd != 0 else 0)
                 try:
-                    u = self.loaded.direction(g, state.setdefault("rule", {}), p=row, lr=lr_t, step=state["step"],
-                                              **self.hyper)
+                    u = self.loaded.direction(g, state.setdefault("rule", {}), ctx, **self.hyper)
                 except Exception as e:
                     raise PluginFailure(f"{describe(self.loaded.info)}: direction raised {type(e).__name__}: {e}") from e
                 if not isinstance(u, torch.Tensor) or u.shape != row.shape:

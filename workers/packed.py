@@ -87,7 +87,7 @@ from workers.optim import (
     get_variant,
     muon_parameter_names,
 )
-from workers.plugins import LoadedRule, PluginFailure, describe, rule_implementation
+from workers.plugins import LoadedRule, PluginFailure, StepContext, describe, rule_implementation
 from workers.schedules import Schedule, normalized_weight_decay
 from workers.tasks import SyntheticTask, Task, TaskData, get_task
 from workers.wide import WideEngine
@@ -466,7 +466,8 @@ class PluginStackOptimizer:
     """A plugin's packed base direction (``kind="packed"``) with the trainer's decay conventions.
 
     Per step: L2 adds wd*theta to the decayed columns of the gradient (a copy) before the
-    direction; ``u = direction(g, state, p=theta, lr=lr, step=t, **hyperparameters)`` on the
+    direction; ``u = direction(g, state, ctx, **hyperparameters)`` (``ctx``: a
+    :class:`workers.plugins.StepContext` with theta, lr, wd, eta_t and the step) on the
     whole (K, P) stack; a decoupled convention scales the decayed columns by 1 - c
     (``optim._decay_factor``); then theta <- theta - lr*u with ``lr`` the (K, 1) scheduled step
     sizes. ``state`` is the rule's own dict; its tensors with K rows follow the configs when
@@ -498,7 +499,8 @@ class PluginStackOptimizer:
             g = g.clone()
             g[:, :nd].addcmul_(stack.p[:, :nd], wd)
         try:
-            u = self.loaded.direction(g, self.state, p=stack.p, lr=lr, step=self.steps + 1, **self.hyper)
+            ctx = StepContext(p=stack.p, lr=lr, wd=wd, eta=eta, step=self.steps + 1, n_decayed=nd)
+            u = self.loaded.direction(g, self.state, ctx, **self.hyper)
         except Exception as e:
             raise PluginFailure(f"{where}: direction raised {type(e).__name__}: {e}") from e
         if not isinstance(u, torch.Tensor) or tuple(u.shape) != tuple(stack.p.shape):

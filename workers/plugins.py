@@ -49,6 +49,25 @@ def task_module(info: TaskInfo) -> ModuleType:
 
 
 @dataclass(frozen=True)
+class StepContext:
+    """What a packed direction is given besides the gradient and its state, for one step.
+
+    ``p``: the parameters, (K, P), one row per config (read only); ``lr``: (K, 1), each config's
+    scheduled step size lr*eta_t; ``wd``: (K, 1), each config's decay coefficient (it applies to
+    the first ``n_decayed`` columns; the trainer applies it per the convention, so a direction
+    normally ignores it); ``eta``: the schedule multiplier eta_t; ``step``: 1, 2, ...
+    New fields may be added; a direction reads the ones it needs.
+    """
+
+    p: torch.Tensor
+    lr: torch.Tensor
+    wd: torch.Tensor
+    eta: float
+    step: int
+    n_decayed: int
+
+
+@dataclass(frozen=True)
 class LoadedRule:
     """A plugin rule's implementation: a packed ``direction`` or a ``torch.optim.Optimizer`` class."""
 
@@ -105,4 +124,4 @@ def load_rules() -> None:
             REFUSED[f"rule:{name}"] = str(e)
 
 
-__all__ = ["REFUSED", "PluginFailure", "LoadedRule", "describe", "task_module", "rule_implementation", "load_rules"]
+__all__ = ["REFUSED", "PluginFailure", "StepContext", "LoadedRule", "describe", "task_module", "rule_implementation", "load_rules"]

@@ -109,9 +109,10 @@ class RuleInfo:
     """An update rule's metadata: a new *base* direction a spec names as ``BASE`` or ``BASE:CONVENTION``.
 
     ``kind="packed"``: ``implementation`` is a module defining
-    ``direction(g, state, *, p, lr, step, **hyperparameters) -> u`` on (K, P) tensors (one row
-    per packed config; ``lr`` is (K, 1), the scheduled step size); the trainer applies the decay
-    convention and theta <- theta - lr*u. ``kind="torch"``: ``implementation`` is
+    ``direction(g, state, ctx, **hyperparameters) -> u`` on (K, P) tensors (one row per packed
+    config; ``ctx`` holds theta, the (K, 1) scheduled step sizes lr and decays wd, eta_t and the
+    step: ``workers.plugins.StepContext``); the trainer applies the decay convention and
+    theta <- theta - lr*u. ``kind="torch"``: ``implementation`` is
     ``"module:Class"``, a ``torch.optim.Optimizer`` subclass taking ``lr`` and ``weight_decay``
     (plus the hyper-parameters as keyword arguments), run once per config on its slice of the
     stacked parameters; its ``weight_decay`` follows ``reference_convention``, the only convention

@@ -201,14 +201,14 @@ def test_failures_of_a_plugin_rule_name_the_plugin():
     stack = Stack([nn.Linear(3, 2), nn.Linear(3, 2)], {"weight"}, torch.device("cpu"))
     lr, wd = torch.full((2, 1), 0.1), torch.full((2, 1), 0.01)
 
-    def raises(g, state, **kw):
+    def raises(g, state, ctx):
         raise RuntimeError("nan in my preconditioner")
 
     cases = {
-        (lambda g, state, **kw: g[:, :3]):
+        (lambda g, state, ctx: g[:, :3]):
             "plugin update rule 'broken_rule' (broken-plugin 0.3): direction returned (2, 3), expected a tensor "
             "of shape (2, 8) (configs x parameters)",
-        (lambda g, state, **kw: 1.0):
+        (lambda g, state, ctx: 1.0):
             "plugin update rule 'broken_rule' (broken-plugin 0.3): direction returned float, expected a tensor "
             "of shape (2, 8) (configs x parameters)",
         raises: "plugin update rule 'broken_rule' (broken-plugin 0.3): direction raised RuntimeError: nan in my "

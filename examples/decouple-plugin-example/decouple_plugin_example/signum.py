@@ -1,14 +1,15 @@
 """Signum's base direction, written against the packed trainer's interface (imported by workers only).
 
-``g`` and ``p`` are (K, P): one row per packed configuration. ``state`` is kept between steps;
-tensors in it with K rows follow their configuration. The trainer applies the decay convention
-and the step theta <- theta - lr*u itself.
+``g`` is (K, P): one row per packed configuration. ``state`` is kept between steps; tensors in
+it with K rows follow their configuration. ``ctx`` (``workers.plugins.StepContext``) has the
+parameters, the per-config lr and wd, the schedule multiplier and the step; Signum needs none of
+them. The trainer applies the decay convention and the step theta <- theta - lr*u itself.
 """
 
 import torch
 
 
-def direction(g: torch.Tensor, state: dict, *, p: torch.Tensor, lr: torch.Tensor, step: int, beta: float) -> torch.Tensor:
+def direction(g: torch.Tensor, state: dict, ctx, *, beta: float) -> torch.Tensor:
     m = state.get("m")
     if m is None:
         m = state["m"] = torch.zeros_like(g)
