@@ -13,7 +13,8 @@ BatchNorm) per rule, trained in this process one after the other, best of ``--re
 
 The CPU model is printed beside the RESULT line (every ratio depends on it). Last line:
 ``RESULT signum_vs_adam=... adamax_fallback_vs_adam=...``: wall-time ratios (above 1 = slower).
-Needs the example plugin installed (``pip install --no-deps -e examples/decouple-plugin-example``).
+Needs the example plugin installed (``pip install --no-deps -e examples/decouple-plugin-example``;
+the test suite installs it); without it, it says so and exits 0.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ def main() -> int:
     from workers.packed import TrialConfig, train_block
 
     if "wine_mlp" not in registry().tasks:
-        print("bench/plugins.py: the example plugin is not installed "
-              "(pip install --no-deps -e examples/decouple-plugin-example)", file=sys.stderr)
-        return 2
+        # As make gpu-check without CUDA: say what is missing and skip (make bench-quick goes on).
+        print("bench/plugins.py: skipped, the example plugin is not installed "
+              "(.venv/bin/pip install --no-deps -e examples/decouple-plugin-example)")
+        return 0
     configs = [TrialConfig(10 ** (-3 + 2 * i / max(1, k - 1)), 1e-3, i) for i in range(k)]
     for name in ("adam", "signum", "adamax"):  # load data; first use of each path (torch.optim imports on its first step)
         train_block("wine_mlp", name, configs[:2], epochs=1)
