@@ -1,7 +1,9 @@
 """The catalogues the API serves (`GET /optimizers`, `GET /tasks`), importable without torch.
 
-Task *metadata* lives here; the data loaders and model builders live in ``workers.tasks`` (which
-imports torch) and are looked up by the same names. A request can only name a registered task.
+Task *metadata* comes from the registry (``service.domain.plugins``: the built-ins of
+``service.domain.builtins`` and installed plugins alike); the data loaders and model builders live
+in ``workers.tasks`` (which imports torch) and are looked up by the same names. A request can only
+name a registered task.
 """
 
 from __future__ import annotations
