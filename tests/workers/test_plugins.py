@@ -97,6 +97,19 @@ def test_the_torch_fallback_equals_the_single_config_trainer():
         assert [m.val_error for m in p.curve] == [m.val_error for m in ref.curve]
 
 
+@pytest.mark.parametrize("name", ["adamax", "signum:schedule"])
+def test_a_diverged_config_leaves_a_plugin_block_without_touching_the_others(name):
+    """lr 1e36 overflows in the first epoch; its row leaves the block (the fallback's per-config
+    optimizers and the packed rule's state are re-indexed) and the others end bit-identical to
+    training alone."""
+    configs = [TrialConfig(1e-2, 1e-3, 0), TrialConfig(1e36, 1e-2, 1), TrialConfig(3e-2, 1e-2, 2)]
+    block = train_block("wine_mlp", name, configs, epochs=3)
+    assert [(r.diverged, r.diverged_epoch) for r in block] == [(False, None), (True, 0), (False, None)]
+    for i in (0, 2):
+        alone = train_block("wine_mlp", name, [configs[i]], epochs=3)[0]
+        assert [m.val_loss for m in block[i].curve] == [m.val_loss for m in alone.curve]
+
+
 @pytest.mark.parametrize("name", ["signum", "signum:l2", "signum:schedule"])
 def test_a_packed_plugin_rule_equals_the_single_config_trainer_under_each_convention(name):
     """The packed path (one direction over (K, P), the trainer's decay) against build_optimizer's
