@@ -243,6 +243,50 @@ def study_view(session: Session | Connection, study_id: str) -> Any:
     return row
 
 
+@dataclass(frozen=True)
+class Throughput:
+    """Trial-epochs per wall second that this deployment achieved on one task, measured from its
+    own finished studies (:func:`measured_throughput`)."""
+
+    task: str
+    studies: int
+    trial_epochs: int
+    wall_seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.trial_epochs / self.wall_seconds
+
+
+#: How many of a task's newest done studies :func:`measured_throughput` pools.
+THROUGHPUT_STUDIES = 20
+
+
+def measured_throughput(session: Session | Connection, task: str, *,
+                        newest: int = THROUGHPUT_STUDIES) -> Throughput | None:
+    """Pooled over the task's ``newest`` done studies: their done grid trials x their epochs,
+    over the wall time from the first claim to the end (``finished_at - started_at``; it holds
+    pilot runs, seed rounds and, for an extended study, the time it waited in the queue again, so
+    it is what a user waits for, not the trainer's speed alone). None when no done study of the
+    task has a positive wall time and a finished trial."""
+    rows = session.execute(
+        select(Study.started_at, Study.finished_at, Study.spec["epochs"].as_integer(), _grid_trials("done"))
+        .where(Study.status == "done", Study.spec["task"].as_string() == task,
+               Study.started_at.is_not(None), Study.finished_at.is_not(None))
+        .order_by(Study.finished_at.desc(), Study.id.desc())
+        .limit(newest)
+    ).all()
+    studies, trial_epochs, wall = 0, 0, 0.0
+    for started, finished, epochs, done in rows:
+        seconds = (finished - started).total_seconds()
+        if seconds <= 0 or not done or not epochs:
+            continue
+        studies, trial_epochs, wall = studies + 1, trial_epochs + int(done) * int(epochs), wall + seconds
+    if not studies:
+        return None
+    return Throughput(task=task, studies=studies, trial_epochs=trial_epochs, wall_seconds=wall)
+
+
 def cancel_study(session: Session, study_id: str, who: Principal) -> Study:
     """Stop a queued or running study (owner or admin). Its worker notices at its next heartbeat."""
     study = get_study(session, study_id, for_update=True)
