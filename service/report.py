@@ -9,7 +9,8 @@ request) that can be mailed or attached to a ticket.
 The grid per optimizer: ``grid.value[i][j]`` is the metric at ``lr[i]``, ``wd[j]`` averaged over the
 seeds that finished there, ``grid.se[i][j]`` its standard error, ``grid.per_seed[s][i][j]`` and
 ``grid.trial_ids[s][i][j]`` each seed's value and trial (:func:`per_seed_grid`). A cell where any
-finished seed diverged is diverged (``null``, counted in ``grid.diverged``); a cell without a finished seed is missing (``null``, ``grid.seeds[i][j] == 0``).
+finished seed diverged is diverged (``null``, counted in ``grid.diverged``); a cell without a
+finished seed is missing (``null``, ``grid.seeds[i][j] == 0``).
 The measures come from ``service.analysis`` (see its docstring for the formulas and readings).
 
 The reading per optimizer (``verdict``, one headline and the sentence that decided it) and the
