@@ -19,6 +19,7 @@ are upserts on ``(trial_id, epoch)``. Metrics go in and come out as floats, NaN 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from sqlalchemy.orm import Session
 from service.domain.grid import axis_values
 from service.domain.numeric import json_safe
 from service.errors import Conflict, Forbidden, NotFound
-from service.models import FINAL_STUDY_STATUSES, STUDY_STATUSES, CurvePoint, Study, Trial, metric_values, utcnow
+from service.models import FINAL_STUDY_STATUSES, STUDY_STATUSES, AtlasEntry, CurvePoint, Study, Trial, metric_values, utcnow
 from service.schemas import StudySpec
 
 _STUDY_ID = re.compile(r"[0-9a-f]{32}")
@@ -451,7 +452,9 @@ _STATUS_ONLY = select(Study.status).where(Study.id == bindparam("study_id"))
 
 
 def cache_report(session: Session, study_id: str, report: dict[str, Any]) -> bool:
-    """Keep a done study's report in its row; dropped again if trials are added later."""
+    """Keep a done study's report in its row, and its atlas summary (:func:`atlas_summary`) in
+    ``atlas_entries``; dropped again if trials are added later (the entries stay until the next
+    report replaces them, and :func:`atlas_rows` reads only those of done studies with a report)."""
     now = utcnow()
     result = session.execute(
         update(Study)
@@ -459,7 +462,77 @@ def cache_report(session: Session, study_id: str, report: dict[str, Any]) -> boo
         .values(report=report, report_computed_at=now)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    session.execute(delete(AtlasEntry).where(AtlasEntry.study_id == study_id))
+    entries = atlas_summary(report)
+    if entries:
+        session.execute(insert(AtlasEntry), [{"study_id": study_id, **e} for e in entries])
+    return True
+
+
+def _finite_or_none(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def atlas_summary(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The atlas's fields of each optimizer of a report (``service.report.build_report``'s JSON):
+    ``optimizer, task, base, convention, metric, verdict`` (``decision.verdict``, else
+    ``not_enough_data``), ``ridge_slope, ridge_slope_ci, best_lr, best_wd, best_value``,
+    ``best_tau_epochs`` (``parametrizations.best_tau`` when in epochs) and ``seeds`` (the most
+    finished seeds any cell has). ``migrations/versions/0003_atlas.py`` keeps a frozen copy."""
+    out = []
+    for e in report.get("optimizers") or []:
+        dec = e.get("decision") or {}
+        best = e.get("best") or {}
+        params = e.get("parametrizations") or {}
+        ci = dec.get("ridge_slope_ci")
+        seeds = [int(n) for row in ((e.get("grid") or {}).get("seeds") or []) for n in row if n is not None]
+        out.append({
+            "optimizer": e["name"], "task": report.get("task") or "", "base": e.get("base") or "",
+            "convention": e.get("convention") or "", "metric": report.get("metric") or "val_error",
+            "verdict": dec.get("verdict") or "not_enough_data",
+            "ridge_slope": _finite_or_none(dec.get("ridge_slope")),
+            "ridge_slope_ci": [_finite_or_none(ci[0]), _finite_or_none(ci[1])] if ci else None,
+            "best_lr": _finite_or_none(best.get("lr")), "best_wd": _finite_or_none(best.get("wd")),
+            "best_value": _finite_or_none(best.get("value")),
+            "best_tau_epochs": _finite_or_none(params.get("best_tau")) if params.get("tau_unit") == "epochs" else None,
+            "seeds": max(seeds, default=0),
+        })
+    return out
+
+
+#: What :func:`atlas_rows` reads: an entry and its study's owner and end, for every done study
+#: whose report is stored (a study extended or re-run since has none until its new report).
+_ATLAS_COLUMNS = (
+    AtlasEntry.task, AtlasEntry.optimizer, AtlasEntry.base, AtlasEntry.convention, AtlasEntry.metric,
+    AtlasEntry.verdict, AtlasEntry.ridge_slope, AtlasEntry.ridge_slope_ci, AtlasEntry.best_lr,
+    AtlasEntry.best_wd, AtlasEntry.best_value, AtlasEntry.best_tau_epochs, AtlasEntry.seeds,
+    AtlasEntry.study_id, Study.owner, Study.finished_at,
+)
+
+
+def atlas_rows(session: Session | Connection, *, task: str | None = None, base: str | None = None,
+               convention: str | None = None, owner: str | None = None) -> list[Any]:
+    """Atlas entries of done studies with a stored report, newest study first within each
+    (task, optimizer) (:data:`_ATLAS_COLUMNS`), filtered by exact task, base, convention, owner."""
+    conditions = [Study.status == "done", Study.report_computed_at.is_not(None)]
+    for column, value in ((AtlasEntry.task, task), (AtlasEntry.base, base),
+                          (AtlasEntry.convention, convention), (Study.owner, owner)):
+        if value is not None:
+            conditions.append(column == value)
+    return list(session.execute(
+        select(*_ATLAS_COLUMNS).join(Study, Study.id == AtlasEntry.study_id).where(*conditions)
+        .order_by(AtlasEntry.task, AtlasEntry.optimizer, Study.finished_at.desc(), Study.id.desc())
+    ).all())
+
+
+def done_studies_without_report(session: Session | Connection) -> list[str]:
+    """Done studies whose report has not been computed yet (so the atlas cannot show them)."""
+    return list(session.scalars(
+        select(Study.id).where(Study.status == "done", Study.report_computed_at.is_(None))
+        .order_by(Study.finished_at.desc())
+    ))
 
 
 # --- the queue (worker side) ---------------------------------------------------------------------

@@ -3,6 +3,7 @@ the exports, and the report cache's key, in-process on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 import pytest
@@ -107,6 +108,7 @@ def test_dry_run_gives_the_same_401_403_429_as_a_submission(settings, engine):
         for params in ({"dry_run": "true"}, {}):
             r = c.post("/studies", params=params, json=make_spec())
             assert (r.status_code, r.json()["detail"]) == (401, "authentication required: send 'Authorization: Bearer <token>'")
+        assert c.get("/atlas").status_code == 401 and c.get("/atlas", headers=alice).status_code == 200
         dry = c.post("/studies?dry_run=true", json=make_spec(priority=5), headers=alice)
         real = c.post("/studies", json=make_spec(priority=5), headers=alice)
         assert dry.status_code == real.status_code == 403 and dry.json() == real.json()
@@ -116,3 +118,143 @@ def test_dry_run_gives_the_same_401_403_429_as_a_submission(settings, engine):
         assert dry.status_code == real.status_code == 429 and dry.json() == real.json()
         assert c.post("/studies?dry_run=true", json=make_spec(seeds=[0]), headers=alice).status_code == 200
         assert c.get("/studies", headers=alice).json()["count"] == 1
+
+
+# --- GET /atlas ----------------------------------------------------------------------------------
+
+GRID5 = {"lr": {"min": 1e-4, "max": 1e0, "num": 5}, "wd": {"min": 1e-5, "max": 1e-1, "num": 5}}
+
+
+def separable(t) -> float:
+    """Additive in log10 lr and log10 wd: the best wd is the same at every lr."""
+    return 0.05 + (math.log10(t.lr) + 2) ** 2 / 20 + (math.log10(t.wd) + 3) ** 2 / 40 + 0.002 * t.seed
+
+
+def coupled(t) -> float:
+    """Only lr * wd matters (ridge slope -1)."""
+    return 0.05 + (math.log10(t.lr) + math.log10(t.wd) + 5) ** 2 / 20 + 0.01 * (math.log10(t.lr) + 2) ** 2 + 0.002 * t.seed
+
+
+def done_study(engine, owner: str, value, *, report: bool = True, **overrides) -> tuple[str, dict | None]:
+    """A done study of ``owner`` whose trials score ``value(trial)``; its report stored (as a
+    worker does when it finishes one) unless ``report=False``."""
+    from tests.conftest import make_study
+
+    sid = make_study(engine, owner=owner, **{"seeds": [0, 1], **overrides}).id
+    finish_all(engine, sid, value)
+    if not report:
+        return sid, None
+    from service.report import study_report
+
+    return sid, study_report(engine, sid)
+
+
+def _expected(report: dict, name: str) -> dict:
+    e = next(o for o in report["optimizers"] if o["name"] == name)
+    d = e["decision"]
+    return {"verdict": d["verdict"], "ridge_slope": d["ridge_slope"], "ridge_slope_ci": d["ridge_slope_ci"],
+            "best": {k: e["best"][k] for k in ("lr", "wd", "value")}, "metric": report["metric"],
+            # tau in epochs only (a task without a train size has it in iterations: not shown)
+            "best_tau_epochs": p["best_tau"] if (p := e["parametrizations"] or {}).get("tau_unit") == "epochs" else None,
+            "seeds": max(max(r) for r in e["grid"]["seeds"])}
+
+
+def mine_tau(report: dict) -> float | None:
+    return _expected(report, "adamw")["best_tau_epochs"]
+
+
+def test_atlas_one_row_per_task_and_optimizer_newest_study_first(client, engine):
+    a, rep_a = done_study(engine, "alice", separable, name="a",
+                          optimizers=[{"name": "adamw", **GRID5}, {"name": "sgd", **GRID5}])
+    b, rep_b = done_study(engine, "bob", coupled, name="b", optimizers=[{"name": "adamw", **GRID5}])
+    c, rep_c = done_study(engine, "alice", separable, name="c", task="synthetic",
+                          optimizers=[{"name": "sgdw", **GRID5}])
+    unreported, _ = done_study(engine, "carol", separable, report=False, name="d")
+    client.post("/studies", json=make_spec(name="queued"))  # not done: not in the atlas
+
+    body = client.get("/atlas").json()
+    assert set(body) == {"data", "count", "pending"} and body["pending"] == [unreported]
+    assert [(r["task"], r["optimizer"]) for r in body["data"]] == [
+        ("digits_mlp", "adamw"), ("digits_mlp", "sgd"), ("synthetic", "sgdw")]
+    assert body["count"] == 3
+    adamw, sgd, sgdw = body["data"]
+    assert set(adamw) == {"task", "optimizer", "base", "convention", "verdict", "ridge_slope", "ridge_slope_ci",
+                          "best", "metric", "best_tau_epochs", "seeds", "study", "finished_at", "studies",
+                          "owners", "n_studies", "verdicts"}
+    # the newest study's numbers, exactly as its report has them; every study listed, newest first
+    assert {k: adamw[k] for k in _expected(rep_b, "adamw")} == _expected(rep_b, "adamw")
+    assert (adamw["study"], adamw["studies"], adamw["owners"], adamw["n_studies"]) == (b, [b, a], ["alice", "bob"], 2)
+    v_a, v_b = _expected(rep_a, "adamw")["verdict"], _expected(rep_b, "adamw")["verdict"]
+    assert adamw["verdicts"] == ({v_a: 2} if v_a == v_b else {v_a: 1, v_b: 1})
+    assert (adamw["base"], adamw["convention"]) == ("adam", "schedule")
+    assert {k: sgd[k] for k in _expected(rep_a, "sgd")} == _expected(rep_a, "sgd")
+    assert (sgd["studies"], sgd["base"], sgd["convention"]) == ([a], "sgd", "l2")
+    assert {k: sgdw[k] for k in _expected(rep_c, "sgdw")} == _expected(rep_c, "sgdw")
+    assert v_a == "separable" and _expected(rep_b, "adamw")["ridge_slope"] < -0.5  # the surfaces read as built
+    assert mine_tau(rep_a) is not None and sgd["best_tau_epochs"] is None  # L2 has no tau
+
+    # filters: exact match; owner keeps only that owner's studies
+    assert [r["optimizer"] for r in client.get("/atlas", params={"base": "sgd"}).json()["data"]] == ["sgd", "sgdw"]
+    assert [r["optimizer"] for r in client.get("/atlas", params={"convention": "schedule"}).json()["data"]] == ["adamw", "sgdw"]
+    assert [r["task"] for r in client.get("/atlas", params={"task": "synthetic"}).json()["data"]] == ["synthetic"]
+    mine = client.get("/atlas", params={"owner": "alice", "task": "digits_mlp"}).json()["data"]
+    assert [(r["optimizer"], r["studies"]) for r in mine] == [("adamw", [a]), ("sgd", [a])]
+    assert {k: mine[0][k] for k in _expected(rep_a, "adamw")} == _expected(rep_a, "adamw")
+    assert client.get("/atlas", params={"owner": "nobody"}).json()["data"] == []
+    assert client.get("/atlas", params={"verdict": "separable"}).status_code == 422  # not a filter
+
+    # A study whose report is dropped (extended, queued again) leaves the atlas until its new
+    # report; the older study answers meanwhile. Deleting a study deletes its entries.
+    with session_scope(engine) as s:
+        s.execute(update(Study).where(Study.id == b).values(report=None, report_computed_at=None))
+    adamw = client.get("/atlas", params={"task": "digits_mlp"}).json()["data"][0]
+    assert (adamw["study"], adamw["studies"]) == (a, [a])
+    from service.report import study_report
+
+    study_report(engine, b)
+    assert client.get("/atlas").json()["data"][0]["studies"] == [b, a]
+    assert client.delete(f"/studies/{a}").status_code == 200
+    assert [r["studies"] for r in client.get("/atlas").json()["data"]] == [[b], [c]]
+
+
+def test_a_worker_stores_the_report_of_a_study_it_finished_so_the_atlas_shows_it(client, engine, caplog):
+    from workers.worker import store_final_report
+
+    sid, _ = done_study(engine, "alice", separable, report=False, optimizers=[{"name": "adamw", **GRID5}])
+    assert client.get("/atlas").json() == {"data": [], "count": 0, "pending": [sid]}
+    store_final_report(engine, sid)
+    body = client.get("/atlas").json()
+    assert (body["pending"], [r["studies"] for r in body["data"]]) == ([], [[sid]])
+    store_final_report(engine, "0" * 32)  # no such study: logged, not raised
+    assert "could not store the report of study " + "0" * 32 in caplog.text
+
+
+def test_migration_0003_backfills_the_atlas_from_stored_reports(empty_db_url):
+    from alembic import command
+
+    from service.db import alembic_config, make_engine
+    from service.report import build_report
+    from service.store import atlas_summary
+    from tests.conftest import make_study
+
+    cfg = alembic_config(empty_db_url)
+    command.upgrade(cfg, "0001")
+    engine = make_engine(empty_db_url)
+    try:
+        sid = make_study(engine, owner="alice", optimizers=[{"name": "adamw", **GRID5}, {"name": "sgd", **GRID5}]).id
+        finish_all(engine, sid, separable)
+        queued = make_study(engine).id
+        with session_scope(engine) as s:
+            report, _ = store.compute_report(s, sid, build_report)
+        with session_scope(engine) as s:  # as 0001's code stored it: the report only
+            s.execute(update(Study).where(Study.id == sid).values(report=report, report_computed_at=store.utcnow()))
+        command.upgrade(cfg, "0003")
+        with session_scope(engine) as s:
+            rows = store.atlas_rows(s)
+        expected = atlas_summary(report)
+        assert [r.optimizer for r in rows] == ["adamw", "sgd"] and len(expected) == 2
+        for row, want in zip(rows, expected):
+            assert {k: getattr(row, k) for k in want} == want and row.study_id == sid
+        assert queued not in {r.study_id for r in rows}
+    finally:
+        engine.dispose()

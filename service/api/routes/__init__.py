@@ -4,7 +4,7 @@ from fastapi import APIRouter, Depends
 
 from service.api.deps import current_user, known_query_only
 from service.api.responses import error_responses
-from service.api.routes import catalogue, compare, health, pages, reports, studies, tokens, ui
+from service.api.routes import atlas, catalogue, compare, health, pages, reports, studies, tokens, ui
 
 api_router = APIRouter()
 # /health answers without a token: load balancers and `docker compose` probe it.
@@ -21,3 +21,4 @@ api_router.include_router(pages.router, dependencies=[Depends(known_query_only)]
 api_router.include_router(ui.router, dependencies=[Depends(known_query_only)])
 api_router.include_router(compare.router, dependencies=_authenticated, responses=_auth_errors)
 api_router.include_router(tokens.router, dependencies=_authenticated, responses=_auth_errors)
+api_router.include_router(atlas.router, dependencies=_authenticated, responses=_auth_errors)
