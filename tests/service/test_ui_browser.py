@@ -113,7 +113,7 @@ def test_submit_watch_compare_and_atlas_in_chromium(db_url, engine, tmp_path):
                 page.fill("#spec", "name: from the page\ntask: digits_mlp\nepochs: 1\noptimizers:\n"
                                    "  - name: adamw\n    lr: {min: 0.001, max: 0.01, num: 2}\n"
                                    "    wd: {min: 0.0001, max: 0.01, num: -2}\nseeds: [0, 1]\n")
-                expect(page.locator("#errors li")).to_have_count(1)
+                expect(page.locator("#errors li")).to_have_attribute("data-field", "optimizers[0].wd.num")
                 assert page.locator("#errors li").get_attribute("data-line") == "7"
                 page.select_option("#format", "json")
                 page.fill("#spec", __import__("json").dumps(spec("from the page"), indent=2))

@@ -37,9 +37,15 @@
       el("td", {}, num(best.lr)), el("td", {}, num(best.wd)),
       el("td", {}, num(best.value) + (r.metric ? " " + r.metric : "")),
       el("td", {}, num(r.best_tau_epochs)),
-      el("td", {}, Array.isArray(r.seeds) ? r.seeds.join(", ") : String(r.seeds === null || r.seeds === undefined ? "–" : r.seeds)),
+      el("td", {}, r.seeds === null || r.seeds === undefined ? "–" : String(r.seeds)),
       el("td", { class: "links" }, ...(r.studies || []).flatMap((id, k) => [
-        k ? " · " : "", el("a", { href: "/ui/studies/" + encodeURIComponent(id), title: id }, id.slice(0, 8))])));
+        k ? " · " : "", el("a", { href: "/ui/studies/" + encodeURIComponent(id), title: id + (k ? "" : " (newest: its numbers are shown)") },
+          id.slice(0, 8))]),
+      r.n_studies > 1 ? el("div", { class: "legend" }, verdicts(r.verdicts)) : null));
+  }
+
+  function verdicts(v) {
+    return Object.entries(v || {}).map(([k, n]) => n + " " + k).join(", ");
   }
 
   async function load(first) {
@@ -53,7 +59,9 @@
     if (all) fillOptions(all.data, now);
     $("atlas-rows").replaceChildren(...(page.data.length ? page.data.map(row)
       : [el("tr", {}, el("td", { class: "empty", colspan: 10 }, "No finished study matches these filters yet."))]));
-    window.DL.notice(page.count + " row" + (page.count === 1 ? "" : "s"));
+    const pending = (page.pending || []).length;
+    window.DL.notice(page.count + " row" + (page.count === 1 ? "" : "s") +
+      (pending ? " · " + pending + " finished stud" + (pending === 1 ? "y" : "ies") + " without a report yet" : ""));
   }
 
   $("atlas-filters").addEventListener("change", () => {

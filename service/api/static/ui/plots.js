@@ -105,7 +105,7 @@
     const W = o.width || 300;
     const H = o.height || 200;
     const L = 54;
-    const R = 10;
+    const R = 18;
     const T = 20;
     const B = 36;
     const root = svg("svg", { class: "lines", width: W, height: H, viewBox: "0 0 " + W + " " + H, role: "img",
@@ -119,8 +119,9 @@
     const fx = (x) => (o.logX ? Math.log10(x) : x);
     let x0 = Math.min(...pts.map((p) => fx(p[0])));
     let x1 = Math.max(...pts.map((p) => fx(p[0])));
-    let y0 = Math.min(...pts.map((p) => p[1]));
-    let y1 = Math.max(...pts.map((p) => p[1]));
+    const bar = (p) => (Number.isFinite(p[2]) ? p[2] : 0); // an error bar is drawn inside the frame
+    let y0 = Math.min(...pts.map((p) => p[1] - bar(p)));
+    let y1 = Math.max(...pts.map((p) => p[1] + bar(p)));
     if (x1 === x0) { x0 -= 0.5; x1 += 0.5; }
     if (y1 === y0) { y0 -= Math.abs(y0) * 0.1 + 1e-6; y1 += Math.abs(y1) * 0.1 + 1e-6; }
     const pad = (y1 - y0) * 0.06;

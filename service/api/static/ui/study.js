@@ -165,8 +165,7 @@
     const sec = el("section", { class: "card optimizer", "data-optimizer": name },
       el("h2", {}, name, " ", el("span", { class: "verdict " + (dec.verdict || "pending") }, dec.verdict || "pending")),
       el("p", { class: "reason" }, (entry && entry.title ? entry.title + ". " : "") + (dec.reason || "No finished trials yet.")),
-      measures(entry, metric),
-      maps, slices,
+      el("div", { class: "opt-body" }, measures(entry, metric), el("div", {}, maps, slices)),
       el("div", { class: "curves" }, el("p", { class: "legend" }, "Click a cell for its learning curves.")));
     if (selected[name]) {
       const [i, j] = selected[name];
