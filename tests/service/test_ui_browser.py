@@ -15,10 +15,10 @@ Studies are tiny (digits_mlp, adamw on a 2 x 2 grid, two seeds, one epoch): two 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -116,7 +116,7 @@ def test_submit_watch_compare_and_atlas_in_chromium(db_url, engine, tmp_path):
                 expect(page.locator("#errors li")).to_have_attribute("data-field", "optimizers[0].wd.num")
                 assert page.locator("#errors li").get_attribute("data-line") == "7"
                 page.select_option("#format", "json")
-                page.fill("#spec", __import__("json").dumps(spec("from the page"), indent=2))
+                page.fill("#spec", json.dumps(spec("from the page"), indent=2))
                 expect(page.locator("#check")).to_have_text("✓ valid")
                 expect(page.locator("#plan")).to_contain_text("8 trials, 8 trial-epochs")
                 page.screenshot(path=str(SHOTS / f"{backend}-submit.png"), full_page=True)
