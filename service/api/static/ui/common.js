@@ -159,9 +159,12 @@
     return String(Number(v.toPrecision(d)));
   }
 
+  // A 95% interval; a null end is unbounded (docs/api.md), both null: no interval.
   function ci(pair, digits) {
-    if (!pair) return "";
-    return "[" + num(pair[0], digits) + ", " + num(pair[1], digits) + "]";
+    if (!pair || (pair[0] === null && pair[1] === null)) return "";
+    const lo = pair[0] === null ? "−∞" : num(pair[0], digits);
+    const hi = pair[1] === null ? "∞" : num(pair[1], digits);
+    return "[" + lo + ", " + hi + "]";
   }
 
   function meanSe(values) {
