@@ -8,7 +8,8 @@ the new study's page fills in while the worker runs it (no reload: cells appear)
 the seeds' values and a click the learning curves; two studies picked on the team page open the
 compare view (heat maps on one colour scale); the atlas lists what the two studies found, and its
 filters work. No console errors but the one 422 of the invalid spec's dry run, no request leaves
-the server. Screenshots of each page go to ``test-screenshots/`` (kept out of git).
+the server; another user sees the study but not its owner's cancel and extend buttons. Screenshots
+of each page go to ``test-screenshots/`` (kept out of git).
 
 Studies are tiny (digits_mlp, adamw on a 2 x 2 grid, two seeds, one epoch): two cores are shared.
 """
@@ -63,7 +64,7 @@ def test_submit_watch_compare_and_atlas_in_chromium(db_url, engine, tmp_path):
     backend = "postgresql" if db_url.startswith("postgresql") else "sqlite"
     auth = "required" if backend == "sqlite" else "off"
     with session_scope(engine) as s:
-        token = create_token(s, "alice")
+        token, bob = create_token(s, "alice"), create_token(s, "bob")
     headers = {"Authorization": f"Bearer {token}"} if auth == "required" else {}
     SHOTS.mkdir(exist_ok=True)
     server, base = start_api(db_url, tmp_path / "serve" / "serve.log", auth=auth)
@@ -190,6 +191,20 @@ def test_submit_watch_compare_and_atlas_in_chromium(db_url, engine, tmp_path):
                 page.wait_for_url(re.compile(r"/ui/studies/[0-9a-f]{32}$"))
                 expect(page.locator("section.optimizer svg.heatmap")).to_have_count(2)
                 context.close()
+
+                if auth == "required":  # another user sees the study, not its owner's buttons
+                    other = browser.new_context()
+                    other.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                    page = other.new_page()
+                    page.goto(f"{base}/ui/studies/{second}")
+                    expect(page.locator("#login")).to_be_visible()
+                    page.fill("#token", bob)
+                    page.press("#token", "Enter")
+                    expect(page.locator("#status")).to_have_text("done")
+                    expect(page.locator("section.optimizer svg.heatmap")).to_have_count(2)
+                    expect(page.locator("#extend")).to_be_hidden()
+                    expect(page.locator("#cancel")).to_be_hidden()
+                    other.close()
             finally:
                 browser.close()
     finally:

@@ -15,6 +15,7 @@
   const BASE = "/studies/" + encodeURIComponent(ID);
 
   let key = null;
+  let me = null; // GET /tokens/me: who this tab is, for the owner's buttons
   let timer = null;
   let state = { study: null, trials: [], report: null };
   const selected = {}; // optimizer -> [i, j] of the cell whose curves are shown
@@ -24,6 +25,7 @@
   async function poll() {
     clearTimeout(timer);
     try {
+      if (me === null) me = await api("/tokens/me");
       const study = await api(BASE);
       const p = study.progress;
       const now = [study.status, p.trials_done, p.trials_failed, p.trials_total].join("/");
@@ -68,8 +70,9 @@
     $("bar-bad").style.width = (100 * p.trials_failed / Math.max(p.trials_total, 1)).toFixed(1) + "%";
     $("progress-text").textContent = p.trials_done + "/" + p.trials_total + " trials done" +
       (p.trials_failed ? " · " + p.trials_failed + " failed" : "");
-    $("cancel").hidden = !(s.status === "queued" || s.status === "running");
-    $("extend").hidden = s.status !== "done";
+    const mine = me !== null && (me.admin || me.name === s.owner); // the server checks again (403)
+    $("cancel").hidden = !mine || !(s.status === "queued" || s.status === "running");
+    $("extend").hidden = !mine || s.status !== "done";
   }
 
   // --- cells from trials -------------------------------------------------------------------
