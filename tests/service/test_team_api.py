@@ -250,11 +250,14 @@ def test_migration_0003_backfills_the_atlas_from_stored_reports(empty_db_url):
             s.execute(update(Study).where(Study.id == sid).values(report=report, report_computed_at=store.utcnow()))
         command.upgrade(cfg, "0003")
         with session_scope(engine) as s:
-            rows = store.atlas_rows(s)
+            members, newest = store.atlas_rows(s)
         expected = atlas_summary(report)
-        assert [r.optimizer for r in rows] == ["adamw", "sgd"] and len(expected) == 2
-        for row, want in zip(rows, expected):
-            assert {k: getattr(row, k) for k in want} == want and row.study_id == sid
-        assert queued not in {r.study_id for r in rows}
+        assert [tuple(m) for m in members] == [("digits_mlp", e["optimizer"], sid, "alice", e["verdict"])
+                                               for e in expected]
+        assert [e["optimizer"] for e in expected] == ["adamw", "sgd"]
+        for want in expected:
+            row = newest[(sid, want["optimizer"])]
+            assert {k: getattr(row, k) for k in want} == want
+        assert queued not in {m.study_id for m in members}
     finally:
         engine.dispose()

@@ -71,35 +71,39 @@ class AtlasPublic(BaseModel):
     pending: list[str]
 
 
-def combine(rows: Sequence[Any]) -> list[dict[str, Any]]:
-    """:func:`service.store.atlas_rows` (sorted by task, optimizer, newest study first) as atlas
-    rows: the newest study's numbers, every study's id, owner and verdict (module docstring)."""
+def combine(members: Sequence[Any], newest: dict[tuple[str, str], Any]) -> list[dict[str, Any]]:
+    """:func:`service.store.atlas_rows` as atlas rows: the newest study's numbers, every study's
+    id, owner and verdict (module docstring)."""
     out: list[dict[str, Any]] = []
-    current: dict[str, Any] | None = None
-    for r in rows:
-        if current is None or (current["task"], current["optimizer"]) != (r.task, r.optimizer):
+    key: tuple[str, str] | None = None
+    studies: list[str] = []
+    owners: set[str] = set()
+    verdicts: dict[str, int] = {}
+    for task, optimizer, study_id, owner, verdict in members:  # thousands: plain tuples, no attributes
+        if (task, optimizer) != key:
+            key = (task, optimizer)
+            r = newest[(study_id, optimizer)]
             best = None if r.best_lr is None and r.best_wd is None and r.best_value is None else {
                 "lr": r.best_lr, "wd": r.best_wd, "value": r.best_value}
-            current = {
+            studies, owners, verdicts = [], set(), {}
+            out.append({
                 "task": r.task, "optimizer": r.optimizer, "base": r.base, "convention": r.convention,
                 "verdict": r.verdict, "ridge_slope": r.ridge_slope, "ridge_slope_ci": r.ridge_slope_ci,
                 "best": best, "metric": r.metric, "best_tau_epochs": r.best_tau_epochs, "seeds": r.seeds,
                 "study": r.study_id, "finished_at": r.finished_at.isoformat() if r.finished_at else None,
-                "studies": [], "owners": [], "n_studies": 0, "verdicts": {},
-            }
-            out.append(current)
-        current["studies"].append(r.study_id)
-        current["n_studies"] += 1
-        if r.owner not in current["owners"]:
-            current["owners"].append(r.owner)
-        current["verdicts"][r.verdict] = current["verdicts"].get(r.verdict, 0) + 1
+                "studies": studies, "owners": owners, "n_studies": 0, "verdicts": verdicts,
+            })
+        studies.append(study_id)
+        owners.add(owner)
+        verdicts[verdict] = verdicts.get(verdict, 0) + 1
     for row in out:
-        row["owners"].sort()
+        row["owners"] = sorted(row["owners"])
+        row["n_studies"] = len(row["studies"])
     return out
 
 
-def _atlas(conn: Any, **filters: str | None) -> tuple[list[Any], list[str]]:
-    return store.atlas_rows(conn, **filters), store.done_studies_without_report(conn)
+def _atlas(conn: Any, **filters: str | None) -> tuple[list[dict[str, Any]], list[str]]:
+    return combine(*store.atlas_rows(conn, **filters)), store.done_studies_without_report(conn)
 
 
 @router.get("/atlas", response_model=AtlasPublic)
@@ -114,8 +118,7 @@ def get_atlas(
     slope with its 95 % interval, best lr and wd, best tau in epochs and seeds, with every study
     it comes from and their owners. Filters (exact match): ``task``, ``base``, ``convention``,
     ``owner`` (only that owner's studies count)."""
-    rows, pending = read(engine, _atlas, task=task, base=base, convention=convention, owner=owner)
-    data = combine(rows)
+    data, pending = read(engine, _atlas, task=task, base=base, convention=convention, owner=owner)
     # Plain dicts encoded once: validating a thousand rows through the model would cost more
     # than the query (the model above documents the shape).
     body = json.dumps({"data": data, "count": len(data), "pending": pending}, allow_nan=False,
