@@ -123,7 +123,8 @@ def study_row(study: Study, prog: store.StudyProgress, *, status: str | None, ow
     failed_note = f'<span class="failed"> · {failed} failed</span>' if failed else ""
     return (
         f'<tr data-id="{e(study.id)}">'
-        f'<td class="name"><input type="checkbox" class="pick" value="{e(study.id)}" aria-label="pick for compare">'
+        f'<td class="name"><input type="checkbox" class="pick" value="{e(study.id)}" autocomplete="off"'
+        f' aria-label="pick for compare">'
         f' <a href="/ui/studies/{quote(study.id, safe="")}">{e(study.name)}</a></td>'
         f'<td><a class="status {e(study.status)}" href="{e(page_url(study.status, owner))}" data-nav=""'
         f' title="show only {e(study.status)} studies">{e(study.status)}</a></td>'

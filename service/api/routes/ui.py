@@ -111,6 +111,7 @@ STUDY_MAIN = """<section id="head" class="card"><div class="facts" id="facts"></
 <div class="actions"><button type="button" id="cancel" hidden>cancel study</button>
 <button type="button" id="extend" hidden>extend grid (edges)</button>
 <a id="report-link" href="#">report page</a> · <a id="json-link" href="#">report JSON</a></div>
+<p class="exports" id="exports"></p>
 <div class="progress"><span class="bar" id="bar"><span class="ok" id="bar-ok"></span><span class="bad"
 id="bar-bad"></span></span><span id="progress-text"></span></div>
 <ul class="warnings" id="warnings"></ul></section>

@@ -158,7 +158,7 @@
     if (p.trials_failed) progress.append(el("span", { class: "failed" }, " · " + p.trials_failed + " failed"));
     return el("tr", { "data-id": s.id },
       el("td", { class: "name" }, el("input", {
-        type: "checkbox", class: "pick", value: s.id, "aria-label": "pick for compare", checked: picked.has(s.id),
+        type: "checkbox", class: "pick", value: s.id, autocomplete: "off", "aria-label": "pick for compare", checked: picked.has(s.id),
       }), " ", el("a", { href: "/ui/studies/" + encodeURIComponent(s.id) }, s.name)),
       el("td", {}, el("a", {
         class: "status " + s.status, href: pageUrl({ status: s.status, owner: f.owner }), "data-nav": true,

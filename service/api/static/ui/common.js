@@ -88,6 +88,36 @@
     }
   }
 
+  // A download that needs the token (CSV, Parquet, a figure, the offline report): fetched with it
+  // and saved under the server's file name. With auth off the link downloads by itself.
+  async function download(href) {
+    const headers = AUTH ? { Authorization: "Bearer " + token() } : {};
+    const r = await fetch(href, { headers, cache: "no-store" });
+    if (!r.ok) {
+      let detail = r.status + " " + r.statusText;
+      try { detail = (await r.json()).detail || detail; } catch (_) { /* not JSON */ }
+      if (r.status === 401) throw new AuthError(detail);
+      throw new Error(href + ": " + detail);
+    }
+    const m = /filename="([^"]+)"/.exec(r.headers.get("Content-Disposition") || "");
+    const url = URL.createObjectURL(await r.blob());
+    const a = el("a", { href: url, download: m ? m[1] : "download" });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  }
+
+  function downloadLink(href, text) {
+    const a = el("a", { href, download: "", class: "export" }, text);
+    a.addEventListener("click", (ev) => {
+      if (!AUTH || ev.button !== 0) return;
+      ev.preventDefault();
+      download(href).catch(handle);
+    });
+    return a;
+  }
+
   function tokenLink(a) {
     a.addEventListener("click", (ev) => {
       if (!AUTH || ev.button !== 0) return;
@@ -180,6 +210,6 @@
     return new URLSearchParams(location.search);
   }
 
-  window.DL = { $, el, svg, api, notice, handle, start, num, ci, meanSe, query, tokenLink,
+  window.DL = { $, el, svg, api, notice, handle, start, num, ci, meanSe, query, tokenLink, downloadLink,
     AuthError, ApiError, AUTH, pollMs: Number(body.dataset.pollMs || 3000) };
 })();

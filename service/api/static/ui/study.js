@@ -169,12 +169,26 @@
       el("h2", {}, name, " ", el("span", { class: "verdict " + (dec.verdict || "pending") }, dec.verdict || "pending")),
       el("p", { class: "reason" }, (entry && entry.title ? entry.title + ". " : "") + (dec.reason || "No finished trials yet.")),
       el("div", { class: "opt-body" }, measures(entry, metric), el("div", {}, maps, slices)),
+      entry && entry.grid && entry.grid.lr && entry.grid.lr.length ? figures(name) : null,
       el("div", { class: "curves" }, el("p", { class: "legend" }, "Click a cell for its learning curves.")));
     if (selected[name]) {
       const [i, j] = selected[name];
       if (c.grid[i] && c.grid[i][j]) curves(name, c, i, j, metric, sec.querySelector(".curves"));
     }
     return sec;
+  }
+
+  // The report's own figures of this optimizer, as files (drawn once per report on the server).
+  function figures(name) {
+    const base = BASE + "/figures/" + encodeURIComponent(name) + "/";
+    const links = [];
+    for (const [fig, label] of [["heatmap", "heat map"], ["curves", "best cell's curves"]]) {
+      for (const fmt of ["png", "svg"]) {
+        if (links.length) links.push(" · ");
+        links.push(window.DL.downloadLink(base + fig + "." + fmt + "?download=1", label + " " + fmt.toUpperCase()));
+      }
+    }
+    return el("p", { class: "exports" }, "figures: ", ...links);
   }
 
   function bestOf(c, i, j) {
@@ -266,6 +280,10 @@
 
   $("cancel").addEventListener("click", () => act("cancel", BASE + "/cancel"));
   $("extend").addEventListener("click", () => act("extend", BASE + "/extend", {}));
+  $("exports").replaceChildren("exports: ",
+    window.DL.downloadLink(BASE + "/trials?format=csv", "trials CSV"), " · ",
+    window.DL.downloadLink(BASE + "/trials?format=parquet", "trials Parquet"), " · ",
+    window.DL.downloadLink(BASE + "/report.html?download=1", "report (one HTML file, opens offline)"));
   $("report-link").setAttribute("href", BASE + "/report.html");
   $("json-link").setAttribute("href", BASE + "/report");
   window.DL.tokenLink($("report-link"));
