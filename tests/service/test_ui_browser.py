@@ -99,6 +99,11 @@ def test_submit_watch_compare_and_atlas_in_chromium(db_url, engine, tmp_path):
                 expect(page.locator("#check")).to_have_text("✓ valid")  # the example, checked
                 expect(page.locator("#plan")).to_contain_text("trials")
 
+                # The catalogue writes into the spec (an optimizer with its default grids).
+                page.click('#optimizers-list button[data-optimizer="sgdw"]')
+                expect(page.locator("#spec")).to_have_value(re.compile(r'"name": "sgdw"\n'))
+                expect(page.locator("#plan tbody tr")).to_have_count(3)
+
                 # An error, shown on the line of the field it names.
                 page.fill("#spec", BAD_SPEC)
                 err = page.locator("#errors li")

@@ -269,7 +269,7 @@
     const q = $("opt-filter").value.trim().toLowerCase();
     const shown = optimizers.filter((o) => !q || (o.name + " " + o.title + " " + o.base + " " + o.convention).toLowerCase().includes(q));
     $("optimizers-list").replaceChildren(...shown.slice(0, 60).flatMap((o) => [
-      el("dt", {}, el("code", {}, o.name)),
+      el("dt", {}, el("button", { type: "button", class: "link", "data-optimizer": o.name, title: "add to the spec" }, o.name)),
       el("dd", {}, o.title + " · " + o.decay_convention + " · default lr " + num(o.default_grid.lr.min) + "–" +
         num(o.default_grid.lr.max) + ", wd " + num(o.default_grid.wd.min) + "–" + num(o.default_grid.wd.max)),
     ]));
@@ -278,7 +278,7 @@
   async function main() {
     const [tasks, opts] = await Promise.all([api("/tasks"), api("/optimizers")]);
     $("tasks").replaceChildren(...tasks.data.flatMap((t) => [
-      el("dt", {}, el("code", {}, t.name)),
+      el("dt", {}, el("button", { type: "button", class: "link", "data-task": t.name, title: "use this task" }, t.name)),
       el("dd", {}, t.description + " · " + t.epochs + " epochs, batch " + t.batch_size),
     ]));
     optimizers = opts.data;
@@ -296,6 +296,21 @@
     else later();
   });
   $("example").addEventListener("click", () => setText(EXAMPLE));
+  // The catalogue writes into the spec: a task replaces the task, an optimizer is appended (with
+  // its default grids). Only when the text parses: a half-typed spec is left alone.
+  document.querySelector(".catalogue").addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-task], button[data-optimizer]");
+    if (!b) return;
+    let spec;
+    try { spec = parse($("spec").value, $("format").value); } catch (_) { spec = null; }
+    if (!spec || typeof spec !== "object") {
+      $("check").textContent = "fix the spec first: the catalogue adds to a spec that parses";
+      return;
+    }
+    if (b.dataset.task) spec.task = b.dataset.task;
+    else spec.optimizers = [...(Array.isArray(spec.optimizers) ? spec.optimizers : []), { name: b.dataset.optimizer }];
+    setText(spec);
+  });
   $("submit").addEventListener("click", submit);
   $("opt-filter").addEventListener("input", drawOptimizers);
   $("errors").addEventListener("click", (ev) => {
