@@ -200,6 +200,9 @@ class Study(Base):
     #: Deferred: tens of kB per done study, which listing or reading studies must not decode.
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True, deferred=True)
     report_computed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Curve points written for the study's trials so far (each upsert counts, a retried epoch
+    #: again): with the trial counts, the cheap key of a running study's cached report.
+    epochs_recorded: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     def __repr__(self) -> str:
         return f"Study(id={self.id!r}, name={self.name!r}, status={self.status!r})"

@@ -19,6 +19,7 @@ are upserts on ``(trial_id, epoch)``. Metrics go in and come out as floats, NaN 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -402,24 +403,23 @@ def compute_report(session: Session, study_id: str, build: ReportBuilder) -> tup
 
 
 def report_key(session: Session | Connection, study_id: str) -> tuple[Any, ...]:
-    """What a study's report depends on, in one cheap query: status, when the stored report was
-    computed, trials total/done/failed and how many epochs have been recorded. The report of a
-    running study changes only when one of these does (at most once per finished epoch), so a
-    cache keyed by it never serves a stale report nor rebuilds an unchanged one.
-    :class:`NotFound` if there is no such study."""
+    """What a study's report depends on, in one cheap query by primary key: status, when the
+    stored report was computed, trials total/done/failed (counted on the ``(study_id, status)``
+    index), the epochs recorded (a counter :func:`record_epochs` keeps, not a count of curve
+    points) and a digest of the spec (a spec-only change, e.g. the seeds an optimizer was given,
+    changes the report too). The report of a running study changes only when one of these does,
+    so a cache keyed by it never serves a stale report nor rebuilds an unchanged one; heartbeats
+    (``updated_at``) do not change it. :class:`NotFound` if there is no such study."""
     if not _STUDY_ID.fullmatch(study_id):
         raise NotFound(f"no study {study_id[:64]!r}")
-    epochs = (
-        select(func.count()).select_from(CurvePoint).join(Trial, Trial.id == CurvePoint.trial_id)
-        .where(Trial.study_id == Study.id).correlate(Study).scalar_subquery()
-    )
     row = session.execute(
         select(Study.status, Study.report_computed_at, Study.trials_total, _grid_trials("done"),
-               _grid_trials("failed"), epochs).where(Study.id == study_id)
+               _grid_trials("failed"), Study.epochs_recorded, cast(Study.spec, Text)).where(Study.id == study_id)
     ).one_or_none()
     if row is None:
         raise NotFound(f"no study {study_id!r}")
-    return tuple(row)
+    *key, spec = row
+    return (*key, hashlib.sha256(spec.encode()).hexdigest())
 
 
 _CACHED_REPORT = select(Study.status, cast(Study.report, Text)).where(Study.id == bindparam("study_id"))
@@ -649,10 +649,19 @@ def record_epochs(session: Session, points: Iterable[dict[str, Any]]) -> int:
     ]
     if not rows:
         return 0
-    existing = set(session.scalars(select(Trial.id).where(Trial.id.in_({r["trial_id"] for r in rows}))))
-    rows = [r for r in rows if r["trial_id"] in existing]
+    study_of: dict[int, str] = {
+        trial_id: study_id for trial_id, study_id in
+        session.execute(select(Trial.id, Trial.study_id).where(Trial.id.in_({r["trial_id"] for r in rows})))}
+    rows = [r for r in rows if r["trial_id"] in study_of]
     if not rows:
         return 0
+    per_study: dict[str, int] = {}
+    for r in rows:
+        per_study[study_of[r["trial_id"]]] = per_study.get(study_of[r["trial_id"]], 0) + 1
+    for study_id, n in per_study.items():  # the report cache's key (report_key): epochs landed
+        session.execute(
+            update(Study).where(Study.id == study_id).values(epochs_recorded=Study.epochs_recorded + n)
+            .execution_options(synchronize_session=False))
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as upsert

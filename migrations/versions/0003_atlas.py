@@ -1,4 +1,5 @@
-"""The atlas: ``atlas_entries``, one row per optimizer of each done study with a stored report.
+"""The atlas: ``atlas_entries``, one row per optimizer of each done study with a stored report;
+and ``studies.epochs_recorded``, the cheap key of a running study's cached report.
 
 Revision ID: 0003
 Revises: 0001
@@ -9,6 +10,10 @@ stored report. The upgrade fills them in for the done studies whose report is al
 from that report, with a frozen copy of ``service.store.atlas_summary`` (a migration is history:
 it must keep doing what it did when the code around it changes). Done studies without a stored
 report get their entries when their report is first computed.
+
+``studies.epochs_recorded`` counts the curve points written for a study (``service.store.
+record_epochs`` adds to it), so the report cache's key (``service.store.report_key``) no longer
+counts a running study's curve points on every check; filled in here with that count.
 """
 
 from __future__ import annotations
@@ -77,6 +82,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("study_id", "optimizer", name=op.f("pk_atlas_entries")),
     )
     op.create_index("ix_atlas_entries_task_optimizer", "atlas_entries", ["task", "optimizer"])
+    op.add_column("studies", sa.Column("epochs_recorded", sa.Integer(), server_default="0", nullable=False))
+    op.execute(
+        "UPDATE studies SET epochs_recorded = (SELECT count(*) FROM curve_points JOIN trials "
+        "ON trials.id = curve_points.trial_id WHERE trials.study_id = studies.id)"
+    )
 
     # Backfill from the reports already stored (text, decoded here: the column type differs by
     # backend and a migration should not depend on the model's).
@@ -95,5 +105,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # ALTER TABLE ... DROP COLUMN (SQLite >= 3.35 too), never a batch copy: with foreign keys on,
+    # SQLite's batch mode drops and re-creates the table, and the drop cascades to every trial.
+    op.drop_column("studies", "epochs_recorded")
     op.drop_index("ix_atlas_entries_task_optimizer", table_name="atlas_entries")
     op.drop_table("atlas_entries")

@@ -229,28 +229,36 @@ def test_a_worker_stores_the_report_of_a_study_it_finished_so_the_atlas_shows_it
     assert "could not store the report of study " + "0" * 32 in caplog.text
 
 
-def test_migration_0003_backfills_the_atlas_from_stored_reports(empty_db_url):
+def test_migration_0003_backfills_the_atlas_and_the_epoch_counters(empty_db_url):
+    """A database at 0001 with a done study whose report is stored (made here at head, then
+    taken down to 0001, which keeps the report and drops the new table and column) gets its
+    atlas entries and its epoch counters from the upgrade."""
     from alembic import command
+    from sqlalchemy import func, select
 
-    from service.db import alembic_config, make_engine
-    from service.report import build_report
+    from service.db import alembic_config, make_engine, upgrade_to_head
     from service.store import atlas_summary
     from tests.conftest import make_study
 
-    cfg = alembic_config(empty_db_url)
-    command.upgrade(cfg, "0001")
+    upgrade_to_head(empty_db_url)
     engine = make_engine(empty_db_url)
     try:
         sid = make_study(engine, owner="alice", optimizers=[{"name": "adamw", **GRID5}, {"name": "sgd", **GRID5}]).id
         finish_all(engine, sid, separable)
         queued = make_study(engine).id
         with session_scope(engine) as s:
-            report, _ = store.compute_report(s, sid, build_report)
-        with session_scope(engine) as s:  # as 0001's code stored it: the report only
-            s.execute(update(Study).where(Study.id == sid).values(report=report, report_computed_at=store.utcnow()))
-        command.upgrade(cfg, "0003")
+            store.record_epochs(s, [{"trial_id": t.id, "epoch": e, "val_error": 0.5}
+                                    for t in store.list_trials(s, sid)[:7] for e in range(3)])
+        from service.report import study_report
+
+        report = study_report(engine, sid)
+        command.downgrade(alembic_config(empty_db_url), "0001")
+        engine.dispose()
+        command.upgrade(alembic_config(empty_db_url), "0003")
         with session_scope(engine) as s:
             members, newest = store.atlas_rows(s)
+            counters = dict(s.execute(select(Study.id, Study.epochs_recorded)).all())
+            assert s.scalar(select(func.count()).select_from(Study).where(Study.report.is_not(None))) == 1
         expected = atlas_summary(report)
         assert [tuple(m) for m in members] == [("digits_mlp", e["optimizer"], sid, "alice", e["verdict"])
                                                for e in expected]
@@ -258,6 +266,190 @@ def test_migration_0003_backfills_the_atlas_from_stored_reports(empty_db_url):
         for want in expected:
             row = newest[(sid, want["optimizer"])]
             assert {k: getattr(row, k) for k in want} == want
-        assert queued not in {m.study_id for m in members}
+        assert counters == {sid: 21, queued: 0}
     finally:
         engine.dispose()
+
+
+# --- exports -------------------------------------------------------------------------------------
+
+
+def test_trials_as_parquet_have_the_csv_columns_typed(client, engine):
+    import io
+
+    import pyarrow.parquet as pq
+
+    from service.api.routes.studies import CSV_COLUMNS
+
+    sid = client.post("/studies", json=make_spec()).json()["id"]
+    with session_scope(engine) as s:
+        first, second = store.list_trials(s, sid)[:2]
+        store.finish_trial(s, first.id, "w", train_loss=math.nan, val_loss=math.inf, val_error=0.9,
+                           diverged=True, diverged_epoch=2)
+        store.finish_trial(s, second.id, "w", train_loss=0.25, val_loss=0.5, val_error=0.125)
+    r = client.get(f"/studies/{sid}/trials", params={"format": "parquet"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/vnd.apache.parquet"
+    assert r.headers["content-disposition"] == f'attachment; filename="study-{sid}-trials.parquet"'
+    table = pq.read_table(io.BytesIO(r.content))
+    assert table.column_names == list(CSV_COLUMNS) and table.num_rows == 12
+    rows = table.to_pylist()
+    assert math.isnan(rows[0]["train_loss"]) and rows[0]["val_loss"] == math.inf and rows[0]["val_error"] == 0.9
+    assert (rows[0]["diverged"], rows[0]["diverged_epoch"], rows[0]["status"]) == (True, 2, "done")
+    assert (rows[1]["train_loss"], rows[1]["val_loss"], rows[1]["val_error"]) == (0.25, 0.5, 0.125)
+    assert rows[2]["status"] == "queued" and rows[2]["val_error"] is None and rows[2]["finished_at"] is None
+    assert rows[1]["finished_at"].tzinfo is not None
+    assert [row["lr"] for row in rows] == [t["lr"] for t in client.get(f"/studies/{sid}/trials").json()["data"]]
+    assert str(table.schema.field("lr").type) == "double" and str(table.schema.field("seed").type) == "int64"
+    assert client.get(f"/studies/{sid}/trials", params={"format": "xlsx"}).status_code == 422
+
+
+def test_each_figure_as_png_and_svg_and_the_report_as_a_download(client, engine):
+    sid, _ = done_study(engine, "local", separable, report=False,
+                        optimizers=[{"name": "adamw", **GRID5}, {"name": "sgd:lr", **GRID5}])
+    with session_scope(engine) as s:  # curves for the best cell: epochs of every trial
+        store.record_epochs(s, [{"trial_id": t.id, "epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 1.0,
+                                 "val_error": 0.5} for t in store.list_trials(s, sid) for e in range(3)])
+    report = client.get(f"/studies/{sid}/report").json()
+    assert [e["name"] for e in report["optimizers"]] == ["adamw", "sgd:lr"]
+    for opt in ("adamw", "sgd:lr"):
+        for name in ("heatmap", "curves"):
+            png = client.get(f"/studies/{sid}/figures/{opt}/{name}.png")
+            assert png.status_code == 200 and png.headers["content-type"] == "image/png", png.text
+            assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
+            safe = opt.replace(":", "_")
+            assert png.headers["content-disposition"] == f'inline; filename="study-{sid}-{safe}-{name}.png"'
+            svg = client.get(f"/studies/{sid}/figures/{opt}/{name}.svg", params={"download": 1})
+            assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+            assert b"<svg" in svg.content[:1000] and b"<script" not in svg.content and b"http" not in svg.content.replace(
+                b"http://www.w3.org", b"").replace(b"http://purl.org", b"").replace(b"http://creativecommons.org", b"").replace(
+                b"https://matplotlib.org", b"")
+            assert svg.headers["content-disposition"].startswith("attachment;")
+    # the same bytes as the page's own heat map (a data: URI there)
+    from service.report import heatmap_png
+
+    entry = report["optimizers"][0]
+    png = client.get(f"/studies/{sid}/figures/adamw/heatmap.png").content
+    import base64
+
+    assert heatmap_png(entry, report["metric"], report["chance"]) == "data:image/png;base64," + base64.b64encode(png).decode()
+
+    r = client.get(f"/studies/{sid}/figures/adamw/pilot.png")
+    assert (r.status_code, r.json()["detail"]) == (404, "adamw has no pilot figure yet (it had no pilot run)")
+    r = client.get(f"/studies/{sid}/figures/lion/heatmap.png")
+    assert (r.status_code, r.json()["detail"]) == (404, f"study {sid} has no optimizer 'lion' (it has adamw, sgd:lr)")
+    r = client.get(f"/studies/{sid}/figures/adamw/heatmap.gif")
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "figure"
+    assert client.get(f"/studies/{'0' * 32}/figures/adamw/heatmap.png").status_code == 404
+
+    page = client.get(f"/studies/{sid}/report.html", params={"download": 1})
+    assert page.status_code == 200 and page.headers["content-disposition"] == (
+        f'attachment; filename="study-{sid}-report.html"')
+    assert "<script" not in page.text and "http://" not in page.text and "https://" not in page.text
+    assert "content-disposition" not in client.get(f"/studies/{sid}/report.html").headers
+
+
+# --- the report cache: one build per change, never one per viewer ----------------------------------
+
+
+def test_report_key_changes_with_epochs_trials_and_spec_but_not_heartbeats(engine, make_study):
+    sid = make_study().id
+    with session_scope(engine) as s:
+        assert store.claim_study(s, "w", 60).id == sid
+    with engine.connect() as conn:
+        seen = [store.report_key(conn, sid)]
+
+    def changed() -> bool:
+        with engine.connect() as conn:
+            now = store.report_key(conn, sid)
+        new = now != seen[-1]
+        seen.append(now)
+        return new
+
+    with session_scope(engine) as s:
+        assert store.heartbeat(s, sid, "w", 60)
+    assert not changed()
+    with session_scope(engine) as s:
+        t0, t1 = store.list_trials(s, sid)[:2]
+        store.record_epoch(s, t0.id, 0, 1.0, 1.0, 0.5)
+    assert changed() and seen[-1][5] == 1  # epochs_recorded
+    with session_scope(engine) as s:
+        store.record_epochs(s, [{"trial_id": t0.id, "epoch": 0, "val_error": 0.4},
+                                {"trial_id": t1.id, "epoch": 0, "val_error": 0.6}])
+    assert changed() and seen[-1][5] == 3  # an upsert of the same epoch counts again: it may differ
+    with session_scope(engine) as s:
+        store.finish_trial(s, t0.id, "w", train_loss=1.0, val_loss=1.0, val_error=0.5)
+    assert changed() and seen[-1][3] == 1  # trials done
+    with session_scope(engine) as s:  # a spec-only change: the seeds record a worker keeps
+        study = store.get_study(s, sid)
+        s.execute(update(Study).where(Study.id == sid).values(spec={**study.spec, "name": "renamed"}))
+    assert changed()
+    assert not changed()
+
+
+def test_polls_of_a_running_study_share_one_build_per_change(engine, make_study):
+    import asyncio
+
+    from service.api.report_cache import ReportCache
+
+    sid = make_study(optimizers=[{"name": "adamw", **GRID5}]).id
+    with session_scope(engine) as s:
+        assert store.claim_study(s, "w", 60).id == sid
+        trials = store.list_trials(s, sid)
+        for t in trials[:10]:
+            store.finish_trial(s, t.id, "w", train_loss=0.5, val_loss=0.5, val_error=separable(t))
+
+    async def scenario() -> None:
+        cache = ReportCache(min_interval=0.0)  # every request looks at the key
+        try:
+            viewers = await asyncio.gather(*(cache.get(engine, sid, "json", "running") for _ in range(30)))
+            assert cache.builds == 1 and len(set(viewers)) == 1
+            for _ in range(5):  # nothing changed: polls answer from the cache
+                assert await cache.get(engine, sid, "json", "running") == viewers[0]
+            assert cache.builds == 1
+            with session_scope(engine) as s:
+                store.heartbeat(s, sid, "w", 60)
+            await cache.get(engine, sid, "json", "running")
+            assert cache.builds == 1
+            with session_scope(engine) as s:  # an epoch lands: one rebuild for everyone
+                store.record_epoch(s, trials[10].id, 0, 1.0, 1.0, 0.5)
+            again = await asyncio.gather(*(cache.get(engine, sid, "json", "running") for _ in range(30)))
+            assert cache.builds == 2 and len(set(again)) == 1
+            figures = await asyncio.gather(*(cache.figure(engine, sid, "adamw", "heatmap", "svg", "running")
+                                             for _ in range(10)))
+            assert cache.drawings == 1 and len(set(figures)) == 1 and b"<svg" in figures[0]
+            assert await cache.figure(engine, sid, "adamw", "heatmap", "svg", "running") == figures[0]
+            assert cache.drawings == 1 and cache.builds == 2
+        finally:
+            cache.close()
+
+    asyncio.run(scenario())
+
+
+def test_report_grid_has_per_seed_values_their_standard_error_and_trial_ids(client, engine):
+    """Seeds 0, 1, 2 at known values: the mean, the SE (sample SD / sqrt(n)) and each seed's
+    value and trial are exact; a diverged seed makes its cell null, a missing one shrinks n."""
+    sid = client.post("/studies", json=make_spec(seeds=[0, 1, 2])).json()["id"]
+    with session_scope(engine) as s:
+        assert store.claim_study(s, "w", 60).id == sid
+        trials = store.list_trials(s, sid)
+        for t in trials:
+            cell = (t.lr_index, t.wd_index)
+            if cell == (1, 1) and t.seed == 2:
+                continue  # not finished
+            diverged = cell == (2, 0) and t.seed == 1
+            v = math.inf if diverged else 0.1 * (t.lr_index + 1) + 0.01 * t.wd_index + 0.02 * t.seed
+            store.finish_trial(s, t.id, "w", train_loss=v, val_loss=v, val_error=v, diverged=diverged)
+    grid = client.get(f"/studies/{sid}/report").json()["optimizers"][0]["grid"]
+    ids = {(t.seed, t.lr_index, t.wd_index): t.id for t in trials}
+    assert grid["seed_list"] == [0, 1, 2]
+    # cell (0, 0): 0.10, 0.12, 0.14 -> mean 0.12, SD 0.02, SE 0.02/sqrt(3)
+    assert [grid["per_seed"][s][0][0] for s in range(3)] == pytest.approx([0.10, 0.12, 0.14])
+    assert grid["value"][0][0] == pytest.approx(0.12) and grid["se"][0][0] == pytest.approx(0.02 / math.sqrt(3))
+    # cell (1, 1): seeds 0 and 1 only -> 0.21, 0.23: SE = SD / sqrt(2) = 0.01414.../1.414... = 0.01
+    assert grid["per_seed"][2][1][1] is None and grid["trial_ids"][2][1][1] is None
+    assert grid["se"][1][1] == pytest.approx(0.01) and grid["seeds"][1][1] == 2
+    # cell (2, 0): seed 1 diverged -> mean and SE null, the other seeds' values kept
+    assert grid["value"][2][0] is None and grid["se"][2][0] is None and grid["per_seed"][1][2][0] is None
+    assert grid["per_seed"][0][2][0] == pytest.approx(0.30) and grid["diverged"][2][0] == 1
+    assert grid["trial_ids"] == [[[ids.get((s, i, j)) if (i, j, s) != (1, 1, 2) else None for j in range(2)]
+                                  for i in range(3)] for s in range(3)]
