@@ -7,9 +7,10 @@ does: the spec editor shows an error on its line, a valid spec is checked (dry r
 the new study's page fills in while the worker runs it (no reload: cells appear), a hover shows
 the seeds' values and a click the learning curves; two studies picked on the team page open the
 compare view (heat maps on one colour scale); the atlas lists what the two studies found, and its
-filters work. No console errors but the one 422 of the invalid spec's dry run, no request leaves
-the server; another user sees the study but not its owner's cancel and extend buttons. Screenshots
-of each page go to ``test-screenshots/`` (kept out of git).
+filters work; the exports download (Parquet, a figure as SVG and PNG, the offline report);
+another user sees the study but not its owner's cancel and extend buttons. No console errors but
+the 422s of the invalid specs' dry runs, no request leaves the server. Screenshots of each page go
+to ``test-screenshots/`` (kept out of git).
 
 Studies are tiny (digits_mlp, adamw on a 2 x 2 grid, two seeds, one epoch): two cores are shared.
 """
@@ -20,6 +21,7 @@ import json
 import re
 import shutil
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -82,7 +84,7 @@ def test_submit_watch_compare_and_atlas_in_chromium(db_url, engine, tmp_path):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             try:
-                context = browser.new_context(viewport={"width": 1280, "height": 900})
+                context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
                 context.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
                 context.on("weberror", lambda e: errors.append(str(e.error)))
                 context.on("request", lambda q: requests.append(q.url))
@@ -157,6 +159,16 @@ def test_submit_watch_compare_and_atlas_in_chromium(db_url, engine, tmp_path):
                 cell.click()
                 expect(page.locator(".curves svg.lines polyline.series, .curves svg.lines circle").first).to_be_visible()
                 expect(page.locator(".curves .key")).to_have_text(["seed 0", "seed 1"])
+                # Exports, fetched with the token when there is one: the server's files.
+                for text, name, head in (("trials Parquet", f"study-{second}-trials.parquet", b"PAR1"),
+                                         ("heat map SVG", f"study-{second}-adamw-heatmap.svg", b"<svg"),
+                                         ("heat map PNG", f"study-{second}-adamw-heatmap.png", b"\x89PNG"),
+                                         ("report (one HTML file", f"study-{second}-report.html", b"<!doctype html>")):
+                    with page.expect_download() as download:
+                        page.locator("a.export", has_text=text).first.click()
+                    assert download.value.suggested_filename == name
+                    body = Path(download.value.path()).read_bytes()
+                    assert head in body[:400], (name, body[:200])
                 expect(page.locator("#extend")).to_be_visible()
                 expect(page.locator("#cancel")).to_be_hidden()
                 page.mouse.move(5, 5)

@@ -9,8 +9,8 @@ learning curves as SVG by hand (``docs/pages.md`` says why no plotting library).
 
 Policy: scripts and styles from this server only (``'self'``, no inline script, no
 ``'unsafe-eval'``), fetches to this server only, no framing. The study page polls
-``GET /studies/{id}`` (cheap) and fetches the cached report and the trial list only when the
-study's progress moved, so a crowd of viewers never rebuilds a report.
+``GET /studies/{id}`` (cheap) and fetches the cached report only when the study's progress
+moved, so a crowd of viewers never rebuilds a report.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 // The study page (/ui/studies/ID): fills in live while a worker runs the study.
 //
 // Every few seconds it asks GET /studies/ID (one row and a count: cheap). Only when the progress
-// moved (a trial finished or failed, the status changed) does it fetch the trial list and the
-// report, which the server caches per progress key (service/api/report_cache.py): a room of
-// viewers costs one report build per finished trial, not one per viewer. The heat maps are drawn
-// from the trials themselves (each cell: the mean and standard error over its seeds), so a cell
-// appears as soon as its trials are done; the measures and verdict come from the report.
+// moved (a trial finished or failed, the status changed) does it fetch the report, which the
+// server builds at most once per change of the study and shares between viewers
+// (service/api/report_cache.py): a room of viewers costs one report build per finished epoch, not
+// one per viewer. Everything drawn comes from that report: per cell the mean and standard error
+// over the finished seeds, each seed's value and trial (report.grid), the measures and verdict; a
+// click fetches that cell's learning curves, one per seed.
 (() => {
   "use strict";
 
@@ -17,7 +18,7 @@
   let key = null;
   let me = null; // GET /tokens/me: who this tab is, for the owner's buttons
   let timer = null;
-  let state = { study: null, trials: [], report: null };
+  let state = { study: null, report: null };
   const selected = {}; // optimizer -> [i, j] of the cell whose curves are shown
 
   // --- the loop ------------------------------------------------------------------------------
@@ -32,11 +33,15 @@
       state.study = study;
       head(study);
       if (now !== key) {
-        const [trials, report] = await Promise.all([api(BASE + "/trials?phase=grid"), api(BASE + "/report")]);
-        state.trials = trials.data;
-        state.report = report;
-        key = now;
-        draw();
+        const report = await api(BASE + "/report");
+        // The server may answer a report built a moment before the last trial landed (it
+        // looks at a study at most every few seconds): ask again next time until it caught up.
+        const seen = (report.optimizers || []).reduce((n, e) => n + ((e.trials && e.trials.done) || 0), 0);
+        key = seen >= p.trials_done && report.status === study.status ? now : null;
+        if (JSON.stringify(report) !== JSON.stringify(state.report)) {
+          state.report = report;
+          draw();
+        }
       }
       const live = study.status === "queued" || study.status === "running";
       notice("updated " + new Date().toLocaleTimeString() + (live ? " · refreshes every " + window.DL.pollMs / 1000 + " s" : ""));
@@ -75,48 +80,31 @@
     $("extend").hidden = !mine || s.status !== "done";
   }
 
-  // --- cells from trials -------------------------------------------------------------------
-
-  function axis(values) {
-    return [...new Set(values)].sort((a, b) => a - b);
-  }
+  // --- cells from the report's grid -----------------------------------------------------------
 
   function index(axisValues, v) {
     return axisValues.findIndex((a) => Math.abs(Math.log(a) - Math.log(v)) < 1e-9);
   }
 
-  // Per optimizer: the axes, and per cell the trials, the seed values, mean, s.e., diverged.
-  function cells(name, entry, metric) {
-    const mine = state.trials.filter((t) => t.optimizer === name);
+  // Per optimizer: the axes, and per cell the mean and s.e. over finished seeds, each seed's value
+  // and trial (for its curve), and how many seeds diverged there (report.grid, docs/api.md).
+  function cells(entry) {
     const g = entry && entry.grid && entry.grid.lr && entry.grid.lr.length ? entry.grid : null;
-    const lr = g ? g.lr.slice() : axis(mine.map((t) => t.lr));
-    const wd = g ? g.wd.slice() : axis(mine.map((t) => t.wd));
-    for (const t of mine) { // a trial outside the report's axes (an extension under way)
-      if (index(lr, t.lr) < 0) { lr.push(t.lr); lr.sort((a, b) => a - b); }
-      if (index(wd, t.wd) < 0) { wd.push(t.wd); wd.sort((a, b) => a - b); }
-    }
-    const grid = lr.map(() => wd.map(() => ({ trials: [], seeds: [] })));
-    for (const t of mine) grid[index(lr, t.lr)][index(wd, t.wd)].trials.push(t);
-    const mean = lr.map(() => wd.map(() => null));
-    const se = lr.map(() => wd.map(() => null));
-    const diverged = lr.map(() => wd.map(() => 0));
-    grid.forEach((row, i) => row.forEach((c, j) => {
-      for (const t of c.trials.slice().sort((a, b) => a.seed - b.seed)) {
-        if (t.status !== "done") continue;
-        const v = t.diverged ? Infinity : t[metric];
-        c.seeds.push({ seed: t.seed, value: v, id: t.id });
-        if (t.diverged || v === null) diverged[i][j]++;
-      }
-      const stats = meanSe(c.seeds.map((s) => s.value));
-      c.n = c.seeds.length;
-      if (!diverged[i][j] && stats.n) {
-        mean[i][j] = stats.mean;
-        se[i][j] = stats.se;
-      }
-      c.mean = mean[i][j];
-      c.se = se[i][j];
+    if (!g) return null;
+    const seeds = g.seed_list || [];
+    const grid = g.lr.map((_, i) => g.wd.map((__, j) => {
+      const list = [];
+      seeds.forEach((seed, s) => {
+        const id = g.trial_ids && g.trial_ids[s] ? g.trial_ids[s][i][j] : null;
+        if (id === null || id === undefined) return; // not finished yet
+        const v = g.per_seed[s][i][j];
+        list.push({ seed, id, value: v === null ? Infinity : v }); // null for a finished trial: diverged
+      });
+      return { seeds: list, n: g.seeds ? g.seeds[i][j] : list.length, mean: g.value[i][j],
+        se: g.se ? g.se[i][j] : null };
     }));
-    return { lr, wd, grid, mean, se, diverged };
+    return { lr: g.lr, wd: g.wd, grid, mean: g.value, se: g.se || g.value.map((r) => r.map(() => null)),
+      diverged: g.diverged || g.value.map((r) => r.map(() => 0)), pending: seeds.length };
   }
 
   function range(matrices) {
@@ -139,7 +127,14 @@
   }
 
   function section(name, entry, metric) {
-    const c = cells(name, entry, metric);
+    const c = cells(entry);
+    if (!c) {
+      const why = entry && entry.placement && entry.placement.lr === "auto" ? "its axes are placed by a pilot run first"
+        : "no trial has finished yet";
+      return el("section", { class: "card optimizer", "data-optimizer": name },
+        el("h2", {}, name, " ", el("span", { class: "verdict pending" }, "pending")),
+        el("p", { class: "reason" }, "No grid yet: " + why + "."));
+    }
     const [lo, hi] = range([c.mean]);
     const [slo, shi] = range([c.se]);
     const dec = (entry && entry.decision) || {};
@@ -232,8 +227,8 @@
     const cell = c.grid[i][j];
     const t = $("tip");
     const seeds = cell.seeds.length
-      ? cell.seeds.map((s) => "seed " + s.seed + ": " + num(s.value, 4)).join(" · ")
-      : cell.trials.length ? "not run yet (" + cell.trials.length + " trials queued)" : "no trials";
+      ? cell.seeds.map((s) => "seed " + s.seed + ": " + (Number.isFinite(s.value) ? num(s.value, 4) : "diverged")).join(" · ")
+      : "no seed finished here yet";
     t.replaceChildren(
       el("b", {}, name + "  lr " + num(c.lr[i], 3) + "  wd " + num(c.wd[j], 3)), el("br"),
       seeds, el("br"),
@@ -252,14 +247,14 @@
     const cell = c.grid[i][j];
     box.replaceChildren(el("p", { class: "legend" }, "lr " + num(c.lr[i]) + ", wd " + num(c.wd[j]) + ": loading curves…"));
     try {
-      const done = cell.trials.filter((t) => t.status !== "queued");
+      const done = cell.seeds;
       const got = await Promise.all(done.map((t) => api(BASE + "/trials/" + t.id + "/curve")));
       const series = got.map((g, k) => ({ name: "seed " + done[k].seed,
         points: g.points.map((p) => [p.epoch, p[metric]]) }));
       box.replaceChildren(
         el("h3", {}, "learning curves at lr " + num(c.lr[i]) + ", wd " + num(c.wd[j])),
         series.length ? lines(series, { xLabel: "epoch", title: metric + " per epoch, one line per seed", width: 520, height: 220 })
-          : el("p", { class: "legend" }, "No trial of this cell has started yet."));
+          : el("p", { class: "legend" }, "No trial of this cell has finished yet."));
     } catch (e) {
       handle(e);
     }
