@@ -7,10 +7,10 @@ does: the spec editor shows an error on its line, a valid spec is checked (dry r
 the new study's page fills in while the worker runs it (no reload: cells appear), a hover shows
 the seeds' values and a click the learning curves; two studies picked on the team page open the
 compare view (heat maps on one colour scale); the atlas lists what the two studies found, and its
-filters work; the exports download (Parquet, a figure as SVG and PNG, the offline report);
-another user sees the study but not its owner's cancel and extend buttons. No console errors but
-the 422s of the invalid specs' dry runs, no request leaves the server. Screenshots of each page go
-to ``test-screenshots/`` (kept out of git).
+filters work; the exports download (Parquet, a figure as SVG and PNG, the offline report); its
+owner cancels a study from its page; another user sees a study but not its owner's cancel and
+extend buttons. No console errors but the 422s of the invalid specs' dry runs, no request leaves
+the server. Screenshots of each page go to ``test-screenshots/`` (kept out of git).
 
 Studies are tiny (digits_mlp, adamw on a 2 x 2 grid, two seeds, one epoch): two cores are shared.
 """
@@ -173,6 +173,16 @@ def test_submit_watch_compare_and_atlas_in_chromium(db_url, engine, tmp_path):
                 expect(page.locator("#cancel")).to_be_hidden()
                 page.mouse.move(5, 5)
                 page.screenshot(path=str(SHOTS / f"{backend}-study.png"), full_page=True)
+
+                # Its owner cancels a study from its page (after a confirmation).
+                r = httpx.post(base + "/studies", json=spec("to cancel"), headers=headers, timeout=30)
+                assert r.status_code == 201, r.text
+                page.goto(f"{base}/ui/studies/{r.json()['id']}")
+                expect(page.locator("#cancel")).to_be_visible()
+                page.once("dialog", lambda d: d.accept())
+                page.click("#cancel")
+                expect(page.locator("#status")).to_have_text("cancelled")
+                expect(page.locator("#cancel")).to_be_hidden()
 
                 # Compare: pick both on the team page.
                 page.click('nav.top a[href="/"]')

@@ -273,7 +273,9 @@
     }
   }
 
-  $("cancel").addEventListener("click", () => act("cancel", BASE + "/cancel"));
+  $("cancel").addEventListener("click", () => {
+    if (window.confirm("Cancel this study? Trials already done are kept; the rest will not run.")) act("cancel", BASE + "/cancel");
+  });
   $("extend").addEventListener("click", () => act("extend", BASE + "/extend", {}));
   $("exports").replaceChildren("exports: ",
     window.DL.downloadLink(BASE + "/trials?format=csv", "trials CSV"), " · ",
