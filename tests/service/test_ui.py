@@ -81,13 +81,13 @@ def test_the_team_page_links_the_pages(client, engine):
     assert '<button type="button" id="compare" disabled' in html
 
 
-def test_tokens_me_says_who_the_token_is(secure, engine, client):
+def test_me_says_who_the_token_is(secure, engine, client):
     from service.db import session_scope
     from service.tokens import create_token
 
     with session_scope(engine) as s:
         alice, root = create_token(s, "alice"), create_token(s, "root", admin=True)
-    assert secure.get("/tokens/me").status_code == 401
-    assert secure.get("/tokens/me", headers={"Authorization": f"Bearer {alice}"}).json() == {"name": "alice", "admin": False}
-    assert secure.get("/tokens/me", headers={"Authorization": f"Bearer {root}"}).json() == {"name": "root", "admin": True}
-    assert client.get("/tokens/me").json() == {"name": "local", "admin": True}  # auth off
+    assert secure.get("/me").status_code == 401
+    assert secure.get("/me", headers={"Authorization": f"Bearer {alice}"}).json() == {"name": "alice", "admin": False}
+    assert secure.get("/me", headers={"Authorization": f"Bearer {root}"}).json() == {"name": "root", "admin": True}
+    assert client.get("/me").json() == {"name": "local", "admin": True}  # auth off

@@ -21,4 +21,5 @@ api_router.include_router(pages.router, dependencies=[Depends(known_query_only)]
 api_router.include_router(ui.router, dependencies=[Depends(known_query_only)])
 api_router.include_router(compare.router, dependencies=_authenticated, responses=_auth_errors)
 api_router.include_router(tokens.router, dependencies=_authenticated, responses=_auth_errors)
+api_router.include_router(tokens.me_router, dependencies=_authenticated, responses=_auth_errors)
 api_router.include_router(atlas.router, dependencies=_authenticated, responses=_auth_errors)

@@ -1,5 +1,5 @@
-"""``GET /tokens/me``: who the token is; ``DELETE /tokens/{name}``: an admin revokes every live
-token of a name."""
+"""``GET /me``: who the token is; ``DELETE /tokens/{name}``: an admin revokes every live token of
+a name."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from service.errors import Forbidden, NotFound
 from service.tokens import NAME_RE, revoke_tokens
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
+#: ``/me`` rather than ``/tokens/me``: under ``/tokens/`` the path would also be
+#: ``DELETE /tokens/{name}`` with the name ``me``.
+me_router = APIRouter(tags=["tokens"])
 
 
 class TokensRevoked(BaseModel):
@@ -27,7 +30,7 @@ class Me(BaseModel):
     admin: bool
 
 
-@router.get("/me", response_model=Me)
+@me_router.get("/me", response_model=Me)
 def me(user: UserDep) -> Me:
     """The token's holder and whether they are an admin (``local``, admin, with auth off): the
     study page shows cancel and extend only to the study's owner and to admins."""

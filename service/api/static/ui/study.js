@@ -16,7 +16,7 @@
   const BASE = "/studies/" + encodeURIComponent(ID);
 
   let key = null;
-  let me = null; // GET /tokens/me: who this tab is, for the owner's buttons
+  let me = null; // GET /me: who this tab is, for the owner's buttons
   let timer = null;
   let state = { study: null, report: null };
   const selected = {}; // optimizer -> [i, j] of the cell whose curves are shown
@@ -26,7 +26,7 @@
   async function poll() {
     clearTimeout(timer);
     try {
-      if (me === null) me = await api("/tokens/me");
+      if (me === null) me = await api("/me");
       const study = await api(BASE);
       const p = study.progress;
       const now = [study.status, p.trials_done, p.trials_failed, p.trials_total].join("/");
