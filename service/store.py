@@ -658,7 +658,9 @@ def record_epochs(session: Session, points: Iterable[dict[str, Any]]) -> int:
     per_study: dict[str, int] = {}
     for r in rows:
         per_study[study_of[r["trial_id"]]] = per_study.get(study_of[r["trial_id"]], 0) + 1
-    for study_id, n in per_study.items():  # the report cache's key (report_key): epochs landed
+    # The report cache's key (report_key): epochs landed. The study rows first, in id order, as
+    # cancel and delete lock them before the trials (the inserts below lock the trial rows).
+    for study_id, n in sorted(per_study.items()):
         session.execute(
             update(Study).where(Study.id == study_id).values(epochs_recorded=Study.epochs_recorded + n)
             .execution_options(synchronize_session=False))
