@@ -7,8 +7,10 @@ makes one self-contained page (PNG heat maps as data: URIs, inline CSS, no scrip
 request) that can be mailed or attached to a ticket.
 
 The grid per optimizer: ``grid.value[i][j]`` is the metric at ``lr[i]``, ``wd[j]`` averaged over the
-seeds that finished there. A cell where any finished seed diverged is diverged (``null``, counted
-in ``grid.diverged``); a cell without a finished seed is missing (``null``, ``grid.seeds[i][j] == 0``).
+seeds that finished there, ``grid.se[i][j]`` its standard error, ``grid.per_seed[s][i][j]`` and
+``grid.trial_ids[s][i][j]`` each seed's value and trial (:func:`per_seed_grid`). A cell where any
+finished seed diverged is diverged (``null``, counted in ``grid.diverged``); a cell without a
+finished seed is missing (``null``, ``grid.seeds[i][j] == 0``).
 The measures come from ``service.analysis`` (see its docstring for the formulas and readings).
 
 The reading per optimizer (``verdict``, one headline and the sentence that decided it) and the
@@ -153,7 +155,8 @@ def seed_grid(opt: dict, spec: dict, mine: list[dict], metric: str) -> dict[str,
         else:
             vals[s, i, j] = float(v)
         ids.setdefault((i, j), []).append((t["id"], t.get("seed")))
-    return {"lrs": lrs, "wds": wds, "vals": vals, "present": present, "counts": counts, "ids": ids}
+    return {"lrs": lrs, "wds": wds, "vals": vals, "present": present, "counts": counts, "ids": ids,
+            "seeds": seeds}
 
 
 def _decide_args(name: str, spec: dict, metric: str) -> tuple[float | None, int | None]:
@@ -242,7 +245,8 @@ def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, cha
                                "coordinate_trials", "separability", "ci", "noise", "unreliable",
                                "diagnostics", "warnings")},
         "grid": {"lr": lrs, "wd": wds, "value": value, "diverged": diverged, "seeds": finished,
-                 "basin": basin_mask(np.where(finished > 0, np.where(diverged > 0, np.inf, mean), np.nan))},
+                 "basin": basin_mask(np.where(finished > 0, np.where(diverged > 0, np.inf, mean), np.nan)),
+                 **per_seed_grid(g, value)},
         "trials": counts,
         "default_wd": dwd,
         "other_convention": _other_convention(name, res["best"], res["optimal_wd_slope"]),
@@ -261,6 +265,28 @@ def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, cha
     entry["_best_ids"] = ids.get(tuple(bi), []) if bi is not None else []
     entry["verdict"] = verdict(entry)
     return entry
+
+
+def per_seed_grid(g: dict, value: np.ndarray) -> dict[str, Any]:
+    """What the study page shows per cell beside the mean (``grid.value``): ``se``, the standard
+    error of that mean (sample SD over the finished seeds / sqrt(their count); null with fewer
+    than two, or where ``value`` is null); ``seed_list``, the seed numbers, and per seed
+    ``per_seed[s][i][j]``, the seed's metric (null: not finished, or diverged) and
+    ``trial_ids[s][i][j]`` (null: no such trial), for its curve (``GET .../trials/{id}/curve``)."""
+    vals, present = g["vals"], g["present"]
+    ok = present & np.isfinite(vals)
+    k = ok.sum(axis=0)
+    mean = np.where(ok, vals, 0.0).sum(axis=0) / np.maximum(k, 1)
+    ss = np.where(ok, (np.where(ok, vals, 0.0) - mean) ** 2, 0.0).sum(axis=0)
+    sd = np.sqrt(ss / np.maximum(k - 1, 1))
+    se = np.where((k >= 2) & np.isfinite(value), sd / np.sqrt(np.maximum(k, 1)), np.nan)
+    seeds = list(g["seeds"])
+    trial_ids: list[list[list[int | None]]] = [[[None] * vals.shape[2] for _ in range(vals.shape[1])]
+                                               for _ in seeds]
+    for (i, j), members in g["ids"].items():
+        for tid, seed in members:
+            trial_ids[seeds.index(seed)][i][j] = tid
+    return {"se": se, "seed_list": seeds, "per_seed": np.where(ok, vals, np.nan), "trial_ids": trial_ids}
 
 
 def placement(opt: dict) -> dict:
@@ -294,6 +320,11 @@ def pilot_grid(name: str, trials: list[dict], metric: str) -> dict | None:
 
 def pilot_png(pilot: dict) -> str:
     """A small grey heat map of the pilot (darker = better; blank = diverged or not run)."""
+    return _png(pilot_figure(pilot))
+
+
+def pilot_figure(pilot: dict) -> Any:
+    """:func:`pilot_png`'s figure."""
     from matplotlib.figure import Figure
 
     val = _arr(pilot["value"])
@@ -305,7 +336,7 @@ def pilot_png(pilot: dict) -> str:
     ax.set_yticks(range(len(pilot["wd"])), [_tick(v) for v in pilot["wd"]], fontsize=6)
     ax.set_title("pilot", fontsize=8, color="#777777")
     fig.subplots_adjust(left=0.25, right=0.97, top=0.88, bottom=0.3)
-    return _png(fig)
+    return fig
 
 
 def _unplaced_entry(name: str, n_trials: int) -> dict:
@@ -319,7 +350,8 @@ def _unplaced_entry(name: str, n_trials: int) -> dict:
             "decay_convention": variant.decay_convention,
             "rule": variant.rule, **none, "ci": {}, "noise": {}, "unreliable": [], "diagnostics": {},
             "warnings": ["The grid is not placed yet: its auto axis waits for the pilot run."],
-            "grid": {"lr": [], "wd": [], "value": [], "diverged": [], "seeds": [], "basin": []},
+            "grid": {"lr": [], "wd": [], "value": [], "diverged": [], "seeds": [], "basin": [], "se": [],
+                     "seed_list": [], "per_seed": [], "trial_ids": []},
             "trials": {"total": n_trials, "done": 0, "failed": 0, "diverged": 0, "pending": n_trials},
             "_best_ids": [], "verdict": "Not enough finished cells to judge yet."}
 
@@ -582,9 +614,22 @@ def _plain_ticks(axis) -> None:
 
 
 def _png(fig) -> str:
+    return "data:image/png;base64," + base64.b64encode(figure_bytes(fig, "png")).decode("ascii")
+
+
+#: The formats a figure is exported in, and their media types.
+FIGURE_FORMATS = {"png": "image/png", "svg": "image/svg+xml"}
+
+
+def figure_bytes(fig: Any, fmt: str) -> bytes:
+    """A matplotlib figure as PNG (110 dpi, as on the page) or SVG (text as paths: no font needed
+    to open it; no date in its metadata, so the same report gives the same file)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    if fmt == "svg":
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    else:
+        fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
 
 
 def _arr(rows: list, dtype=float) -> np.ndarray:
@@ -592,7 +637,12 @@ def _arr(rows: list, dtype=float) -> np.ndarray:
 
 
 def heatmap_png(entry: dict, metric: str, chance: float | None = None) -> str:
-    """Figure 2 of the paper for one optimizer, as a PNG data URI.
+    """:func:`heatmap_figure` as a PNG data URI."""
+    return _png(heatmap_figure(entry, metric, chance))
+
+
+def heatmap_figure(entry: dict, metric: str, chance: float | None = None) -> Any:
+    """Figure 2 of the paper for one optimizer.
 
     x = lr, y = wd (log-spaced cells, tick labels at every cell), colour = metric (log scale when
     positive: errors span decades); the TOP_K basin circled, the best cell starred, diverged cells
@@ -660,11 +710,18 @@ def heatmap_png(entry: dict, metric: str, chance: float | None = None) -> str:
     ax.set_title(f"{entry['name']}: separability {sep:.2f}" if sep is not None else entry["name"],
                  fontsize=11)
     fig.subplots_adjust(left=0.17, right=0.97, top=0.92, bottom=0.27)
-    return _png(fig)
+    return fig
 
 
 def curves_png(entry: dict, metric: str) -> str | None:
-    """The best cell's learning curves (each seed): losses left, validation error right."""
+    """:func:`curves_figure` as a PNG data URI, or None without curves."""
+    fig = curves_figure(entry, metric)
+    return None if fig is None else _png(fig)
+
+
+def curves_figure(entry: dict, metric: str) -> Any:
+    """The best cell's learning curves (each seed): losses left, validation error right; None
+    when the best cell has no recorded epoch."""
     from matplotlib.figure import Figure
 
     curves = [c for c in entry.get("best_curves", []) if c.get("curve")]
@@ -695,7 +752,38 @@ def curves_png(entry: dict, metric: str) -> str | None:
     for a in (ax_loss, ax_err):
         a.grid(alpha=0.3)
     fig.tight_layout()
-    return _png(fig)
+    return fig
+
+
+#: The figures of an optimizer's report entry: ``GET /studies/{id}/figures/{optimizer}/{name}.{png|svg}``.
+FIGURES = ("heatmap", "curves", "pilot")
+
+
+def optimizer_figure(report: dict, optimizer: str, name: str, fmt: str) -> bytes:
+    """One figure of one optimizer of a report (:data:`FIGURES`) as PNG or SVG bytes: the same
+    drawing as the page's. :class:`~service.errors.NotFound` for an optimizer the study does not
+    have, or a figure it has none of yet (no grid placed, no curve recorded, no pilot run)."""
+    from service.errors import NotFound
+
+    if name not in FIGURES or fmt not in FIGURE_FORMATS:
+        raise NotFound(f"no figure {name}.{fmt} (figures: {', '.join(FIGURES)}; formats: png, svg)")
+    entry = next((e for e in report.get("optimizers", []) if e.get("name") == optimizer), None)
+    if entry is None:
+        names = ", ".join(e.get("name", "?") for e in report.get("optimizers", []))
+        raise NotFound(f"study {report.get('study_id')} has no optimizer {optimizer!r} (it has {names})")
+    metric = report.get("metric", "val_error")
+    fig: Any = None
+    if name == "heatmap" and entry["grid"]["lr"] and entry["grid"]["wd"]:
+        fig = heatmap_figure(entry, metric, report.get("chance"))
+    elif name == "curves":
+        fig = curves_figure(entry, metric)
+    elif name == "pilot" and entry.get("pilot"):
+        fig = pilot_figure(entry["pilot"])
+    if fig is None:
+        raise NotFound(f"{optimizer} has no {name} figure yet" + {
+            "heatmap": " (its grid waits for the pilot run)", "curves": " (no epoch of its best cell recorded)",
+            "pilot": " (it had no pilot run)"}[name])
+    return figure_bytes(fig, fmt)
 
 
 _CSS = """

@@ -540,6 +540,45 @@ class StudyCreated(BaseModel):
     trials_total: int
 
 
+class EstimatePublic(BaseModel):
+    """How ``estimated_seconds`` was reached: the throughput measured on this deployment."""
+
+    #: Which measured throughput was used, in words (or why there is none).
+    basis: str
+    #: Trial-epochs per wall second of the spec's task, pooled over its newest done studies; null
+    #: when this deployment has finished no study of the task yet.
+    trial_epochs_per_second: float | None
+    #: The done studies, trial-epochs and wall seconds it was measured over (0 when none).
+    studies: int
+    trial_epochs_measured: int
+    wall_seconds_measured: float
+
+
+class DryRunOptimizerPublic(BaseModel):
+    name: str
+    #: The axis's points; null for an ``auto`` axis (its pilot run places it).
+    lr: list[float] | None
+    wd: list[float] | None
+    #: The seed list, or for auto seeds ``{"auto": true, "min", "max", "start": [seeds]}``.
+    seeds: list[int] | dict[str, Any]
+    #: Grid trials (cells x seeds; under auto seeds at ``max`` seeds, the worst case).
+    trials: int
+    #: Only for an optimizer with an ``auto`` axis: ``{"lr": "auto"|"given", "wd": ..., "num": {"lr", "wd"}}``.
+    placement: dict[str, Any] | None = None
+
+
+class DryRunPublic(BaseModel):
+    """``POST /studies?dry_run=true``: what the spec would queue; nothing is stored."""
+
+    dry_run: Literal[True]
+    trials_total: int
+    trial_epochs_total: int
+    estimated_seconds: float | None
+    estimate: EstimatePublic
+    optimizers: list[DryRunOptimizerPublic]
+    spec: dict[str, Any]
+
+
 class Progress(BaseModel):
     trials_total: int
     trials_done: int

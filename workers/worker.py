@@ -103,6 +103,8 @@ def _loop(engine, worker_id: str, settings: Settings, *, once: bool, poll_second
         try:
             status = run_study(engine, study_id, worker_id, settings)
             log.info("study %s: %s", study_id, status)
+            if status == "done":
+                store_final_report(engine, study_id)
         except DatabaseUnavailable as exc:
             # The lease will expire and this or another worker resumes the study.
             log.warning("database lost while running study %s: %s", study_id, exc)
@@ -114,3 +116,15 @@ def _loop(engine, worker_id: str, settings: Settings, *, once: bool, poll_second
                     store.finish_study(s, study_id, worker_id, "failed", error=f"{type(exc).__name__}: {exc}")
             except Exception:
                 log.exception("could not mark study %s failed", study_id)
+
+
+def store_final_report(engine, study_id: str) -> None:
+    """Compute a study that just finished and store its report (and with it its atlas entries,
+    ``service.store.cache_report``), so ``GET /atlas`` shows it without anyone opening it first.
+    A failure here is logged, not fatal: the report is computed on its first request instead."""
+    from service.report import study_report
+
+    try:
+        study_report(engine, study_id)
+    except Exception:
+        log.exception("could not store the report of study %s (it is computed on its first request)", study_id)

@@ -21,7 +21,7 @@ from service import store
 from service.api import create_app
 from service.cli import CliError
 from service.config import Settings
-from service.db import session_scope
+from service.db import head_revision, session_scope
 from service.domain.catalog import DEFAULT_GRIDS
 from service.domain.conventions import all_names, valid_names_message
 from service.errors import SchemaOutOfDate
@@ -430,7 +430,7 @@ def test_report_partial_while_running_then_cached_when_done(client, engine):
 
 
 def test_health_ok(client):
-    assert client.get("/health").json() == {"status": "ok", "database": "ok", "revision": "0002"}
+    assert client.get("/health").json() == {"status": "ok", "database": "ok", "revision": head_revision()}
 
 
 def test_health_503_when_the_database_is_unreachable(tmp_path):
@@ -457,7 +457,7 @@ def test_api_refuses_an_out_of_date_schema(empty_db_url, tmp_path):
     from service.api import serve
 
     with pytest.raises(CliError, match=r"^the database schema is empty \(never migrated\) but this code needs "
-                                       r"revision 0002: run `decouple migrate`$"):
+                                       rf"revision {head_revision()}: run `decouple migrate`$"):
         serve(port=1, settings=settings)
 
 
@@ -508,7 +508,7 @@ def test_decouple_serve_refuses_an_empty_database(tmp_path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert out.strip().splitlines()[-1] == (
-        "decouple: the database schema is empty (never migrated) but this code needs revision 0002: "
+        f"decouple: the database schema is empty (never migrated) but this code needs revision {head_revision()}: "
         "run `decouple migrate`"
     )
 

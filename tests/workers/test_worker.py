@@ -111,6 +111,17 @@ def test_submit_then_worker_once_trains_every_trial(client, settings, engine, lo
     assert study["progress"] == {"trials_total": 6, "trials_done": 6, "trials_failed": 0}
     assert study["claimed_by"] == "w-e2e" and study["attempts"] == 1
 
+    # The worker stored the report as it finished, so the atlas shows the study at once; and a
+    # dry run of the same spec now estimates its time from this run's measured throughput.
+    atlas = client.get("/atlas").json()
+    assert atlas["pending"] == [] and [(r["task"], r["optimizer"], r["studies"]) for r in atlas["data"]] == [
+        ("digits_mlp", "sgd", [study_id])]
+    plan = client.post("/studies", params={"dry_run": "true"}, json=spec).json()
+    wall = (datetime.fromisoformat(study["finished_at"]) - datetime.fromisoformat(study["started_at"])).total_seconds()
+    assert plan["estimate"]["trial_epochs_measured"] == 6 * 3 and plan["estimate"]["studies"] == 1
+    assert plan["estimate"]["trial_epochs_per_second"] == pytest.approx(18 / wall, rel=1e-9)
+    assert plan["estimated_seconds"] == pytest.approx(wall, rel=1e-9)  # the same spec: the same time
+
     trials = client.get(f"/studies/{study_id}/trials").json()["data"]
     assert len(trials) == 6
     by_lr = {}
