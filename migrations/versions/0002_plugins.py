@@ -23,12 +23,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("studies") as batch:
-        batch.add_column(sa.Column("plugins", sa.JSON(), nullable=True))
-        batch.add_column(sa.Column("waiting_reason", sa.Text(), nullable=True))
+    op.add_column("studies", sa.Column("plugins", sa.JSON(), nullable=True))
+    op.add_column("studies", sa.Column("waiting_reason", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("studies") as batch:
-        batch.drop_column("waiting_reason")
-        batch.drop_column("plugins")
+    # ALTER TABLE ... DROP COLUMN (SQLite >= 3.35 too), never a batch copy: with foreign keys on,
+    # SQLite's batch mode drops and re-creates the table, and the drop cascades to every trial.
+    op.drop_column("studies", "waiting_reason")
+    op.drop_column("studies", "plugins")
