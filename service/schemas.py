@@ -577,6 +577,8 @@ class DryRunPublic(BaseModel):
     estimate: EstimatePublic
     optimizers: list[DryRunOptimizerPublic]
     spec: dict[str, Any]
+    #: The installed plugins the study would record (as ``StudyPublic.plugins``); None: built-ins only.
+    plugins: dict[str, dict[str, str]] | None = None
 
 
 class Progress(BaseModel):

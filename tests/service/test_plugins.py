@@ -152,6 +152,8 @@ def test_a_stored_spec_has_defaults_the_task_defaults_and_the_plugins_it_uses(cl
     assert "params" not in opts[2]
     assert study["plugins"] == {"task:wine_mlp": EXAMPLE, "rule:signum": EXAMPLE, "rule:adamax": EXAMPLE}
     assert study["waiting_reason"] is None
+    plan = client.post("/studies?dry_run=true", json=spec).json()  # a dry run names them too
+    assert plan["plugins"] == study["plugins"] and plan["spec"]["optimizers"] == opts
     built_in = client.post("/studies", json={"name": "b", "task": "digits_mlp", "optimizers": [{"name": "adamw"}]})
     assert client.get(f"/studies/{built_in.json()['id']}").json()["plugins"] is None
 

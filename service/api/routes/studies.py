@@ -172,7 +172,7 @@ def dry_run_plan(spec: StudySpec, measured: store.Throughput | None) -> DryRunPu
         seconds = trial_epochs / rate
     return DryRunPublic(dry_run=True, trials_total=spec.trials_total, trial_epochs_total=trial_epochs,
                         estimated_seconds=seconds, estimate=estimate, optimizers=optimizers,
-                        spec=spec.stored())
+                        spec=spec.stored(), plugins=spec.plugins_used() or None)
 
 
 #: The names of :data:`service.store.STUDY_VIEW`'s columns, in order.
