@@ -39,6 +39,7 @@ from service.domain import conventions
 from service.domain import seeds as seeds_rule
 from service.domain.catalog import TASK_INFO, chance_level, default_wd
 from service.domain.numeric import json_safe
+from service.report_style import REPORT_CSS
 
 #: Ranking order of the verdicts: most separable first.
 VERDICT_ORDER = {"separable": 0, "no_wd_effect": 1, "inconclusive": 2, "coupled": 3, "not_enough_data": 4}
@@ -758,26 +759,6 @@ def optimizer_figure(report: dict, optimizer: str, name: str, fmt: str) -> bytes
     return figure_bytes(fig, fmt)
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;background:#f6f7f9}
-main{max-width:1080px;margin:0 auto;padding:24px}
-h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.25em;margin:0 0 8px}
-.meta{color:#555;margin:0 0 16px}
-.card{background:#fff;border:1px solid #e2e4e8;border-radius:8px;padding:16px 20px;margin:0 0 20px}
-.banner{background:#fff4d6;border:1px solid #f0c36d;border-radius:6px;padding:8px 12px;margin:0 0 16px}
-table{border-collapse:collapse;font-size:.92em}
-th,td{padding:4px 10px;border-bottom:1px solid #eceef1;text-align:left;vertical-align:top}
-th{background:#fafbfc;font-weight:600}
-td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
-.row{display:flex;flex-wrap:wrap;gap:20px;align-items:flex-start}
-.row>div{flex:1 1 340px}
-img{max-width:100%;height:auto}
-ul.warn{padding-left:18px;margin:8px 0}ul.warn li{color:#8a4b00;margin:2px 0}
-.verdict{font-weight:600;margin:6px 0 10px}
-.conv{color:#444;font-size:.92em}
-.muted{color:#777;font-size:.9em}
-dt{font-weight:600;margin-top:8px}dd{margin:2px 0 0 16px}
-"""
 
 
 def _e(v: Any) -> str:
@@ -833,7 +814,7 @@ def render_html(report: dict) -> str:
     title = f"Separability report: {report.get('name') or report.get('study_id')}"
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
              f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
-             f"<link rel='icon' href='data:,'><title>{_e(title)}</title><style>{_CSS}</style></head>"
+             f"<link rel='icon' href='data:,'><title>{_e(title)}</title><style>{REPORT_CSS}</style></head>"
              f"<body><main><h1>{_e(title)}</h1>"]
     sched = report.get("schedule") or {}
     meta = [f"study {report.get('study_id')}", f"task {report.get('task')}",
@@ -893,7 +874,7 @@ def render_html(report: dict) -> str:
         if pl:
             parts.append(f"<p class='muted'>placed: lr {_e(pl.get('lr'))}, wd {_e(pl.get('wd'))}</p>")
         if e.get("pilot"):
-            parts.append(f"<img class='pilot' style='opacity:.6' alt='pilot run of {_e(e['name'])} "
+            parts.append(f"<img class='pilot' alt='pilot run of {_e(e['name'])} "
                          f"(one seed, not in the measures)' src='{pilot_png(e['pilot'])}'>")
         t = e.get("trials") or {}
         parts.append(f"<p class='muted'>trials: {t.get('done', 0)} done ({t.get('diverged', 0)} diverged), "

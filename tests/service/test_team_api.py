@@ -4,6 +4,7 @@ the exports, and the report cache's key, in-process on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import math
+import re
 from datetime import timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from service import store
 from service.api import create_app
 from service.db import session_scope
 from service.models import Study
+from service.report_style import REPORT_CSP, csp_hash
 from service.tokens import create_token
 from tests.conftest import make_spec
 
@@ -346,6 +348,13 @@ def test_each_figure_as_png_and_svg_and_the_report_as_a_download(client, engine)
         f'attachment; filename="study-{sid}-report.html"')
     assert "<script" not in page.text and "http://" not in page.text and "https://" not in page.text
     assert "content-disposition" not in client.get(f"/studies/{sid}/report.html").headers
+    # Its one inline style is allowed by its hash (no 'unsafe-inline', no style= attribute), in
+    # its own policy and in the /ui/ pages' (which a blob: copy of it runs under).
+    styles = re.findall(r"<style>(.*?)</style>", page.text, re.S)
+    assert len(styles) == 1 and re.search(r"\sstyle=", page.text) is None
+    assert page.headers["content-security-policy"] == REPORT_CSP
+    assert f"style-src {csp_hash(styles[0])};" in REPORT_CSP and "unsafe-inline" not in REPORT_CSP
+    assert csp_hash(styles[0]) in client.get(f"/ui/studies/{sid}").headers["content-security-policy"]
 
 
 # --- the report cache: one build per change, never one per viewer ----------------------------------
