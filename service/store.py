@@ -31,6 +31,7 @@ from sqlalchemy import Text, and_, bindparam, cast, delete, func, insert, or_, s
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from service.domain import conventions
 from service.domain.grid import axis_values
 from service.domain.numeric import json_safe
 from service.errors import Conflict, Forbidden, NotFound
@@ -275,7 +276,7 @@ def measured_throughput(session: Session | Connection, task: str, *,
         select(Study.started_at, Study.finished_at, Study.spec["epochs"].as_integer(), _grid_trials("done"))
         .where(Study.status == "done", Study.spec["task"].as_string() == task,
                Study.started_at.is_not(None), Study.finished_at.is_not(None))
-        .order_by(Study.finished_at.desc(), Study.id.desc())
+        .order_by(Study.finished_at.desc().nulls_last(), Study.id.desc())
         .limit(newest)
     ).all()
     studies, trial_epochs, wall = 0, 0, 0.0
@@ -526,7 +527,7 @@ def atlas_rows(session: Session | Connection, *, task: str | None = None, base: 
     members = list(session.execute(
         select(AtlasEntry.task, AtlasEntry.optimizer, AtlasEntry.study_id, Study.owner, AtlasEntry.verdict)
         .join(Study, Study.id == AtlasEntry.study_id).where(*conditions)
-        .order_by(AtlasEntry.task, AtlasEntry.optimizer, Study.finished_at.desc(), Study.id.desc())
+        .order_by(AtlasEntry.task, AtlasEntry.optimizer, Study.finished_at.desc().nulls_last(), Study.id.desc())
     ).all())
     firsts: dict[tuple[str, str], str] = {}
     for m in members:
@@ -542,12 +543,35 @@ def atlas_rows(session: Session | Connection, *, task: str | None = None, base: 
     return members, newest
 
 
-def done_studies_without_report(session: Session | Connection) -> list[str]:
-    """Done studies whose report has not been computed yet (so the atlas cannot show them)."""
-    return list(session.scalars(
-        select(Study.id).where(Study.status == "done", Study.report_computed_at.is_(None))
-        .order_by(Study.finished_at.desc())
-    ))
+def done_studies_without_report(session: Session | Connection, *, task: str | None = None, base: str | None = None,
+                                convention: str | None = None, owner: str | None = None,
+                                limit: int = 100) -> list[str]:
+    """Done studies whose report has not been computed yet (so the atlas cannot show them), newest
+    first, at most ``limit``, under the atlas's filters: ``owner`` exact, ``task`` the spec's,
+    ``base`` and ``convention`` those of any of its optimizers (``conventions.parse``, as the
+    report names them). Workers store the report as they finish a study, so these are few."""
+    conditions = [Study.status == "done", Study.report_computed_at.is_(None)]
+    if owner is not None:
+        conditions.append(Study.owner == owner)
+    out: list[str] = []
+    rows = session.execute(select(Study.id, Study.spec).where(*conditions)
+                           .order_by(Study.finished_at.desc().nulls_last(), Study.id.desc()))
+    for study_id, spec in rows:
+        if len(out) >= limit:
+            break
+        if task is not None and (spec or {}).get("task") != task:
+            continue
+        if base is not None or convention is not None:
+            variants = [_variant((o or {}).get("name")) for o in (spec or {}).get("optimizers") or []]
+            if not any(v is not None and (base is None or v.base == base)
+                       and (convention is None or v.convention == convention) for v in variants):
+                continue
+        out.append(study_id)
+    return out
+
+
+def _variant(name: Any) -> conventions.UpdateRule | None:
+    return conventions.parse(name) if conventions.is_known(name) else None
 
 
 # --- the queue (worker side) ---------------------------------------------------------------------

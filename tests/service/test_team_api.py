@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import delete, event, update
 
 from service import store
 from service.api import create_app
@@ -217,6 +217,51 @@ def test_atlas_one_row_per_task_and_optimizer_newest_study_first(client, engine)
     assert client.get("/atlas").json()["data"][0]["studies"] == [b, a]
     assert client.delete(f"/studies/{a}").status_code == 200
     assert [r["studies"] for r in client.get("/atlas").json()["data"]] == [[b], [c]]
+
+
+def test_atlas_reads_one_snapshot_when_a_study_is_deleted_between_its_queries(client, engine):
+    """The atlas reads its entries, then the newest entry of each (task, optimizer): a study
+    deleted in between (another request) must not leave a member without its newest entry. On
+    PostgreSQL's autocommit reads that was a KeyError, a 500; both queries now see one snapshot."""
+    a, _ = done_study(engine, "alice", separable, optimizers=[{"name": "adamw", **GRID5}])
+    b, _ = done_study(engine, "bob", separable, optimizers=[{"name": "adamw", **GRID5}])
+    fired: list[str] = []
+
+    def delete_b_first(conn, cursor, statement, parameters, context, executemany):
+        if not fired and "atlas_entries.study_id IN" in statement:  # the second query, about to run
+            fired.append(statement)
+            with session_scope(engine) as s:  # another connection, committed before it runs
+                s.execute(delete(Study).where(Study.id == b))
+
+    event.listen(engine, "before_cursor_execute", delete_b_first)
+    try:
+        body = client.get("/atlas").json()
+    finally:
+        event.remove(engine, "before_cursor_execute", delete_b_first)
+    assert fired
+    assert [(r["study"], r["studies"]) for r in body["data"]] == [(b, [b, a])]  # as it was when it began
+    assert [(r["study"], r["studies"]) for r in client.get("/atlas").json()["data"]] == [(a, [a])]
+
+
+def test_atlas_pending_follows_the_filters_and_is_capped(client, engine, monkeypatch):
+    from service.api.routes import atlas
+
+    a, _ = done_study(engine, "alice", separable, report=False, optimizers=[{"name": "adamw", **GRID5}])
+    b, _ = done_study(engine, "bob", separable, report=False, optimizers=[{"name": "sgd", **GRID5}])
+    c, _ = done_study(engine, "alice", separable, report=False, task="synthetic",
+                      optimizers=[{"name": "sgdw", **GRID5}])
+
+    def pending(**params):
+        return client.get("/atlas", params=params).json()["pending"]
+
+    assert pending() == [c, b, a]  # newest first
+    assert pending(owner="alice") == [c, a]
+    assert pending(task="digits_mlp") == [b, a]
+    assert pending(base="sgd") == [c, b]
+    assert pending(base="sgd", convention="l2") == [b]
+    assert pending(owner="bob", task="synthetic") == []
+    monkeypatch.setattr(atlas, "PENDING_LIMIT", 2)
+    assert pending() == [c, b]
 
 
 def test_a_worker_stores_the_report_of_a_study_it_finished_so_the_atlas_shows_it(client, engine, caplog):
