@@ -133,6 +133,7 @@ def seed_grid(opt: dict, spec: dict, mine: list[dict], metric: str) -> dict[str,
     vals = np.full((S, n, m), np.nan)
     present = np.zeros((S, n, m), bool)
     ids: dict[tuple[int, int], list[tuple[int, Any]]] = {}
+    running: dict[tuple[int, int], list[tuple[int, Any]]] = {}
     counts = {"total": len(mine), "done": 0, "failed": 0, "diverged": 0, "pending": 0}
     # Edge repair below an axis numbers its new points from -1 down (``origin``).
     oi, oj = ((opt.get(k) or {}).get("origin") or 0 for k in ("lr", "wd"))
@@ -145,6 +146,8 @@ def seed_grid(opt: dict, spec: dict, mine: list[dict], metric: str) -> dict[str,
         status = t.get("status")
         if status != "done":
             counts["failed" if status == "failed" else "pending"] += 1
+            if status == "running":  # its curve grows as epochs land: the page shows it on a click
+                running.setdefault((i, j), []).append((t["id"], t.get("seed")))
             continue
         counts["done"] += 1
         s = seeds.index(t.get("seed"))
@@ -157,7 +160,7 @@ def seed_grid(opt: dict, spec: dict, mine: list[dict], metric: str) -> dict[str,
             vals[s, i, j] = float(v)
         ids.setdefault((i, j), []).append((t["id"], t.get("seed")))
     return {"lrs": lrs, "wds": wds, "vals": vals, "present": present, "counts": counts, "ids": ids,
-            "seeds": seeds}
+            "running": running, "seeds": seeds}
 
 
 def _decide_args(name: str, spec: dict, metric: str) -> tuple[float | None, int | None]:
@@ -273,7 +276,10 @@ def per_seed_grid(g: dict, value: np.ndarray) -> dict[str, Any]:
     error of that mean (sample SD over the finished seeds / sqrt(their count); null with fewer
     than two, or where ``value`` is null); ``seed_list``, the seed numbers, and per seed
     ``per_seed[s][i][j]``, the seed's metric (null: not finished, or diverged) and
-    ``trial_ids[s][i][j]`` (null: no such trial), for its curve (``GET .../trials/{id}/curve``)."""
+    ``trial_ids[s][i][j]`` (null: no such trial), for its curve (``GET .../trials/{id}/curve``);
+    ``running_ids[s][i][j]``, the seed's trial while it runs (null otherwise): its curve so far.
+    A running trial's latest epoch is not in ``per_seed`` nor in the measures, which compare
+    finished trials only (a value at epoch 3 of 20 is not comparable with a final one)."""
     vals, present = g["vals"], g["present"]
     ok = present & np.isfinite(vals)
     k = ok.sum(axis=0)
@@ -284,10 +290,13 @@ def per_seed_grid(g: dict, value: np.ndarray) -> dict[str, Any]:
     seeds = list(g["seeds"])
     trial_ids: list[list[list[int | None]]] = [[[None] * vals.shape[2] for _ in range(vals.shape[1])]
                                                for _ in seeds]
-    for (i, j), members in g["ids"].items():
-        for tid, seed in members:
-            trial_ids[seeds.index(seed)][i][j] = tid
-    return {"se": se, "seed_list": seeds, "per_seed": np.where(ok, vals, np.nan), "trial_ids": trial_ids}
+    running_ids = [[[None] * vals.shape[2] for _ in range(vals.shape[1])] for _ in seeds]
+    for target, members_of in ((trial_ids, g["ids"]), (running_ids, g.get("running") or {})):
+        for (i, j), members in members_of.items():
+            for tid, seed in members:
+                target[seeds.index(seed)][i][j] = tid
+    return {"se": se, "seed_list": seeds, "per_seed": np.where(ok, vals, np.nan), "trial_ids": trial_ids,
+            "running_ids": running_ids}
 
 
 def placement(opt: dict) -> dict:

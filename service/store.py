@@ -159,12 +159,14 @@ class StudyProgress:
     trials_done: int
     trials_failed: int
     trials_running: int = 0
+    epochs_recorded: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
             "trials_total": self.trials_total,
             "trials_done": self.trials_done,
             "trials_failed": self.trials_failed,
+            "epochs_recorded": self.epochs_recorded,
         }
 
 
@@ -186,6 +188,7 @@ def progress(session: Session, studies: Sequence[Study]) -> dict[str, StudyProgr
             trials_done=counts[s.id].get("done", 0),
             trials_failed=counts[s.id].get("failed", 0),
             trials_running=counts[s.id].get("running", 0),
+            epochs_recorded=s.epochs_recorded or 0,
         )
         for s in studies
     }
@@ -203,14 +206,15 @@ def _grid_trials(status: str) -> Any:
 
 #: What the API shows of a study, as one row: every column but the report (tens of kB for a done
 #: study, never listed) and the lease, the spec as its stored JSON text (``spec_json``), and the
-#: grid progress counted in the same query. Plain rows, not ORM objects: building and tracking 100
+#: grid progress counted in the same query (with ``epochs_recorded``, a column of the row). Plain
+#: rows, not ORM objects: building and tracking 100
 #: ``Study`` instances, decoding their specs and a second grouped progress query cost several
 #: times the rest of ``GET /studies`` (``bench/api_load.py``).
 STUDY_VIEW = (
     Study.id, Study.name, Study.status, Study.owner, Study.priority,
     cast(Study.spec, Text).label("spec_json"), Study.trials_total,
     _grid_trials("done").label("trials_done"), _grid_trials("failed").label("trials_failed"),
-    Study.created_at, Study.started_at, Study.finished_at, Study.updated_at, Study.claimed_by,
+    Study.epochs_recorded, Study.created_at, Study.started_at, Study.finished_at, Study.updated_at, Study.claimed_by,
     Study.attempts, Study.last_error,
 )
 

@@ -489,7 +489,9 @@ def test_report_grid_has_per_seed_values_their_standard_error_and_trial_ids(clie
         for t in trials:
             cell = (t.lr_index, t.wd_index)
             if cell == (1, 1) and t.seed == 2:
-                continue  # not finished
+                store.mark_trials_running(s, [t.id], "w")  # running: two epochs recorded so far
+                store.record_epochs(s, [{"trial_id": t.id, "epoch": e, "val_error": 0.5} for e in (0, 1)])
+                continue
             diverged = cell == (2, 0) and t.seed == 1
             v = math.inf if diverged else 0.1 * (t.lr_index + 1) + 0.01 * t.wd_index + 0.02 * t.seed
             store.finish_trial(s, t.id, "w", train_loss=v, val_loss=v, val_error=v, diverged=diverged)
@@ -507,3 +509,11 @@ def test_report_grid_has_per_seed_values_their_standard_error_and_trial_ids(clie
     assert grid["per_seed"][0][2][0] == pytest.approx(0.30) and grid["diverged"][2][0] == 1
     assert grid["trial_ids"] == [[[ids.get((s, i, j)) if (i, j, s) != (1, 1, 2) else None for j in range(2)]
                                   for i in range(3)] for s in range(3)]
+    # the running trial: in no value, its id for its curve so far; the epochs it recorded count
+    assert grid["running_ids"] == [[[ids[(2, 1, 1)] if (i, j, s) == (1, 1, 2) else None for j in range(2)]
+                                    for i in range(3)] for s in range(3)]
+    assert [p["epoch"] for p in client.get(f"/studies/{sid}/trials/{ids[(2, 1, 1)]}/curve").json()["points"]] == [0, 1]
+    progress = client.get(f"/studies/{sid}").json()["progress"]
+    assert progress == {"trials_total": 18, "trials_done": 17, "trials_failed": 0, "epochs_recorded": 2}
+    listed = next(x for x in client.get("/studies").json()["data"] if x["id"] == sid)
+    assert listed["progress"] == progress
