@@ -14,8 +14,8 @@ the server. Screenshots of each page go to ``test-screenshots/`` (kept out of gi
 
 Studies are tiny (digits_mlp, adamw on a 2 x 2 grid, two seeds, one epoch): two cores are shared.
 The one submitted from the page has three optimizers (three blocks on the worker's two slots, the
-third starting when one of the first two ends) and two epochs, so the page sees a running study
-with some of its cells filled and others not.
+third starting when one of the first two ends) and more epochs (LIVE_EPOCHS), so the page sees a
+running study with some of its cells filled and others not.
 """
 
 from __future__ import annotations
@@ -51,10 +51,14 @@ def spec(name: str) -> dict:
 #: The study submitted from the page: three optimizers (bases adam and sgd), none diverges here.
 LIVE_OPTIMIZERS = ("adamw", "adam", "sgdw")
 LIVE_CELLS = 4 * len(LIVE_OPTIMIZERS)
+#: Enough epochs that the third block runs alone for longer than the page can lag behind (its 3 s
+#: poll plus the report cache's 3 s): measured here, 50 epochs gave the third block 2.7 s alone
+#: after the first two (Ray takes about 10 s to start the first), too close; 150 give about 8 s.
+LIVE_EPOCHS = 150
 
 
 def live_spec(name: str) -> dict:
-    return {**spec(name), "epochs": 2, "optimizers": [{"name": o, **GRID} for o in LIVE_OPTIMIZERS]}
+    return {**spec(name), "epochs": LIVE_EPOCHS, "optimizers": [{"name": o, **GRID} for o in LIVE_OPTIMIZERS]}
 
 
 #: The report page's background (service/report_style.py): its inline style was applied.
@@ -147,7 +151,7 @@ def test_submit_watch_compare_and_atlas_in_chromium(db_url, engine, tmp_path):
                 page.select_option("#format", "json")
                 page.fill("#spec", json.dumps(live_spec("draft"), indent=2))
                 expect(page.locator("#check")).to_have_text("✓ valid")
-                expect(page.locator("#plan")).to_contain_text("24 trials, 48 trial-epochs")
+                expect(page.locator("#plan")).to_contain_text(f"24 trials, {24 * LIVE_EPOCHS} trial-epochs")
                 page.screenshot(path=str(SHOTS / f"{backend}-submit.png"), full_page=True)
                 # An edit, then submit at once (within the check's debounce): what is submitted is
                 # the edited text once checked, never the spec checked before the edit.
@@ -171,7 +175,8 @@ def test_submit_watch_compare_and_atlas_in_chromium(db_url, engine, tmp_path):
                         break
                     time.sleep(0.5)
                 # Seen while the worker ran: some cells filled, others not yet.
-                assert any(st == "running" and 0 < c < LIVE_CELLS for st, c in samples), samples
+                changes = [x for k, x in enumerate(samples) if k == 0 or x != samples[k - 1]]
+                assert any(st == "running" and 0 < c < LIVE_CELLS for st, c in samples), (len(samples), changes)
                 assert page.url.endswith("/ui/studies/" + second)  # never navigated away
                 expect(page.locator("section.optimizer h2 .verdict.pending")).to_have_count(0)
                 n = len(LIVE_OPTIMIZERS)
