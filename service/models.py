@@ -200,6 +200,12 @@ class Study(Base):
     #: Deferred: tens of kB per done study, which listing or reading studies must not decode.
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True, deferred=True)
     report_computed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The installed plugins the study names, ``{"task:NAME" | "rule:NAME": {"distribution", "version"}}``
+    #: (None: built-ins only), recorded at submission; a worker claims the study only with each of
+    #: them installed at that version (``service.store.claim_study``).
+    plugins: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    #: Why the last worker that looked at this queued study left it (a missing or different plugin).
+    waiting_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: Curve points written for the study's trials so far (each upsert counts, a retried epoch
     #: again): with the trial counts, the cheap key of a running study's cached report.
     epochs_recorded: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

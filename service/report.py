@@ -443,6 +443,32 @@ def parametrization_sentence(params: dict) -> str:
     return text
 
 
+#: What the report says of a torch.optim fallback rule (``service.domain.plugins.RuleInfo``).
+TORCH_FALLBACK_NOTE = ("a torch.optim.Optimizer run as a fallback: one instance per config over its slice of "
+                       "the packed parameters, K Python-level steps per step (slower than a packed rule)")
+
+
+def plugins_used(study: dict) -> list[dict[str, Any]]:
+    """The plugins a study recorded at submission: name, kind, distribution, version, and a note
+    for a torch.optim fallback rule (the registry of this process says which kind it is)."""
+    from service.domain.plugins import registry
+
+    out = []
+    for key, dist in sorted((study.get("plugins") or {}).items()):
+        kind, _, name = key.partition(":")
+        entry: dict[str, Any] = {"kind": kind, "name": name, **dist}
+        rule = registry().rules.get(name) if kind == "rule" else None
+        if rule is not None and rule.kind == "torch":
+            entry["note"] = TORCH_FALLBACK_NOTE
+        out.append(entry)
+    return out
+
+
+def _plugin_text(p: dict[str, Any]) -> str:
+    text = f"{'update rule' if p['kind'] == 'rule' else 'task'} {p['name']} from {p['distribution']} {p['version']}"
+    return text + (f" ({p['note']})" if p.get("note") else "")
+
+
 def build_report(study: dict, trials: list[dict],
                  load_curves: Callable[[list[int]], dict[int, list[dict]]]) -> dict:
     """The report JSON (``docs/api.md``) for one study (JSON-ready: non-finite numbers are None)."""
@@ -473,6 +499,7 @@ def build_report(study: dict, trials: list[dict],
         "task": task, "metric": metric, "chance": chance, "partial": partial,
         "seeds": spec.get("seeds"), "epochs": spec.get("epochs"), "schedule": spec.get("schedule"),
         "wd_normalized": bool(spec.get("wd_normalized", False)),
+        "plugins": plugins_used(study),
         "optimizers": entries, "ranking": ranking, "warnings": warnings,
     }
     return json_safe(report)
@@ -557,7 +584,8 @@ def format_table(report: dict) -> str:
     title += f": {report.get('status')}, {METRIC_WORDS.get(metric, metric)} (lower is better)"
     if report.get("partial"):
         title += " - PARTIAL"
-    out = [title, "", line(head), line(["-" * w for w in widths]), *map(line, rows), ""]
+    out = [title, *(f"plugin: {_plugin_text(p)}" for p in report.get("plugins") or []), "",
+           line(head), line(["-" * w for w in widths]), *map(line, rows), ""]
     for e in entries:
         out.append(f"{e['name']}: {e.get('verdict', '')}")
         if (e.get("parametrizations") or {}).get("sentence"):
@@ -839,6 +867,9 @@ def render_html(report: dict) -> str:
     if report.get("wd_normalized"):
         meta.append("wd axis is normalized (&lambda;<sub>norm</sub>)")
     parts.append(f"<p class='meta'>{' &middot; '.join(_e(x) if '&' not in x else x for x in meta)}</p>")
+    if report.get("plugins"):
+        items = "".join(f"<li>{_e(_plugin_text(p))}</li>" for p in report["plugins"])
+        parts.append(f"<p class='meta'>Plugins this study used:</p><ul class='plugins'>{items}</ul>")
     if report.get("partial"):
         parts.append(f"<div class='banner'>Partial report: the study is {_e(report.get('status'))}; "
                      "numbers will change as trials finish.</div>")

@@ -96,6 +96,7 @@ def create_study(session: Session, spec: StudySpec, owner: str) -> Study:
     study = Study(
         name=spec.name, spec=spec.stored(), owner=owner, status="queued", priority=spec.priority,
         created_at=now, updated_at=now, attempts=0, trials_total=spec.trials_total,
+        plugins=spec.plugins_used() or None,
     )
     session.add(study)
     session.flush()
@@ -214,8 +215,8 @@ STUDY_VIEW = (
     Study.id, Study.name, Study.status, Study.owner, Study.priority,
     cast(Study.spec, Text).label("spec_json"), Study.trials_total,
     _grid_trials("done").label("trials_done"), _grid_trials("failed").label("trials_failed"),
-    Study.epochs_recorded, Study.created_at, Study.started_at, Study.finished_at, Study.updated_at, Study.claimed_by,
-    Study.attempts, Study.last_error,
+    Study.epochs_recorded, Study.created_at, Study.started_at, Study.finished_at, Study.updated_at,
+    Study.claimed_by, Study.attempts, Study.last_error, Study.plugins, Study.waiting_reason,
 )
 
 
@@ -372,6 +373,7 @@ def study_dict(study: Study) -> dict[str, Any]:
     return {
         "id": study.id, "name": study.name, "status": study.status, "spec": study.spec,
         "created_at": study.created_at, "finished_at": study.finished_at, "owner": study.owner,
+        "plugins": study.plugins,
     }
 
 
@@ -581,8 +583,30 @@ def _variant(name: Any) -> conventions.UpdateRule | None:
 # --- the queue (worker side) ---------------------------------------------------------------------
 
 
+#: Queued studies one claim looks at when some need plugins this worker lacks (beyond them, only
+#: studies of built-ins are looked for).
+CLAIM_WINDOW = 50
+
+
+def missing_plugins(needed: dict[str, Any] | None, installed: dict[str, Any] | None) -> str | None:
+    """Why a worker with ``installed`` ("task:NAME"/"rule:NAME" -> {"distribution", "version"})
+    cannot run a study that ``needed`` them; None when it can (or ``installed`` is None: no check)."""
+    if not needed or installed is None:
+        return None
+    problems = []
+    for key, want in sorted(needed.items()):
+        have = installed.get(key)
+        what = f"{key.replace(':', ' ', 1)} from {want['distribution']} {want['version']}"
+        if have is None:
+            problems.append(f"{what} is not installed")
+        elif (have["distribution"], have["version"]) != (want["distribution"], want["version"]):
+            problems.append(f"{what}: the worker has {have['distribution']} {have['version']}")
+    return "; ".join(problems) or None
+
+
 def claim_study(
     session: Session, worker_id: str, lease_seconds: float, *, only: str | None = None,
+    installed: dict[str, Any] | None = None,
 ) -> Study | None:
     """Take the next study to run, or None when there is none.
 
@@ -591,6 +615,10 @@ def claim_study(
     given study: PostgreSQL skips rows another transaction has locked; SQLite serializes the
     claims because write transactions begin IMMEDIATE. The caller commits (``session_scope``).
     ``only`` restricts the claim to one study (``decouple demo`` runs its own study, not the queue).
+
+    ``installed`` is the worker's plugins (``workers.worker.installed_plugins``): a study that
+    needs a plugin the worker lacks, or has at another version, is passed over (it stays queued
+    for a worker that has it) and its ``waiting_reason`` says why; None claims without checking.
     """
     now = utcnow()
     query = (
@@ -600,14 +628,29 @@ def claim_study(
             and_(Study.status == "running", Study.lease_expires_at < now),
         ))
         .order_by(Study.priority.desc(), Study.created_at.asc(), Study.id.asc())
-        .limit(1)
+        .limit(1 if installed is None else CLAIM_WINDOW)
     )
     if only is not None:
         query = query.where(Study.id == only)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    study = session.scalars(query).first()
+    study = None
+    passed_over = 0
+    for candidate in session.scalars(query):
+        reason = missing_plugins(candidate.plugins, installed)
+        if reason is None:
+            study = candidate
+            break
+        passed_over += 1
+        reason = f"no worker with the plugins it needs has claimed it ({worker_id}: {reason})"
+        if candidate.waiting_reason != reason:
+            candidate.waiting_reason = reason[:10_000]
+    if study is None and passed_over == CLAIM_WINDOW:
+        # The whole window needs plugins this worker lacks: a study of built-ins only, further
+        # back in the queue, must not wait behind them.
+        study = session.scalars(query.where(Study.plugins.is_(None)).limit(1)).first()
     if study is None:
+        session.flush()
         return None
     study.status = "running"
     study.claimed_by = worker_id
@@ -615,6 +658,7 @@ def claim_study(
     study.attempts += 1
     study.started_at = study.started_at or now
     study.updated_at = now
+    study.waiting_reason = None
     session.flush()
     return study
 

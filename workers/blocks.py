@@ -138,6 +138,7 @@ def _execute_block(block: dict[str, Any], db_url: str) -> dict[str, Any]:
             wd_normalized=block["wd_normalized"],
             decay_on=block["decay_on"],
             on_epoch=on_epoch,
+            params=(block.get("params") or {}).get(block["optimizer"]) or None,
         )
     except TrainingStopped:
         log.info("block of study %s stopped (cancelled or claim lost)", study_id)

@@ -2,7 +2,7 @@
 and ``studies.epochs_recorded``, the cheap key of a running study's cached report.
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-12-04
 
 ``GET /atlas`` answers from these rows (``service.store.atlas_rows``) instead of decoding every
@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

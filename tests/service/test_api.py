@@ -352,12 +352,16 @@ def test_catalogues(client):
     assert OPTIMIZER_NAMES == TORCH_SIDE_NAMES
     body = client.get("/optimizers").json()
     names = [o["name"] for o in body["data"]]
-    assert names[:5] == list(OPTIMIZER_NAMES) and names == list(all_names()) and body["count"] == 5 + 5 + 35
+    # The built-ins, then the example plugin's bases (tests/conftest.py installs it): signum in 3
+    # conventions, adamax (a torch.optim fallback) in its own one.
+    assert names[:5] == list(OPTIMIZER_NAMES) and names == list(all_names())
+    assert body["count"] == 5 + 5 + 35 + (1 + 1) + (1 + 3)
     adamw = body["data"][3]
     assert (adamw["base"], adamw["convention"], adamw["canonical"]) == ("adam", "schedule", "adam:schedule")
     assert adamw["rule"] == "theta <- theta*(1 - eta_t*wd); then " + body["bases"][1]["rule"]
     assert adamw["default_grid"] == {k: DEFAULT_GRIDS["adamw"][k].as_dict() for k in ("lr", "wd")}
-    assert [b["name"] for b in body["bases"]] == ["sgd", "adam", "lion", "radam", "nadam", "adafactor", "muon"]
+    assert [b["name"] for b in body["bases"]] == ["sgd", "adam", "lion", "radam", "nadam", "adafactor", "muon",
+                                                  "adamax", "signum"]
     assert {b["name"]: b["reference_convention"] for b in body["bases"]}["lion"] == "lr"
     assert {c["name"]: c["decay"] for c in body["conventions"]}["corrected"] == "theta <- theta*(1 - lr*eta_t^2*wd)"
     assert body["aliases"] == {"sgdw": "sgd:schedule", "adamw": "adam:schedule", "adamw_torch": "adam:lr"}

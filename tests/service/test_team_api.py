@@ -44,7 +44,8 @@ def test_dry_run_plans_without_storing_and_estimates_from_measured_throughput(cl
     assert r.status_code == 200, r.text
     plan = r.json()
     assert set(plan) == {"dry_run", "trials_total", "trial_epochs_total", "estimated_seconds", "estimate",
-                         "optimizers", "spec"}
+                         "optimizers", "spec", "plugins"}
+    assert plan["plugins"] is None  # built-ins only (tests/service/test_plugins.py: a plugin study's)
     assert (plan["dry_run"], plan["trials_total"], plan["trial_epochs_total"]) == (True, 12, 24)
     assert plan["estimated_seconds"] is None and plan["estimate"]["trial_epochs_per_second"] is None
     assert plan["estimate"]["basis"].startswith("no study of task digits_mlp has finished")

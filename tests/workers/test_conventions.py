@@ -207,7 +207,7 @@ def test_every_name_has_a_pilot_grid_covering_its_default_grid_and_a_family(name
     assert len(lrs) == len(wds) == autogrid.PILOT_POINTS
     assert lrs[0] <= grid["lr"].min * 1.0001 and lrs[-1] >= grid["lr"].max * 0.9999
     assert wds[0] <= grid["wd"].min * 1.0001 and wds[-1] >= grid["wd"].max * 0.9999
-    assert autogrid.family_of(name) == conventions.FAMILY[conventions.parse(name).base]
+    assert autogrid.family_of(name) == conventions.base_family(conventions.parse(name).base)
 
 
 def test_synthetic_task_couples_as_the_convention_scales_the_decay():

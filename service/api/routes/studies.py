@@ -79,7 +79,7 @@ def study_public(study: Study, prog: store.StudyProgress) -> StudyPublic:
         priority=study.priority, spec=study.spec, progress=Progress(**prog.as_dict()),
         created_at=study.created_at, started_at=study.started_at, finished_at=study.finished_at,
         updated_at=study.updated_at, claimed_by=study.claimed_by, attempts=study.attempts,
-        last_error=study.last_error,
+        last_error=study.last_error, plugins=study.plugins, waiting_reason=study.waiting_reason,
     )
 
 
@@ -172,7 +172,7 @@ def dry_run_plan(spec: StudySpec, measured: store.Throughput | None) -> DryRunPu
         seconds = trial_epochs / rate
     return DryRunPublic(dry_run=True, trials_total=spec.trials_total, trial_epochs_total=trial_epochs,
                         estimated_seconds=seconds, estimate=estimate, optimizers=optimizers,
-                        spec=spec.stored())
+                        spec=spec.stored(), plugins=spec.plugins_used() or None)
 
 
 #: The names of :data:`service.store.STUDY_VIEW`'s columns, in order.
