@@ -39,6 +39,7 @@ from service.domain import conventions
 from service.domain import seeds as seeds_rule
 from service.domain.catalog import TASK_INFO, chance_level, default_wd
 from service.domain.numeric import json_safe
+from service.report_style import REPORT_CSS
 
 #: Ranking order of the verdicts: most separable first.
 VERDICT_ORDER = {"separable": 0, "no_wd_effect": 1, "inconclusive": 2, "coupled": 3, "not_enough_data": 4}
@@ -132,6 +133,7 @@ def seed_grid(opt: dict, spec: dict, mine: list[dict], metric: str) -> dict[str,
     vals = np.full((S, n, m), np.nan)
     present = np.zeros((S, n, m), bool)
     ids: dict[tuple[int, int], list[tuple[int, Any]]] = {}
+    running: dict[tuple[int, int], list[tuple[int, Any]]] = {}
     counts = {"total": len(mine), "done": 0, "failed": 0, "diverged": 0, "pending": 0}
     # Edge repair below an axis numbers its new points from -1 down (``origin``).
     oi, oj = ((opt.get(k) or {}).get("origin") or 0 for k in ("lr", "wd"))
@@ -144,6 +146,8 @@ def seed_grid(opt: dict, spec: dict, mine: list[dict], metric: str) -> dict[str,
         status = t.get("status")
         if status != "done":
             counts["failed" if status == "failed" else "pending"] += 1
+            if status == "running":  # its curve grows as epochs land: the page shows it on a click
+                running.setdefault((i, j), []).append((t["id"], t.get("seed")))
             continue
         counts["done"] += 1
         s = seeds.index(t.get("seed"))
@@ -156,7 +160,7 @@ def seed_grid(opt: dict, spec: dict, mine: list[dict], metric: str) -> dict[str,
             vals[s, i, j] = float(v)
         ids.setdefault((i, j), []).append((t["id"], t.get("seed")))
     return {"lrs": lrs, "wds": wds, "vals": vals, "present": present, "counts": counts, "ids": ids,
-            "seeds": seeds}
+            "running": running, "seeds": seeds}
 
 
 def _decide_args(name: str, spec: dict, metric: str) -> tuple[float | None, int | None]:
@@ -272,7 +276,10 @@ def per_seed_grid(g: dict, value: np.ndarray) -> dict[str, Any]:
     error of that mean (sample SD over the finished seeds / sqrt(their count); null with fewer
     than two, or where ``value`` is null); ``seed_list``, the seed numbers, and per seed
     ``per_seed[s][i][j]``, the seed's metric (null: not finished, or diverged) and
-    ``trial_ids[s][i][j]`` (null: no such trial), for its curve (``GET .../trials/{id}/curve``)."""
+    ``trial_ids[s][i][j]`` (null: no such trial), for its curve (``GET .../trials/{id}/curve``);
+    ``running_ids[s][i][j]``, the seed's trial while it runs (null otherwise): its curve so far.
+    A running trial's latest epoch is not in ``per_seed`` nor in the measures, which compare
+    finished trials only (a value at epoch 3 of 20 is not comparable with a final one)."""
     vals, present = g["vals"], g["present"]
     ok = present & np.isfinite(vals)
     k = ok.sum(axis=0)
@@ -283,10 +290,13 @@ def per_seed_grid(g: dict, value: np.ndarray) -> dict[str, Any]:
     seeds = list(g["seeds"])
     trial_ids: list[list[list[int | None]]] = [[[None] * vals.shape[2] for _ in range(vals.shape[1])]
                                                for _ in seeds]
-    for (i, j), members in g["ids"].items():
-        for tid, seed in members:
-            trial_ids[seeds.index(seed)][i][j] = tid
-    return {"se": se, "seed_list": seeds, "per_seed": np.where(ok, vals, np.nan), "trial_ids": trial_ids}
+    running_ids = [[[None] * vals.shape[2] for _ in range(vals.shape[1])] for _ in seeds]
+    for target, members_of in ((trial_ids, g["ids"]), (running_ids, g.get("running") or {})):
+        for (i, j), members in members_of.items():
+            for tid, seed in members:
+                target[seeds.index(seed)][i][j] = tid
+    return {"se": se, "seed_list": seeds, "per_seed": np.where(ok, vals, np.nan), "trial_ids": trial_ids,
+            "running_ids": running_ids}
 
 
 def placement(opt: dict) -> dict:
@@ -786,26 +796,6 @@ def optimizer_figure(report: dict, optimizer: str, name: str, fmt: str) -> bytes
     return figure_bytes(fig, fmt)
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;background:#f6f7f9}
-main{max-width:1080px;margin:0 auto;padding:24px}
-h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.25em;margin:0 0 8px}
-.meta{color:#555;margin:0 0 16px}
-.card{background:#fff;border:1px solid #e2e4e8;border-radius:8px;padding:16px 20px;margin:0 0 20px}
-.banner{background:#fff4d6;border:1px solid #f0c36d;border-radius:6px;padding:8px 12px;margin:0 0 16px}
-table{border-collapse:collapse;font-size:.92em}
-th,td{padding:4px 10px;border-bottom:1px solid #eceef1;text-align:left;vertical-align:top}
-th{background:#fafbfc;font-weight:600}
-td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
-.row{display:flex;flex-wrap:wrap;gap:20px;align-items:flex-start}
-.row>div{flex:1 1 340px}
-img{max-width:100%;height:auto}
-ul.warn{padding-left:18px;margin:8px 0}ul.warn li{color:#8a4b00;margin:2px 0}
-.verdict{font-weight:600;margin:6px 0 10px}
-.conv{color:#444;font-size:.92em}
-.muted{color:#777;font-size:.9em}
-dt{font-weight:600;margin-top:8px}dd{margin:2px 0 0 16px}
-"""
 
 
 def _e(v: Any) -> str:
@@ -861,7 +851,7 @@ def render_html(report: dict) -> str:
     title = f"Separability report: {report.get('name') or report.get('study_id')}"
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
              f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
-             f"<link rel='icon' href='data:,'><title>{_e(title)}</title><style>{_CSS}</style></head>"
+             f"<link rel='icon' href='data:,'><title>{_e(title)}</title><style>{REPORT_CSS}</style></head>"
              f"<body><main><h1>{_e(title)}</h1>"]
     sched = report.get("schedule") or {}
     meta = [f"study {report.get('study_id')}", f"task {report.get('task')}",
@@ -924,7 +914,7 @@ def render_html(report: dict) -> str:
         if pl:
             parts.append(f"<p class='muted'>placed: lr {_e(pl.get('lr'))}, wd {_e(pl.get('wd'))}</p>")
         if e.get("pilot"):
-            parts.append(f"<img class='pilot' style='opacity:.6' alt='pilot run of {_e(e['name'])} "
+            parts.append(f"<img class='pilot' alt='pilot run of {_e(e['name'])} "
                          f"(one seed, not in the measures)' src='{pilot_png(e['pilot'])}'>")
         t = e.get("trials") or {}
         parts.append(f"<p class='muted'>trials: {t.get('done', 0)} done ({t.get('diverged', 0)} diverged), "

@@ -585,6 +585,10 @@ class Progress(BaseModel):
     trials_total: int
     trials_done: int
     trials_failed: int
+    #: Curve points written for the study so far (every phase; an epoch run again counts again):
+    #: grows as epochs land, between finished trials, so a page watching a study knows when the
+    #: (cached) partial report has moved. The report cache's key counts the same.
+    epochs_recorded: int
 
 
 class StudyPublic(BaseModel):

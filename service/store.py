@@ -31,6 +31,7 @@ from sqlalchemy import Text, and_, bindparam, cast, delete, func, insert, or_, s
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from service.domain import conventions
 from service.domain.grid import axis_values
 from service.domain.numeric import json_safe
 from service.errors import Conflict, Forbidden, NotFound
@@ -159,12 +160,14 @@ class StudyProgress:
     trials_done: int
     trials_failed: int
     trials_running: int = 0
+    epochs_recorded: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
             "trials_total": self.trials_total,
             "trials_done": self.trials_done,
             "trials_failed": self.trials_failed,
+            "epochs_recorded": self.epochs_recorded,
         }
 
 
@@ -186,6 +189,7 @@ def progress(session: Session, studies: Sequence[Study]) -> dict[str, StudyProgr
             trials_done=counts[s.id].get("done", 0),
             trials_failed=counts[s.id].get("failed", 0),
             trials_running=counts[s.id].get("running", 0),
+            epochs_recorded=s.epochs_recorded or 0,
         )
         for s in studies
     }
@@ -203,15 +207,16 @@ def _grid_trials(status: str) -> Any:
 
 #: What the API shows of a study, as one row: every column but the report (tens of kB for a done
 #: study, never listed) and the lease, the spec as its stored JSON text (``spec_json``), and the
-#: grid progress counted in the same query. Plain rows, not ORM objects: building and tracking 100
+#: grid progress counted in the same query (with ``epochs_recorded``, a column of the row). Plain
+#: rows, not ORM objects: building and tracking 100
 #: ``Study`` instances, decoding their specs and a second grouped progress query cost several
 #: times the rest of ``GET /studies`` (``bench/api_load.py``).
 STUDY_VIEW = (
     Study.id, Study.name, Study.status, Study.owner, Study.priority,
     cast(Study.spec, Text).label("spec_json"), Study.trials_total,
     _grid_trials("done").label("trials_done"), _grid_trials("failed").label("trials_failed"),
-    Study.created_at, Study.started_at, Study.finished_at, Study.updated_at, Study.claimed_by,
-    Study.attempts, Study.last_error, Study.plugins, Study.waiting_reason,
+    Study.epochs_recorded, Study.created_at, Study.started_at, Study.finished_at, Study.updated_at,
+    Study.claimed_by, Study.attempts, Study.last_error, Study.plugins, Study.waiting_reason,
 )
 
 
@@ -276,7 +281,7 @@ def measured_throughput(session: Session | Connection, task: str, *,
         select(Study.started_at, Study.finished_at, Study.spec["epochs"].as_integer(), _grid_trials("done"))
         .where(Study.status == "done", Study.spec["task"].as_string() == task,
                Study.started_at.is_not(None), Study.finished_at.is_not(None))
-        .order_by(Study.finished_at.desc(), Study.id.desc())
+        .order_by(Study.finished_at.desc().nulls_last(), Study.id.desc())
         .limit(newest)
     ).all()
     studies, trial_epochs, wall = 0, 0, 0.0
@@ -528,7 +533,7 @@ def atlas_rows(session: Session | Connection, *, task: str | None = None, base: 
     members = list(session.execute(
         select(AtlasEntry.task, AtlasEntry.optimizer, AtlasEntry.study_id, Study.owner, AtlasEntry.verdict)
         .join(Study, Study.id == AtlasEntry.study_id).where(*conditions)
-        .order_by(AtlasEntry.task, AtlasEntry.optimizer, Study.finished_at.desc(), Study.id.desc())
+        .order_by(AtlasEntry.task, AtlasEntry.optimizer, Study.finished_at.desc().nulls_last(), Study.id.desc())
     ).all())
     firsts: dict[tuple[str, str], str] = {}
     for m in members:
@@ -544,12 +549,35 @@ def atlas_rows(session: Session | Connection, *, task: str | None = None, base: 
     return members, newest
 
 
-def done_studies_without_report(session: Session | Connection) -> list[str]:
-    """Done studies whose report has not been computed yet (so the atlas cannot show them)."""
-    return list(session.scalars(
-        select(Study.id).where(Study.status == "done", Study.report_computed_at.is_(None))
-        .order_by(Study.finished_at.desc())
-    ))
+def done_studies_without_report(session: Session | Connection, *, task: str | None = None, base: str | None = None,
+                                convention: str | None = None, owner: str | None = None,
+                                limit: int = 100) -> list[str]:
+    """Done studies whose report has not been computed yet (so the atlas cannot show them), newest
+    first, at most ``limit``, under the atlas's filters: ``owner`` exact, ``task`` the spec's,
+    ``base`` and ``convention`` those of any of its optimizers (``conventions.parse``, as the
+    report names them). Workers store the report as they finish a study, so these are few."""
+    conditions = [Study.status == "done", Study.report_computed_at.is_(None)]
+    if owner is not None:
+        conditions.append(Study.owner == owner)
+    out: list[str] = []
+    rows = session.execute(select(Study.id, Study.spec).where(*conditions)
+                           .order_by(Study.finished_at.desc().nulls_last(), Study.id.desc()))
+    for study_id, spec in rows:
+        if len(out) >= limit:
+            break
+        if task is not None and (spec or {}).get("task") != task:
+            continue
+        if base is not None or convention is not None:
+            variants = [_variant((o or {}).get("name")) for o in (spec or {}).get("optimizers") or []]
+            if not any(v is not None and (base is None or v.base == base)
+                       and (convention is None or v.convention == convention) for v in variants):
+                continue
+        out.append(study_id)
+    return out
+
+
+def _variant(name: Any) -> conventions.UpdateRule | None:
+    return conventions.parse(name) if conventions.is_known(name) else None
 
 
 # --- the queue (worker side) ---------------------------------------------------------------------

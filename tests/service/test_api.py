@@ -59,7 +59,7 @@ def test_create_then_get(client):
 
     got = client.get(f"/studies/{body['id']}").json()
     assert got["name"] == "five optimizers" and got["owner"] == "local" and got["status"] == "queued"
-    assert got["progress"] == {"trials_total": 12, "trials_done": 0, "trials_failed": 0}
+    assert got["progress"] == {"trials_total": 12, "trials_done": 0, "trials_failed": 0, "epochs_recorded": 0}
     assert got["spec"]["optimizers"][0]["wd"] == {"min": 1e-4, "max": 1e-2, "num": 2}
     assert got["created_at"] and got["started_at"] is None and got["finished_at"] is None
 

@@ -4,16 +4,18 @@ the exports, and the report cache's key, in-process on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import math
+import re
 from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import delete, event, update
 
 from service import store
 from service.api import create_app
 from service.db import session_scope
 from service.models import Study
+from service.report_style import REPORT_CSP, csp_hash
 from service.tokens import create_token
 from tests.conftest import make_spec
 
@@ -218,6 +220,51 @@ def test_atlas_one_row_per_task_and_optimizer_newest_study_first(client, engine)
     assert [r["studies"] for r in client.get("/atlas").json()["data"]] == [[b], [c]]
 
 
+def test_atlas_reads_one_snapshot_when_a_study_is_deleted_between_its_queries(client, engine):
+    """The atlas reads its entries, then the newest entry of each (task, optimizer): a study
+    deleted in between (another request) must not leave a member without its newest entry. On
+    PostgreSQL's autocommit reads that was a KeyError, a 500; both queries now see one snapshot."""
+    a, _ = done_study(engine, "alice", separable, optimizers=[{"name": "adamw", **GRID5}])
+    b, _ = done_study(engine, "bob", separable, optimizers=[{"name": "adamw", **GRID5}])
+    fired: list[str] = []
+
+    def delete_b_first(conn, cursor, statement, parameters, context, executemany):
+        if not fired and "atlas_entries.study_id IN" in statement:  # the second query, about to run
+            fired.append(statement)
+            with session_scope(engine) as s:  # another connection, committed before it runs
+                s.execute(delete(Study).where(Study.id == b))
+
+    event.listen(engine, "before_cursor_execute", delete_b_first)
+    try:
+        body = client.get("/atlas").json()
+    finally:
+        event.remove(engine, "before_cursor_execute", delete_b_first)
+    assert fired
+    assert [(r["study"], r["studies"]) for r in body["data"]] == [(b, [b, a])]  # as it was when it began
+    assert [(r["study"], r["studies"]) for r in client.get("/atlas").json()["data"]] == [(a, [a])]
+
+
+def test_atlas_pending_follows_the_filters_and_is_capped(client, engine, monkeypatch):
+    from service.api.routes import atlas
+
+    a, _ = done_study(engine, "alice", separable, report=False, optimizers=[{"name": "adamw", **GRID5}])
+    b, _ = done_study(engine, "bob", separable, report=False, optimizers=[{"name": "sgd", **GRID5}])
+    c, _ = done_study(engine, "alice", separable, report=False, task="synthetic",
+                      optimizers=[{"name": "sgdw", **GRID5}])
+
+    def pending(**params):
+        return client.get("/atlas", params=params).json()["pending"]
+
+    assert pending() == [c, b, a]  # newest first
+    assert pending(owner="alice") == [c, a]
+    assert pending(task="digits_mlp") == [b, a]
+    assert pending(base="sgd") == [c, b]
+    assert pending(base="sgd", convention="l2") == [b]
+    assert pending(owner="bob", task="synthetic") == []
+    monkeypatch.setattr(atlas, "PENDING_LIMIT", 2)
+    assert pending() == [c, b]
+
+
 def test_a_worker_stores_the_report_of_a_study_it_finished_so_the_atlas_shows_it(client, engine, caplog):
     from workers.worker import store_final_report
 
@@ -347,6 +394,13 @@ def test_each_figure_as_png_and_svg_and_the_report_as_a_download(client, engine)
         f'attachment; filename="study-{sid}-report.html"')
     assert "<script" not in page.text and "http://" not in page.text and "https://" not in page.text
     assert "content-disposition" not in client.get(f"/studies/{sid}/report.html").headers
+    # Its one inline style is allowed by its hash (no 'unsafe-inline', no style= attribute), in
+    # its own policy and in the /ui/ pages' (which a blob: copy of it runs under).
+    styles = re.findall(r"<style>(.*?)</style>", page.text, re.S)
+    assert len(styles) == 1 and re.search(r"\sstyle=", page.text) is None
+    assert page.headers["content-security-policy"] == REPORT_CSP
+    assert f"style-src {csp_hash(styles[0])};" in REPORT_CSP and "unsafe-inline" not in REPORT_CSP
+    assert csp_hash(styles[0]) in client.get(f"/ui/studies/{sid}").headers["content-security-policy"]
 
 
 # --- the report cache: one build per change, never one per viewer ----------------------------------
@@ -436,7 +490,9 @@ def test_report_grid_has_per_seed_values_their_standard_error_and_trial_ids(clie
         for t in trials:
             cell = (t.lr_index, t.wd_index)
             if cell == (1, 1) and t.seed == 2:
-                continue  # not finished
+                store.mark_trials_running(s, [t.id], "w")  # running: two epochs recorded so far
+                store.record_epochs(s, [{"trial_id": t.id, "epoch": e, "val_error": 0.5} for e in (0, 1)])
+                continue
             diverged = cell == (2, 0) and t.seed == 1
             v = math.inf if diverged else 0.1 * (t.lr_index + 1) + 0.01 * t.wd_index + 0.02 * t.seed
             store.finish_trial(s, t.id, "w", train_loss=v, val_loss=v, val_error=v, diverged=diverged)
@@ -454,3 +510,11 @@ def test_report_grid_has_per_seed_values_their_standard_error_and_trial_ids(clie
     assert grid["per_seed"][0][2][0] == pytest.approx(0.30) and grid["diverged"][2][0] == 1
     assert grid["trial_ids"] == [[[ids.get((s, i, j)) if (i, j, s) != (1, 1, 2) else None for j in range(2)]
                                   for i in range(3)] for s in range(3)]
+    # the running trial: in no value, its id for its curve so far; the epochs it recorded count
+    assert grid["running_ids"] == [[[ids[(2, 1, 1)] if (i, j, s) == (1, 1, 2) else None for j in range(2)]
+                                    for i in range(3)] for s in range(3)]
+    assert [p["epoch"] for p in client.get(f"/studies/{sid}/trials/{ids[(2, 1, 1)]}/curve").json()["points"]] == [0, 1]
+    progress = client.get(f"/studies/{sid}").json()["progress"]
+    assert progress == {"trials_total": 18, "trials_done": 17, "trials_failed": 0, "epochs_recorded": 2}
+    listed = next(x for x in client.get("/studies").json()["data"] if x["id"] == sid)
+    assert listed["progress"] == progress

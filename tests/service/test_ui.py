@@ -15,13 +15,15 @@ from fastapi.testclient import TestClient
 
 from service.api import create_app
 from service.api.routes import ui
+from service.report_style import REPORT_STYLE_SOURCE
 from tests.conftest import make_study
 
 ROOT = Path(__file__).resolve().parents[2]
 ID = "0" * 32
 PAGES = (f"/ui/studies/{ID}", "/ui/submit", f"/ui/compare?ids={ID},{'1' * 32}", "/ui/atlas?task=digits_mlp")
-POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-          "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+POLICY = ("default-src 'none'; script-src 'self'; style-src 'self' " + REPORT_STYLE_SOURCE + "; "
+          "img-src 'self' data: blob:; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+          "frame-ancestors 'none'")
 
 
 @pytest.fixture

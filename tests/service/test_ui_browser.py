@@ -13,6 +13,9 @@ extend buttons. No console errors but the 422s of the invalid specs' dry runs, n
 the server. Screenshots of each page go to ``test-screenshots/`` (kept out of git).
 
 Studies are tiny (digits_mlp, adamw on a 2 x 2 grid, two seeds, one epoch): two cores are shared.
+The one submitted from the page has three optimizers (three blocks on the worker's two slots, the
+third starting when one of the first two ends) and more epochs (LIVE_EPOCHS), so the page sees a
+running study with some of its cells filled and others not.
 """
 
 from __future__ import annotations
@@ -45,6 +48,23 @@ def spec(name: str) -> dict:
             "optimizers": [{"name": "adamw", **GRID}], "seeds": [0, 1]}
 
 
+#: The study submitted from the page: three optimizers (bases adam and sgd), none diverges here.
+LIVE_OPTIMIZERS = ("adamw", "adam", "sgdw")
+LIVE_CELLS = 4 * len(LIVE_OPTIMIZERS)
+#: Enough epochs that the third block runs alone for longer than the page can lag behind (its 3 s
+#: poll plus the report cache's 3 s): measured here, 50 epochs gave the third block 2.7 s alone
+#: after the first two (Ray takes about 10 s to start the first), too close; 150 give about 8 s.
+LIVE_EPOCHS = 150
+
+
+def live_spec(name: str) -> dict:
+    return {**spec(name), "epochs": LIVE_EPOCHS, "optimizers": [{"name": o, **GRID} for o in LIVE_OPTIMIZERS]}
+
+
+#: The report page's background (service/report_style.py): its inline style was applied.
+REPORT_BACKGROUND = "rgb(246, 247, 249)"
+
+
 #: Typed into the editor: line 4 holds the field the server refuses (lr.min must be > 0).
 BAD_SPEC = """{
   "name": "typo",
@@ -55,9 +75,14 @@ BAD_SPEC = """{
 
 
 def filled_cells(page) -> int:
-    """Cells of the first mean map that hold a value."""
-    return page.locator("section.optimizer svg.heatmap").first.locator("rect.cell").evaluate_all(
-        "cs => cs.filter(c => c.dataset.value !== '').length")
+    """Cells of the mean maps (the first map of each optimizer) that hold a value."""
+    return page.evaluate("""() => [...document.querySelectorAll("section.optimizer")]
+        .map(s => s.querySelector("svg.heatmap")).filter(m => m)
+        .flatMap(m => [...m.querySelectorAll("rect.cell")]).filter(c => c.dataset.value !== "").length""")
+
+
+def report_background(page) -> str:
+    return page.evaluate("() => getComputedStyle(document.body).backgroundColor")
 
 
 @pytest.mark.slow
@@ -124,10 +149,14 @@ def test_submit_watch_compare_and_atlas_in_chromium(db_url, engine, tmp_path):
                 expect(page.locator("#errors li")).to_have_attribute("data-field", "optimizers[0].wd.num")
                 assert page.locator("#errors li").get_attribute("data-line") == "7"
                 page.select_option("#format", "json")
-                page.fill("#spec", json.dumps(spec("from the page"), indent=2))
+                page.fill("#spec", json.dumps(live_spec("draft"), indent=2))
                 expect(page.locator("#check")).to_have_text("✓ valid")
-                expect(page.locator("#plan")).to_contain_text("8 trials, 8 trial-epochs")
+                expect(page.locator("#plan")).to_contain_text(f"24 trials, {24 * LIVE_EPOCHS} trial-epochs")
                 page.screenshot(path=str(SHOTS / f"{backend}-submit.png"), full_page=True)
+                # An edit, then submit at once (within the check's debounce): what is submitted is
+                # the edited text once checked, never the spec checked before the edit.
+                page.fill("#spec", json.dumps(live_spec("from the page"), indent=2))
+                assert page.locator("#submit").is_disabled()
                 page.click("#submit")
                 page.wait_for_url(re.compile(r"/ui/studies/[0-9a-f]{32}$"))
                 second = page.url.rsplit("/", 1)[1]
@@ -142,15 +171,18 @@ def test_submit_watch_compare_and_atlas_in_chromium(db_url, engine, tmp_path):
                     status = page.locator("#status").inner_text() if page.locator("#status").count() else ""
                     cells = filled_cells(page) if page.locator("svg.heatmap").count() else 0
                     samples.append((status, cells))
-                    if status == "done" and cells == 4:
+                    if status == "done" and cells == LIVE_CELLS:
                         break
                     time.sleep(0.5)
-                assert any(c == 0 for _, c in samples[:3]), samples[:5]  # empty when we arrived
+                # Seen while the worker ran: some cells filled, others not yet.
+                changes = [x for k, x in enumerate(samples) if k == 0 or x != samples[k - 1]]
+                assert any(st == "running" and 0 < c < LIVE_CELLS for st, c in samples), (len(samples), changes)
                 assert page.url.endswith("/ui/studies/" + second)  # never navigated away
-                expect(page.locator("section.optimizer h2 .verdict")).not_to_have_text("pending")
-                expect(page.locator("section.optimizer svg.heatmap")).to_have_count(2)  # mean and s.e.
-                expect(page.locator("section.optimizer svg.lines")).to_have_count(2)  # the slices
-                assert page.locator("table.measures").inner_text().count("[") >= 2  # intervals
+                expect(page.locator("section.optimizer h2 .verdict.pending")).to_have_count(0)
+                n = len(LIVE_OPTIMIZERS)
+                expect(page.locator("section.optimizer svg.heatmap")).to_have_count(2 * n)  # mean and s.e.
+                expect(page.locator("section.optimizer svg.lines")).to_have_count(2 * n)  # the slices
+                assert page.locator("table.measures").first.inner_text().count("[") >= 2  # intervals
                 cell = page.locator("section.optimizer svg.heatmap").first.locator("rect.cell").first
                 cell.hover()
                 expect(page.locator("#tip")).to_contain_text("seed 0:")
@@ -160,12 +192,14 @@ def test_submit_watch_compare_and_atlas_in_chromium(db_url, engine, tmp_path):
                 expect(page.locator(".curves svg.lines polyline.series, .curves svg.lines circle").first).to_be_visible()
                 expect(page.locator(".curves .key")).to_have_text(["seed 0", "seed 1"])
                 # Exports, fetched with the token when there is one: the server's files.
-                for text, name, head in (("trials Parquet", f"study-{second}-trials.parquet", b"PAR1"),
-                                         ("heat map SVG", f"study-{second}-adamw-heatmap.svg", b"<svg"),
-                                         ("heat map PNG", f"study-{second}-adamw-heatmap.png", b"\x89PNG"),
-                                         ("report (one HTML file", f"study-{second}-report.html", b"<!doctype html>")):
+                adamw = 'section.optimizer[data-optimizer="adamw"] '
+                for where, text, name, head in (
+                        ("#exports ", "trials Parquet", f"study-{second}-trials.parquet", b"PAR1"),
+                        (adamw, "heat map SVG", f"study-{second}-adamw-heatmap.svg", b"<svg"),
+                        (adamw, "heat map PNG", f"study-{second}-adamw-heatmap.png", b"\x89PNG"),
+                        ("#exports ", "report (one HTML file", f"study-{second}-report.html", b"<!doctype html>")):
                     with page.expect_download() as download:
-                        page.locator("a.export", has_text=text).first.click()
+                        page.locator(where + "a.export", has_text=text).first.click()
                     assert download.value.suggested_filename == name
                     body = Path(download.value.path()).read_bytes()
                     assert head in body[:400], (name, body[:200])
@@ -173,6 +207,21 @@ def test_submit_watch_compare_and_atlas_in_chromium(db_url, engine, tmp_path):
                 expect(page.locator("#cancel")).to_be_hidden()
                 page.mouse.move(5, 5)
                 page.screenshot(path=str(SHOTS / f"{backend}-study.png"), full_page=True)
+
+                # The report page, styled: with auth on the link opens it fetched with the token
+                # as a blob: URL (which runs under the /ui/ policy); with auth off, as it is.
+                if auth == "required":
+                    with context.expect_page() as opened:
+                        page.click("#report-link")
+                    report = opened.value
+                    report.wait_for_url(re.compile(r"^blob:"))
+                else:
+                    report = context.new_page()
+                    report.goto(base + page.locator("#report-link").get_attribute("href"))
+                report.wait_for_load_state()
+                expect(report.locator("h1")).to_contain_text("from the page")
+                assert report_background(report) == REPORT_BACKGROUND
+                report.close()
 
                 # Its owner cancels a study from its page (after a confirmation).
                 r = httpx.post(base + "/studies", json=spec("to cancel"), headers=headers, timeout=30)
@@ -200,22 +249,26 @@ def test_submit_watch_compare_and_atlas_in_chromium(db_url, engine, tmp_path):
                 assert scales[0] == scales[1], scales  # one colour scale
                 page.screenshot(path=str(SHOTS / f"{backend}-compare.png"), full_page=True)
 
-                # The atlas: one row for (digits_mlp, adamw) from both studies; filters.
+                # The atlas: a row per optimizer, (digits_mlp, adamw) from both studies; filters.
                 page.click('nav.top a[href="/ui/atlas"]')
                 rows = page.locator("#atlas-rows tr[data-optimizer]")
-                expect(rows).to_have_count(1)
-                row = rows.first
+                expect(rows).to_have_count(len(LIVE_OPTIMIZERS))
+                row = page.locator('#atlas-rows tr[data-optimizer="adamw"]')
                 expect(row).to_contain_text("digits_mlp")
                 links = row.locator("td.links a").evaluate_all("as => as.map(a => a.getAttribute('href'))")
                 assert sorted(links) == sorted([f"/ui/studies/{first}", f"/ui/studies/{second}"])
                 page.select_option("#f-task", "digits_mlp")
-                expect(rows).to_have_count(1)
+                expect(rows).to_have_count(len(LIVE_OPTIMIZERS))
                 assert "task=digits_mlp" in page.url
                 page.screenshot(path=str(SHOTS / f"{backend}-atlas.png"), full_page=True)
-                page.select_option("#f-base", page.locator("#f-base option").nth(1).get_attribute("value"))
+                assert page.locator("#f-base option").evaluate_all("os => os.map(o => o.value)") == ["", "adam", "sgd"]
+                page.select_option("#f-base", "sgd")
                 expect(rows).to_have_count(1)
-                row.locator("td.links a").first.click()
-                page.wait_for_url(re.compile(r"/ui/studies/[0-9a-f]{32}$"))
+                expect(rows.first).to_have_attribute("data-optimizer", "sgdw")
+                page.select_option("#f-base", "adam")
+                expect(rows).to_have_count(2)
+                row.locator("td.links a").last.click()  # the older study: the reference
+                page.wait_for_url(f"{base}/ui/studies/{first}")
                 expect(page.locator("section.optimizer svg.heatmap")).to_have_count(2)
                 context.close()
 
@@ -228,7 +281,7 @@ def test_submit_watch_compare_and_atlas_in_chromium(db_url, engine, tmp_path):
                     page.fill("#token", bob)
                     page.press("#token", "Enter")
                     expect(page.locator("#status")).to_have_text("done")
-                    expect(page.locator("section.optimizer svg.heatmap")).to_have_count(2)
+                    expect(page.locator("section.optimizer svg.heatmap")).to_have_count(2 * len(LIVE_OPTIMIZERS))
                     expect(page.locator("#extend")).to_be_hidden()
                     expect(page.locator("#cancel")).to_be_hidden()
                     other.close()

@@ -42,7 +42,7 @@ def test_the_example_plugin_study_runs_to_a_report(client, settings, engine, loc
 
     study = client.get(f"/studies/{sid}").json()
     assert study["status"] == "done", study
-    assert study["progress"] == {"trials_total": 4, "trials_done": 4, "trials_failed": 0}
+    assert study["progress"].items() >= {"trials_total": 4, "trials_done": 4, "trials_failed": 0}.items()
     assert study["plugins"] == {"task:wine_mlp": EXAMPLE, "rule:signum": EXAMPLE, "rule:adamax": EXAMPLE}
     trials = client.get(f"/studies/{sid}/trials").json()["data"]
     assert sorted(t["optimizer"] for t in trials) == ["adamax", "adamax", "signum", "signum"]
@@ -305,6 +305,6 @@ def test_a_plugin_failing_in_training_fails_its_trials_and_the_worker_goes_on(tm
     [trial] = result[flaky]["trials"]
     assert trial["status"] == "failed"
     assert "plugin task 'flaky_data' (failing-plugin 0.1): load_data raised OSError: disk gone" in trial["error"]
-    assert result[flaky]["study"]["progress"] == {"trials_total": 1, "trials_done": 0, "trials_failed": 1}
+    assert result[flaky]["study"]["progress"].items() >= {"trials_total": 1, "trials_done": 0, "trials_failed": 1}.items()
     assert result[wine]["study"]["status"] == "done"
     assert [t["status"] for t in result[wine]["trials"]] == ["done"]

@@ -60,7 +60,7 @@ def test_seeds_until_decided_adds_seeds_only_where_inconclusive(client, settings
         assert sum(t["optimizer"] == name for t in trials) == 36 * len(seeds)
     # Progress ends exact: the worst case lowered by the seeds each optimizer did not get.
     total = sum(36 * len(v) for v in got.values())
-    assert study["progress"] == {"trials_total": total, "trials_done": total, "trials_failed": 0}
+    assert study["progress"].items() >= {"trials_total": total, "trials_done": total, "trials_failed": 0}.items()  # and epochs_recorded
 
     given = study["spec"]["seeds"]["given"]
     for opt in study["spec"]["optimizers"]:

@@ -25,9 +25,11 @@ from pydantic import BaseModel
 
 from service import store
 from service.api.deps import EngineDep
-from service.db import read
+from service.db import read_snapshot
 
 router = APIRouter(tags=["atlas"])
+#: The most ids ``pending`` lists.
+PENDING_LIMIT = 100
 
 
 class AtlasBest(BaseModel):
@@ -67,7 +69,8 @@ class AtlasPublic(BaseModel):
     data: list[AtlasRow]
     count: int
     #: Done studies whose report has not been computed yet, so the atlas cannot show them (a
-    #: ``GET /studies/{id}/report`` computes and stores it; workers do it as a study finishes).
+    #: ``GET /studies/{id}/report`` computes and stores it; workers do it as a study finishes):
+    #: under the same filters, newest first, at most :data:`PENDING_LIMIT`.
     pending: list[str]
 
 
@@ -103,7 +106,8 @@ def combine(members: Sequence[Any], newest: dict[tuple[str, str], Any]) -> list[
 
 
 def _atlas(conn: Any, **filters: str | None) -> tuple[list[dict[str, Any]], list[str]]:
-    return combine(*store.atlas_rows(conn, **filters)), store.done_studies_without_report(conn)
+    return (combine(*store.atlas_rows(conn, **filters)),
+            store.done_studies_without_report(conn, **filters, limit=PENDING_LIMIT))
 
 
 @router.get("/atlas", response_model=AtlasPublic)
@@ -118,7 +122,9 @@ def get_atlas(
     slope with its 95 % interval, best lr and wd, best tau in epochs and seeds, with every study
     it comes from and their owners. Filters (exact match): ``task``, ``base``, ``convention``,
     ``owner`` (only that owner's studies count)."""
-    data, pending = read(engine, _atlas, task=task, base=base, convention=convention, owner=owner)
+    # One snapshot: the entries and the newest of each must agree (a study deleted between two
+    # autocommit queries on PostgreSQL left a member without its newest entry: KeyError, 500).
+    data, pending = read_snapshot(engine, _atlas, task=task, base=base, convention=convention, owner=owner)
     # Plain dicts encoded once: validating a thousand rows through the model would cost more
     # than the query (the model above documents the shape).
     body = json.dumps({"data": data, "count": len(data), "pending": pending}, allow_nan=False,

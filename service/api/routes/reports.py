@@ -21,6 +21,7 @@ from service.api.deps import EngineDep
 from service.api.report_cache import ReportCache, build_report
 from service.api.responses import error_responses
 from service.db import read
+from service.report_style import REPORT_CSP
 
 router = APIRouter(prefix="/studies", tags=["reports"])
 
@@ -58,7 +59,9 @@ async def get_report_html(study_id: str, engine: EngineDep, request: Request, do
     self-contained file (figures as ``data:`` URIs, inline style, no script, no external request),
     so it opens offline; ``?download=1`` sends it as an attachment, ``study-{id}-report.html``."""
     status, _ = await run_in_threadpool(read, engine, store.report_state, study_id, with_report=False)
-    headers = {"Content-Disposition": f'attachment; filename="study-{study_id}-report.html"'} if download else None
+    headers = {"Content-Security-Policy": REPORT_CSP}  # its inline style by hash (service.report_style)
+    if download:
+        headers["Content-Disposition"] = f'attachment; filename="study-{study_id}-report.html"'
     return HTMLResponse(await _cache(request).get(engine, study_id, "html", status), headers=headers)
 
 

@@ -190,6 +190,7 @@ def study_fields(row: Sequence[Any]) -> dict[str, Any]:
         "trials_total": fields.pop("trials_total"),
         "trials_done": fields.pop("trials_done"),
         "trials_failed": fields.pop("trials_failed"),
+        "epochs_recorded": fields.pop("epochs_recorded"),
     }
     return fields
 

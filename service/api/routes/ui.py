@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from service.api.deps import SettingsDep
 from service.api.responses import error_responses
+from service.report_style import REPORT_STYLE_SOURCE
 
 router = APIRouter(prefix="/ui", tags=["pages"])
 
@@ -45,7 +46,9 @@ ASSETS: dict[str, str] = {
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'none'",
     "script-src 'self'",
-    "style-src 'self'",
+    # and the report page's one inline style: the study page opens the report as a blob: URL,
+    # which runs under this policy (service.report_style).
+    f"style-src 'self' {REPORT_STYLE_SOURCE}",
     "img-src 'self' data: blob:",
     "connect-src 'self'",
     "form-action 'self'",

@@ -52,9 +52,12 @@
     const mine = ++seq;
     const now = chosen();
     const q = new URLSearchParams(Object.entries(now).filter(([, v]) => v));
+    // The filters' options come from the whole atlas: on the first load one more request, only
+    // when a filter is set (without one, the page's own answer is the whole atlas).
     const calls = [api("/atlas" + (q.toString() ? "?" + q : ""))];
-    if (first) calls.push(api("/atlas"));
-    const [page, all] = await Promise.all(calls);
+    if (first && q.toString()) calls.push(api("/atlas"));
+    const [page, other] = await Promise.all(calls);
+    const all = first ? other || page : null;
     if (mine !== seq) return;
     if (all) fillOptions(all.data, now);
     $("atlas-rows").replaceChildren(...(page.data.length ? page.data.map(row)

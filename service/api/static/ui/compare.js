@@ -52,8 +52,9 @@
     const entries = reports.map((r) => (r.optimizers || []).find((e) => e.name === o.name) || null);
     const values = entries.flatMap((e) => (e && e.grid && e.grid.value ? e.grid.value.flat() : []))
       .filter((v) => v !== null && Number.isFinite(v));
-    const lo = Math.min(...values);
-    const hi = Math.max(...values);
+    // No finite value anywhere (every cell diverged): NaN, as the study page has it, not ±Infinity.
+    const lo = values.length ? values.reduce((a, b) => Math.min(a, b)) : NaN;
+    const hi = values.length ? values.reduce((a, b) => Math.max(a, b)) : NaN;
     const maps = el("div", { class: "maps" }, ...entries.map((e, k) => {
       if (!e || !e.grid || !e.grid.lr.length) return el("p", { class: "legend" }, names[k] + ": no grid");
       let mark = null;

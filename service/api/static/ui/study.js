@@ -1,12 +1,12 @@
 // The study page (/ui/studies/ID): fills in live while a worker runs the study.
 //
 // Every few seconds it asks GET /studies/ID (one row and a count: cheap). Only when the progress
-// moved (a trial finished or failed, the status changed) does it fetch the report, which the
+// moved (an epoch landed, a trial finished or failed, the status changed) does it fetch the report, which the
 // server builds at most once per change of the study and shares between viewers
 // (service/api/report_cache.py): a room of viewers costs one report build per finished epoch, not
 // one per viewer. Everything drawn comes from that report: per cell the mean and standard error
 // over the finished seeds, each seed's value and trial (report.grid), the measures and verdict; a
-// click fetches that cell's learning curves, one per seed.
+// click fetches that cell's learning curves, one per seed, those of running trials so far too.
 (() => {
   "use strict";
 
@@ -23,13 +23,36 @@
 
   // --- the loop ------------------------------------------------------------------------------
 
+  // One loop: a poll started while another is in flight (the tab shown again, a button) only
+  // asks for one more round when that one ends, never a second timer.
+  let busy = false;
+  let again = false;
+
   async function poll() {
     clearTimeout(timer);
+    timer = null;
+    if (busy) {
+      again = true;
+      return;
+    }
+    busy = true;
+    try {
+      await round();
+    } finally {
+      busy = false;
+    }
+    if (again) {
+      again = false;
+      poll();
+    }
+  }
+
+  async function round() {
     try {
       if (me === null) me = await api("/me");
       const study = await api(BASE);
       const p = study.progress;
-      const now = [study.status, p.trials_done, p.trials_failed, p.trials_total].join("/");
+      const now = [study.status, p.trials_done, p.trials_failed, p.trials_total, p.epochs_recorded].join("/");
       state.study = study;
       head(study);
       if (now !== key) {
@@ -45,15 +68,20 @@
       }
       const live = study.status === "queued" || study.status === "running";
       notice("updated " + new Date().toLocaleTimeString() + (live ? " · refreshes every " + window.DL.pollMs / 1000 + " s" : ""));
-      if (live) timer = setTimeout(tick, window.DL.pollMs);
+      if (live) schedule(window.DL.pollMs);
     } catch (e) {
       if (handle(e)) return;
-      timer = setTimeout(tick, window.DL.pollMs * 2);
+      schedule(window.DL.pollMs * 2);
     }
   }
 
+  function schedule(ms) {
+    clearTimeout(timer);
+    timer = setTimeout(tick, ms);
+  }
+
   function tick() {
-    if (document.hidden) timer = setTimeout(tick, window.DL.pollMs);
+    if (document.hidden) schedule(window.DL.pollMs);
     else poll();
   }
 
@@ -94,13 +122,16 @@
     const seeds = g.seed_list || [];
     const grid = g.lr.map((_, i) => g.wd.map((__, j) => {
       const list = [];
+      const running = [];
       seeds.forEach((seed, s) => {
         const id = g.trial_ids && g.trial_ids[s] ? g.trial_ids[s][i][j] : null;
+        const run = g.running_ids && g.running_ids[s] ? g.running_ids[s][i][j] : null;
+        if (run !== null && run !== undefined) running.push({ seed, id: run });
         if (id === null || id === undefined) return; // not finished yet
         const v = g.per_seed[s][i][j];
         list.push({ seed, id, value: v === null ? Infinity : v }); // null for a finished trial: diverged
       });
-      return { seeds: list, n: g.seeds ? g.seeds[i][j] : list.length, mean: g.value[i][j],
+      return { seeds: list, running, n: g.seeds ? g.seeds[i][j] : list.length, mean: g.value[i][j],
         se: g.se ? g.se[i][j] : null };
     }));
     return { lr: g.lr, wd: g.wd, grid, mean: g.value, se: g.se || g.value.map((r) => r.map(() => null)),
@@ -226,9 +257,9 @@
   function tip(name, c, i, j, ev, metric) {
     const cell = c.grid[i][j];
     const t = $("tip");
-    const seeds = cell.seeds.length
-      ? cell.seeds.map((s) => "seed " + s.seed + ": " + (Number.isFinite(s.value) ? num(s.value, 4) : "diverged")).join(" · ")
-      : "no seed finished here yet";
+    const parts = cell.seeds.map((s) => "seed " + s.seed + ": " + (Number.isFinite(s.value) ? num(s.value, 4) : "diverged"))
+      .concat(cell.running.map((s) => "seed " + s.seed + ": running (partial; click for its curve so far)"));
+    const seeds = parts.length ? parts.join(" · ") : "no seed finished here yet";
     t.replaceChildren(
       el("b", {}, name + "  lr " + num(c.lr[i], 3) + "  wd " + num(c.wd[j], 3)), el("br"),
       seeds, el("br"),
@@ -247,14 +278,15 @@
     const cell = c.grid[i][j];
     box.replaceChildren(el("p", { class: "legend" }, "lr " + num(c.lr[i]) + ", wd " + num(c.wd[j]) + ": loading curves…"));
     try {
-      const done = cell.seeds;
+      const done = cell.seeds.map((t) => ({ ...t, label: "seed " + t.seed }))
+        .concat(cell.running.map((t) => ({ ...t, label: "seed " + t.seed + " (running)" })));
       const got = await Promise.all(done.map((t) => api(BASE + "/trials/" + t.id + "/curve")));
-      const series = got.map((g, k) => ({ name: "seed " + done[k].seed,
-        points: g.points.map((p) => [p.epoch, p[metric]]) }));
+      const series = got.map((g, k) => ({ name: done[k].label,
+        points: g.points.map((p) => [p.epoch, p[metric]]) })).filter((x) => x.points.length);
       box.replaceChildren(
         el("h3", {}, "learning curves at lr " + num(c.lr[i]) + ", wd " + num(c.wd[j])),
         series.length ? lines(series, { xLabel: "epoch", title: metric + " per epoch, one line per seed", width: 520, height: 220 })
-          : el("p", { class: "legend" }, "No trial of this cell has finished yet."));
+          : el("p", { class: "legend" }, "No epoch of this cell has been recorded yet."));
     } catch (e) {
       handle(e);
     }

@@ -235,8 +235,16 @@
     return m ? text.slice(0, Number(m[1])).split("\n").length : 1;
   }
 
+  // An edit: the spec last checked is no longer the text, so nothing can be submitted until the
+  // new text is checked (a click within the debounce would otherwise post the previous spec),
+  // and a check still in flight for the old text no longer counts (seq).
   function later() {
     clearTimeout(timer);
+    seq++;
+    body = null;
+    $("submit").disabled = true;
+    $("check").textContent = "checking…";
+    $("check").className = "check";
     gutter();
     timer = setTimeout(check, DEBOUNCE_MS);
   }
