@@ -273,7 +273,9 @@ def test_killed_worker_study_is_finished_by_another_without_rerunning(
     assert w2.returncode == 0, out
 
     study = client.get(f"/studies/{study_id}").json()
-    assert study["status"] == "done" and study["attempts"] == 2, study
+    # Any claim beyond the second is this worker's own loop re-claiming after run_study gave the
+    # study back (a block that lost the database, DatabaseUnavailable): its log says which.
+    assert study["status"] == "done" and study["attempts"] == 2, (study, out[-4000:])
     assert study["claimed_by"].startswith(f"{host}:{w2.pid}:")
     after = {t.id: t for t in trial_rows(engine, study_id)}
     assert len(after) == 3 * 2 * 2 and set(after) == set(at_kill)
