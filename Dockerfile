@@ -57,6 +57,15 @@ COPY migrations ./migrations
 RUN pip install --no-deps . \
     && python -c "import torch, ray, service.cli; assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__; assert ray.__version__ == '${RAY_VERSION}', ray.__version__"
 
+# Plugins (docs/plugins.md): pip requirements installed into the image, e.g.
+#   docker build --build-arg PLUGINS="my-task==1.0.0 my-rule==2.1.0" -t decouple-lab:cu128 .
+# The build fails if the registry refuses one of them (a broken description, a name taken).
+ARG PLUGINS=
+RUN if [ -n "$PLUGINS" ]; then \
+        pip install $PLUGINS \
+        && python -c "from service.domain.plugins import registry; r = registry(); assert not r.refused, r.refused; print('plugins:', sorted(r.plugins()))"; \
+    fi
+
 # The scripts keep their mode from the checkout (executable; tests/test_compose.py checks it).
 COPY docker/worker-entrypoint.sh /usr/local/bin/decouple-worker-entrypoint
 COPY docker/entrypoint.sh /usr/local/bin/decouple-entrypoint

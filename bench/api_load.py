@@ -28,6 +28,15 @@ is added, 60 clients in a process of their own fetch its ``report.html`` in a lo
 request every 50 ms; the same request on the quiet server, just before, is the baseline:
 ``list_p99_under_report_storm_ms=... list_p99_quiet_ms=...`` (target: under 250 ms).
 ``--quick``: 15 s of load (under two minutes with set-up, the storm aside).
+
+The atlas (issue 20): 1,000 done studies are added, each with its report marked stored and the
+five atlas entries of the finished study's real report (``service.store.atlas_summary``), over
+the user tasks and three owners: 5,000 entries, 1,000 studies listed per row group. ``GET
+/atlas`` is then timed alone, one request at a time (``ATLAS_REQUESTS``), whole and filtered by
+an owner; ``atlas_p50_ms=... atlas_p99_ms=... atlas_owner_p99_ms=... atlas_server_cpu_ms=...``
+(target: p99 under 200 ms; the server's CPU time per atlas request beside it, which a loaded
+shared machine does not inflate). The same request's ``/health`` floor is the baseline above. ``--atlas-only`` skips the
+load and the storm.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +75,9 @@ SMALL_SPEC = {
     "seeds": [0, 1],
 }
 MIX = {"report": 0.40, "study": 0.25, "list": 0.25, "post": 0.10}
+#: Done studies in the atlas, and sequential ``GET /atlas`` requests timed.
+ATLAS_STUDIES = 1000
+ATLAS_REQUESTS = 200
 
 
 def schema_url(schema: str) -> str:
@@ -121,6 +134,61 @@ def seed_database(url: str) -> tuple[str, list[str], str]:
         return finished.id, ids, token
     finally:
         engine.dispose()
+
+
+def seed_atlas(url: str, finished: str, n: int = ATLAS_STUDIES) -> int:
+    """``n`` done studies with a stored report and the finished study's five atlas entries each
+    (over the user tasks and three owners); returns how many entries were written."""
+    from sqlalchemy import insert, select
+
+    from service import store
+    from service.db import make_engine, session_scope
+    from service.models import AtlasEntry, Study
+    from service.schemas import user_task_names
+
+    engine = make_engine(url)
+    try:
+        with session_scope(engine) as s:
+            report = s.scalar(select(Study.report).where(Study.id == finished))
+            assert report is not None, "the finished study's report is computed first"
+            summary = store.atlas_summary(report)
+            spec = s.scalar(select(Study.spec).where(Study.id == finished))
+            tasks = user_task_names()
+            now = store.utcnow()
+            studies, entries = [], []
+            for i in range(n):
+                sid = uuid.uuid4().hex
+                at = now - timedelta(minutes=i)
+                task = tasks[i % len(tasks)]
+                studies.append({
+                    "id": sid, "name": f"atlas {i}", "spec": {**spec, "task": task},
+                    "owner": ("alice", "bob", "carol")[i % 3], "status": "done", "priority": 0,
+                    "created_at": at, "started_at": at, "finished_at": at, "updated_at": at, "attempts": 1,
+                    "trials_total": 640, "report": {"study_id": sid, "atlas": "bench"}, "report_computed_at": at,
+                })
+                entries += [{**e, "study_id": sid, "task": task} for e in summary]
+            s.execute(insert(Study), studies)
+            s.execute(insert(AtlasEntry), entries)
+        with engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
+            conn.commit()
+        return len(entries)
+    finally:
+        engine.dispose()
+
+
+def time_atlas(base: str, token: str, n: int = ATLAS_REQUESTS, **params: str) -> tuple[list[float], int]:
+    """``n`` sequential ``GET /atlas`` (ms) and the row count of the last answer."""
+    out: list[float] = []
+    rows = 0
+    with httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {token}"}) as http:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = http.get("/atlas", params=params)
+            r.raise_for_status()
+            rows = len(r.json()["data"])  # decoding it is the client's, not timed: measured to the last byte
+            out.append((time.perf_counter() - t0) * 1e3)
+    return out, rows
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -255,7 +323,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="15 s of load instead of 60")
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--atlas-only", action="store_true", help="time GET /atlas only (no load, no storm)")
     args = parser.parse_args()
+    from bench.trainer import cpu_model
+
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs")
     seconds = args.seconds or (15.0 if args.quick else 60.0)
 
     from tests.reliability.servers import start_api
@@ -278,11 +350,23 @@ def main() -> int:
         print(f"first report request (computes and caches it): {(time.perf_counter() - t0) * 1e3:.0f} ms, "
               f"{len(r.content) / 1e3:.0f} kB")
         health = asyncio.run(baseline(base, min(5.0, seconds / 3), args.concurrency))
-        latencies, errors, wall, server_cpu, client_cpu = asyncio.run(
-            drive(base, token, finished, ids, seconds, args.concurrency, warmup=min(3.0, seconds / 5),
-                  server_pid=server.pid)
-        )
-        quiet, stormy, storm_pages = report_storm(url, base, token, home)
+        latencies: dict[str, list[float]] = {k: [] for k in MIX}
+        errors: dict[str, int] = {k: 0 for k in MIX}
+        wall, server_cpu, client_cpu, quiet, stormy, storm_pages = math.nan, math.nan, math.nan, [], [], 0
+        if not args.atlas_only:
+            latencies, errors, wall, server_cpu, client_cpu = asyncio.run(
+                drive(base, token, finished, ids, seconds, args.concurrency, warmup=min(3.0, seconds / 5),
+                      server_pid=server.pid)
+            )
+            quiet, stormy, storm_pages = report_storm(url, base, token, home)
+        t0 = time.perf_counter()
+        n_entries = seed_atlas(url, finished)
+        print(f"atlas: {ATLAS_STUDIES:,} done studies, {n_entries:,} entries added in {time.perf_counter() - t0:.1f} s")
+        time_atlas(base, token, 10)  # warm-up: connections, plans
+        cpu0 = process_cpu_s(server.pid)
+        atlas, atlas_rows = time_atlas(base, token)
+        atlas_cpu_ms = (process_cpu_s(server.pid) - cpu0) / len(atlas) * 1e3
+        atlas_owner, owner_rows = time_atlas(base, token, owner="alice")
     finally:
         if server is not None:
             server.stop()
@@ -292,6 +376,15 @@ def main() -> int:
 
         shutil.rmtree(home, ignore_errors=True)
 
+    print(f"  atlas   n={len(atlas):6d}  p50={percentile(atlas, 50):7.1f} ms  p99={percentile(atlas, 99):7.1f} ms  "
+          f"({atlas_rows} rows over {ATLAS_STUDIES + 1:,} done studies; ?owner=alice: {owner_rows} rows, "
+          f"p50={percentile(atlas_owner, 50):.1f} ms p99={percentile(atlas_owner, 99):.1f} ms); server CPU "
+          f"{atlas_cpu_ms:.1f} ms per atlas request; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    atlas_result = (f"atlas_p50_ms={percentile(atlas, 50):.1f} atlas_p99_ms={percentile(atlas, 99):.1f} "
+                    f"atlas_owner_p99_ms={percentile(atlas_owner, 99):.1f} atlas_server_cpu_ms={atlas_cpu_ms:.1f}")
+    if args.atlas_only:
+        print(f"RESULT {atlas_result} health_p99_ms={percentile(health, 99):.1f}")
+        return 0
     total = sum(len(v) for v in latencies.values())
     print(f"{seconds:.0f} s of load, {args.concurrency} concurrent clients, {total} requests")
     for kind in MIX:
@@ -309,7 +402,7 @@ def main() -> int:
         f"RESULT report_p99_ms={percentile(latencies['report'], 99):.1f} list_p99_ms={percentile(latencies['list'], 99):.1f} "
         f"requests_per_s={total / wall:.0f} errors={sum(errors.values())} health_p99_ms={percentile(health, 99):.1f} "
         f"server_cpu_ms_per_request={cpu_per_request:.2f} list_p99_under_report_storm_ms={percentile(stormy, 99):.1f} "
-        f"list_p99_quiet_ms={percentile(quiet, 99):.1f}"
+        f"list_p99_quiet_ms={percentile(quiet, 99):.1f} {atlas_result}"
     )
     return 0
 

@@ -23,7 +23,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     rev = upgrade_to_head()
     print(f"database is at revision {rev}")
-    # The compose stack's first admin: its token was made by the `secrets` service, which cannot
+    # The compose stack's admin: its token was made by the `secrets` service, which cannot
     # reach the database; the migration, which runs before the API, stores it.
     path = Settings().admin_token_file
     if path is not None:
@@ -33,10 +33,12 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
             raise CliError(f"DECOUPLE_ADMIN_TOKEN_FILE: cannot read {path}: {exc.strerror}") from exc
         try:
             with session_scope(get_engine()) as session:
-                added = ensure_token(session, "admin", token, admin=True)
+                added, revoked = ensure_token(session, "admin", token, admin=True, sole=True)
         except ValueError as exc:
             raise CliError(f"DECOUPLE_ADMIN_TOKEN_FILE ({path}): {exc}") from exc
         print("stored the admin token of 'admin'" if added else "the admin token of 'admin' is already stored")
+        if revoked:
+            print(f"revoked {revoked} earlier token(s) of 'admin': the file's token replaces them")
     return 0
 
 

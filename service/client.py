@@ -283,6 +283,10 @@ def status(id: str, *, api_url: str | None = None, token: str | None = None) -> 
             lines.append(f"{key.removesuffix('_at'):<9} {study[key]}")
     if study.get("last_error"):
         lines.append(f"error     {study['last_error']}")
+    for key, dist in sorted((study.get("plugins") or {}).items()):
+        lines.append(f"plugin    {key.replace(':', ' ', 1)} from {dist['distribution']} {dist['version']}")
+    if study.get("waiting_reason") and study["status"] == "queued":
+        lines.append(f"waiting   {study['waiting_reason']}")
     print("\n".join(lines))
     return 0
 

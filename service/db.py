@@ -225,6 +225,18 @@ def read(engine: Engine | None, work: Callable[..., T], *args: Any, **kwargs: An
     (:func:`idle_connection_open`) and the first query fails with a disconnect: the work then
     runs once more, on a fresh connection (it only reads, so there is nothing to undo).
     """
+    return _read(engine, "AUTOCOMMIT", work, args, kwargs)
+
+
+def read_snapshot(engine: Engine | None, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """:func:`read` for work of several queries that must agree with each other (the atlas: its
+    entries, then the newest of each): every statement sees one snapshot of the database. On
+    PostgreSQL a ``REPEATABLE READ`` transaction (read-only work never fails to serialize); SQLite's
+    deferred read transaction is one snapshot already (WAL)."""
+    return _read(engine, "REPEATABLE READ", work, args, kwargs)
+
+
+def _read(engine: Engine | None, isolation: str, work: Callable[..., T], args: Any, kwargs: Any) -> T:
     engine = engine if engine is not None else get_engine()
     for attempt in (1, 2):
         try:
@@ -232,7 +244,7 @@ def read(engine: Engine | None, work: Callable[..., T], *args: Any, **kwargs: An
                 if engine.dialect.name == "sqlite":
                     conn.execution_options(sqlite_begin="DEFERRED")
                 else:
-                    conn.execution_options(isolation_level="AUTOCOMMIT")
+                    conn.execution_options(isolation_level=isolation)
                 result = work(conn, *args, **kwargs)
                 if conn.in_transaction():
                     conn.commit()

@@ -1,7 +1,8 @@
 """The study store's tables (SQLAlchemy 2 declarative models).
 
-Four tables: ``studies`` (one submitted spec and its queue state), ``trials`` (one row per grid
-cell x seed, the unit a worker trains), ``curve_points`` (per-epoch metrics of a trial) and
+Five tables: ``studies`` (one submitted spec and its queue state), ``trials`` (one row per grid
+cell x seed, the unit a worker trains), ``curve_points`` (per-epoch metrics of a trial),
+``atlas_entries`` (per done study and optimizer, the summary ``GET /atlas`` reads) and
 ``api_tokens``. The schema itself keeps concurrent workers honest:
 
 * ``UNIQUE(study_id, phase, optimizer, lr_index, wd_index, seed)`` makes "each trial exactly once"
@@ -199,6 +200,15 @@ class Study(Base):
     #: Deferred: tens of kB per done study, which listing or reading studies must not decode.
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True, deferred=True)
     report_computed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The installed plugins the study names, ``{"task:NAME" | "rule:NAME": {"distribution", "version"}}``
+    #: (None: built-ins only), recorded at submission; a worker claims the study only with each of
+    #: them installed at that version (``service.store.claim_study``).
+    plugins: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    #: Why the last worker that looked at this queued study left it (a missing or different plugin).
+    waiting_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Curve points written for the study's trials so far (each upsert counts, a retried epoch
+    #: again): with the trial counts, the cheap key of a running study's cached report.
+    epochs_recorded: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     def __repr__(self) -> str:
         return f"Study(id={self.id!r}, name={self.name!r}, status={self.status!r})"
@@ -268,6 +278,38 @@ class CurvePoint(Base):
     train_loss = _metric_property("train_loss")
     val_loss = _metric_property("val_loss")
     val_error = _metric_property("val_error")
+
+
+class AtlasEntry(Base):
+    """One optimizer of one done study as the atlas (``GET /atlas``) shows it: a compact summary
+    of its stored report, written with the report (``service.store.cache_report``), so the atlas
+    of every finished study is one indexed query, not a thousand reports to decode.
+
+    An entry is current while its study is ``done`` with a stored report; a study whose report is
+    dropped (extended, run again) has its entries replaced when the new report is stored."""
+
+    __tablename__ = "atlas_entries"
+    __table_args__ = (Index("ix_atlas_entries_task_optimizer", "task", "optimizer"),)
+
+    study_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True
+    )
+    optimizer: Mapped[str] = mapped_column(String(32), primary_key=True)
+    task: Mapped[str] = mapped_column(String(64))
+    base: Mapped[str] = mapped_column(String(32))
+    convention: Mapped[str] = mapped_column(String(16))
+    metric: Mapped[str] = mapped_column(String(16))
+    #: ``decision.verdict``: separable, no_wd_effect, inconclusive, coupled, not_enough_data.
+    verdict: Mapped[str] = mapped_column(String(32))
+    ridge_slope: Mapped[float | None] = mapped_column(Double, nullable=True)
+    #: ``[lo, hi]`` (a null end: unbounded), or null without a ridge fit.
+    ridge_slope_ci: Mapped[list[float | None] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    best_lr: Mapped[float | None] = mapped_column(Double, nullable=True)
+    best_wd: Mapped[float | None] = mapped_column(Double, nullable=True)
+    best_value: Mapped[float | None] = mapped_column(Double, nullable=True)
+    best_tau_epochs: Mapped[float | None] = mapped_column(Double, nullable=True)
+    #: Seeds with a finished trial (the most any cell of the grid has).
+    seeds: Mapped[int] = mapped_column(Integer)
 
 
 class ApiToken(Base):

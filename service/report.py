@@ -7,8 +7,10 @@ makes one self-contained page (PNG heat maps as data: URIs, inline CSS, no scrip
 request) that can be mailed or attached to a ticket.
 
 The grid per optimizer: ``grid.value[i][j]`` is the metric at ``lr[i]``, ``wd[j]`` averaged over the
-seeds that finished there. A cell where any finished seed diverged is diverged (``null``, counted
-in ``grid.diverged``); a cell without a finished seed is missing (``null``, ``grid.seeds[i][j] == 0``).
+seeds that finished there, ``grid.se[i][j]`` its standard error, ``grid.per_seed[s][i][j]`` and
+``grid.trial_ids[s][i][j]`` each seed's value and trial (:func:`per_seed_grid`). A cell where any
+finished seed diverged is diverged (``null``, counted in ``grid.diverged``); a cell without a
+finished seed is missing (``null``, ``grid.seeds[i][j] == 0``).
 The measures come from ``service.analysis`` (see its docstring for the formulas and readings).
 
 The reading per optimizer (``verdict``, one headline and the sentence that decided it) and the
@@ -37,6 +39,7 @@ from service.domain import conventions
 from service.domain import seeds as seeds_rule
 from service.domain.catalog import TASK_INFO, chance_level, default_wd
 from service.domain.numeric import json_safe
+from service.report_style import REPORT_CSS
 
 #: Ranking order of the verdicts: most separable first.
 VERDICT_ORDER = {"separable": 0, "no_wd_effect": 1, "inconclusive": 2, "coupled": 3, "not_enough_data": 4}
@@ -130,6 +133,7 @@ def seed_grid(opt: dict, spec: dict, mine: list[dict], metric: str) -> dict[str,
     vals = np.full((S, n, m), np.nan)
     present = np.zeros((S, n, m), bool)
     ids: dict[tuple[int, int], list[tuple[int, Any]]] = {}
+    running: dict[tuple[int, int], list[tuple[int, Any]]] = {}
     counts = {"total": len(mine), "done": 0, "failed": 0, "diverged": 0, "pending": 0}
     # Edge repair below an axis numbers its new points from -1 down (``origin``).
     oi, oj = ((opt.get(k) or {}).get("origin") or 0 for k in ("lr", "wd"))
@@ -142,6 +146,8 @@ def seed_grid(opt: dict, spec: dict, mine: list[dict], metric: str) -> dict[str,
         status = t.get("status")
         if status != "done":
             counts["failed" if status == "failed" else "pending"] += 1
+            if status == "running":  # its curve grows as epochs land: the page shows it on a click
+                running.setdefault((i, j), []).append((t["id"], t.get("seed")))
             continue
         counts["done"] += 1
         s = seeds.index(t.get("seed"))
@@ -153,7 +159,8 @@ def seed_grid(opt: dict, spec: dict, mine: list[dict], metric: str) -> dict[str,
         else:
             vals[s, i, j] = float(v)
         ids.setdefault((i, j), []).append((t["id"], t.get("seed")))
-    return {"lrs": lrs, "wds": wds, "vals": vals, "present": present, "counts": counts, "ids": ids}
+    return {"lrs": lrs, "wds": wds, "vals": vals, "present": present, "counts": counts, "ids": ids,
+            "running": running, "seeds": seeds}
 
 
 def _decide_args(name: str, spec: dict, metric: str) -> tuple[float | None, int | None]:
@@ -242,7 +249,8 @@ def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, cha
                                "coordinate_trials", "separability", "ci", "noise", "unreliable",
                                "diagnostics", "warnings")},
         "grid": {"lr": lrs, "wd": wds, "value": value, "diverged": diverged, "seeds": finished,
-                 "basin": basin_mask(np.where(finished > 0, np.where(diverged > 0, np.inf, mean), np.nan))},
+                 "basin": basin_mask(np.where(finished > 0, np.where(diverged > 0, np.inf, mean), np.nan)),
+                 **per_seed_grid(g, value)},
         "trials": counts,
         "default_wd": dwd,
         "other_convention": _other_convention(name, res["best"], res["optimal_wd_slope"]),
@@ -261,6 +269,34 @@ def _optimizer_entry(opt: dict, spec: dict, trials: list[dict], metric: str, cha
     entry["_best_ids"] = ids.get(tuple(bi), []) if bi is not None else []
     entry["verdict"] = verdict(entry)
     return entry
+
+
+def per_seed_grid(g: dict, value: np.ndarray) -> dict[str, Any]:
+    """What the study page shows per cell beside the mean (``grid.value``): ``se``, the standard
+    error of that mean (sample SD over the finished seeds / sqrt(their count); null with fewer
+    than two, or where ``value`` is null); ``seed_list``, the seed numbers, and per seed
+    ``per_seed[s][i][j]``, the seed's metric (null: not finished, or diverged) and
+    ``trial_ids[s][i][j]`` (null: no such trial), for its curve (``GET .../trials/{id}/curve``);
+    ``running_ids[s][i][j]``, the seed's trial while it runs (null otherwise): its curve so far.
+    A running trial's latest epoch is not in ``per_seed`` nor in the measures, which compare
+    finished trials only (a value at epoch 3 of 20 is not comparable with a final one)."""
+    vals, present = g["vals"], g["present"]
+    ok = present & np.isfinite(vals)
+    k = ok.sum(axis=0)
+    mean = np.where(ok, vals, 0.0).sum(axis=0) / np.maximum(k, 1)
+    ss = np.where(ok, (np.where(ok, vals, 0.0) - mean) ** 2, 0.0).sum(axis=0)
+    sd = np.sqrt(ss / np.maximum(k - 1, 1))
+    se = np.where((k >= 2) & np.isfinite(value), sd / np.sqrt(np.maximum(k, 1)), np.nan)
+    seeds = list(g["seeds"])
+    trial_ids: list[list[list[int | None]]] = [[[None] * vals.shape[2] for _ in range(vals.shape[1])]
+                                               for _ in seeds]
+    running_ids = [[[None] * vals.shape[2] for _ in range(vals.shape[1])] for _ in seeds]
+    for target, members_of in ((trial_ids, g["ids"]), (running_ids, g.get("running") or {})):
+        for (i, j), members in members_of.items():
+            for tid, seed in members:
+                target[seeds.index(seed)][i][j] = tid
+    return {"se": se, "seed_list": seeds, "per_seed": np.where(ok, vals, np.nan), "trial_ids": trial_ids,
+            "running_ids": running_ids}
 
 
 def placement(opt: dict) -> dict:
@@ -294,6 +330,11 @@ def pilot_grid(name: str, trials: list[dict], metric: str) -> dict | None:
 
 def pilot_png(pilot: dict) -> str:
     """A small grey heat map of the pilot (darker = better; blank = diverged or not run)."""
+    return _png(pilot_figure(pilot))
+
+
+def pilot_figure(pilot: dict) -> Any:
+    """:func:`pilot_png`'s figure."""
     from matplotlib.figure import Figure
 
     val = _arr(pilot["value"])
@@ -305,7 +346,7 @@ def pilot_png(pilot: dict) -> str:
     ax.set_yticks(range(len(pilot["wd"])), [_tick(v) for v in pilot["wd"]], fontsize=6)
     ax.set_title("pilot", fontsize=8, color="#777777")
     fig.subplots_adjust(left=0.25, right=0.97, top=0.88, bottom=0.3)
-    return _png(fig)
+    return fig
 
 
 def _unplaced_entry(name: str, n_trials: int) -> dict:
@@ -319,7 +360,8 @@ def _unplaced_entry(name: str, n_trials: int) -> dict:
             "decay_convention": variant.decay_convention,
             "rule": variant.rule, **none, "ci": {}, "noise": {}, "unreliable": [], "diagnostics": {},
             "warnings": ["The grid is not placed yet: its auto axis waits for the pilot run."],
-            "grid": {"lr": [], "wd": [], "value": [], "diverged": [], "seeds": [], "basin": []},
+            "grid": {"lr": [], "wd": [], "value": [], "diverged": [], "seeds": [], "basin": [], "se": [],
+                     "seed_list": [], "per_seed": [], "trial_ids": []},
             "trials": {"total": n_trials, "done": 0, "failed": 0, "diverged": 0, "pending": n_trials},
             "_best_ids": [], "verdict": "Not enough finished cells to judge yet."}
 
@@ -401,6 +443,32 @@ def parametrization_sentence(params: dict) -> str:
     return text
 
 
+#: What the report says of a torch.optim fallback rule (``service.domain.plugins.RuleInfo``).
+TORCH_FALLBACK_NOTE = ("a torch.optim.Optimizer run as a fallback: one instance per config over its slice of "
+                       "the packed parameters, K Python-level steps per step (slower than a packed rule)")
+
+
+def plugins_used(study: dict) -> list[dict[str, Any]]:
+    """The plugins a study recorded at submission: name, kind, distribution, version, and a note
+    for a torch.optim fallback rule (the registry of this process says which kind it is)."""
+    from service.domain.plugins import registry
+
+    out = []
+    for key, dist in sorted((study.get("plugins") or {}).items()):
+        kind, _, name = key.partition(":")
+        entry: dict[str, Any] = {"kind": kind, "name": name, **dist}
+        rule = registry().rules.get(name) if kind == "rule" else None
+        if rule is not None and rule.kind == "torch":
+            entry["note"] = TORCH_FALLBACK_NOTE
+        out.append(entry)
+    return out
+
+
+def _plugin_text(p: dict[str, Any]) -> str:
+    text = f"{'update rule' if p['kind'] == 'rule' else 'task'} {p['name']} from {p['distribution']} {p['version']}"
+    return text + (f" ({p['note']})" if p.get("note") else "")
+
+
 def build_report(study: dict, trials: list[dict],
                  load_curves: Callable[[list[int]], dict[int, list[dict]]]) -> dict:
     """The report JSON (``docs/api.md``) for one study (JSON-ready: non-finite numbers are None)."""
@@ -431,6 +499,7 @@ def build_report(study: dict, trials: list[dict],
         "task": task, "metric": metric, "chance": chance, "partial": partial,
         "seeds": spec.get("seeds"), "epochs": spec.get("epochs"), "schedule": spec.get("schedule"),
         "wd_normalized": bool(spec.get("wd_normalized", False)),
+        "plugins": plugins_used(study),
         "optimizers": entries, "ranking": ranking, "warnings": warnings,
     }
     return json_safe(report)
@@ -515,7 +584,8 @@ def format_table(report: dict) -> str:
     title += f": {report.get('status')}, {METRIC_WORDS.get(metric, metric)} (lower is better)"
     if report.get("partial"):
         title += " - PARTIAL"
-    out = [title, "", line(head), line(["-" * w for w in widths]), *map(line, rows), ""]
+    out = [title, *(f"plugin: {_plugin_text(p)}" for p in report.get("plugins") or []), "",
+           line(head), line(["-" * w for w in widths]), *map(line, rows), ""]
     for e in entries:
         out.append(f"{e['name']}: {e.get('verdict', '')}")
         if (e.get("parametrizations") or {}).get("sentence"):
@@ -554,9 +624,22 @@ def _plain_ticks(axis) -> None:
 
 
 def _png(fig) -> str:
+    return "data:image/png;base64," + base64.b64encode(figure_bytes(fig, "png")).decode("ascii")
+
+
+#: The formats a figure is exported in, and their media types.
+FIGURE_FORMATS = {"png": "image/png", "svg": "image/svg+xml"}
+
+
+def figure_bytes(fig: Any, fmt: str) -> bytes:
+    """A matplotlib figure as PNG (110 dpi, as on the page) or SVG (text as paths: no font needed
+    to open it; no date in its metadata, so the same report gives the same file)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    if fmt == "svg":
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    else:
+        fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
 
 
 def _arr(rows: list, dtype=float) -> np.ndarray:
@@ -564,7 +647,12 @@ def _arr(rows: list, dtype=float) -> np.ndarray:
 
 
 def heatmap_png(entry: dict, metric: str, chance: float | None = None) -> str:
-    """Figure 2 of the paper for one optimizer, as a PNG data URI.
+    """:func:`heatmap_figure` as a PNG data URI."""
+    return _png(heatmap_figure(entry, metric, chance))
+
+
+def heatmap_figure(entry: dict, metric: str, chance: float | None = None) -> Any:
+    """Figure 2 of the paper for one optimizer.
 
     x = lr, y = wd (log-spaced cells, tick labels at every cell), colour = metric (log scale when
     positive: errors span decades); the TOP_K basin circled, the best cell starred, diverged cells
@@ -632,11 +720,18 @@ def heatmap_png(entry: dict, metric: str, chance: float | None = None) -> str:
     ax.set_title(f"{entry['name']}: separability {sep:.2f}" if sep is not None else entry["name"],
                  fontsize=11)
     fig.subplots_adjust(left=0.17, right=0.97, top=0.92, bottom=0.27)
-    return _png(fig)
+    return fig
 
 
 def curves_png(entry: dict, metric: str) -> str | None:
-    """The best cell's learning curves (each seed): losses left, validation error right."""
+    """:func:`curves_figure` as a PNG data URI, or None without curves."""
+    fig = curves_figure(entry, metric)
+    return None if fig is None else _png(fig)
+
+
+def curves_figure(entry: dict, metric: str) -> Any:
+    """The best cell's learning curves (each seed): losses left, validation error right; None
+    when the best cell has no recorded epoch."""
     from matplotlib.figure import Figure
 
     curves = [c for c in entry.get("best_curves", []) if c.get("curve")]
@@ -667,29 +762,40 @@ def curves_png(entry: dict, metric: str) -> str | None:
     for a in (ax_loss, ax_err):
         a.grid(alpha=0.3)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;background:#f6f7f9}
-main{max-width:1080px;margin:0 auto;padding:24px}
-h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.25em;margin:0 0 8px}
-.meta{color:#555;margin:0 0 16px}
-.card{background:#fff;border:1px solid #e2e4e8;border-radius:8px;padding:16px 20px;margin:0 0 20px}
-.banner{background:#fff4d6;border:1px solid #f0c36d;border-radius:6px;padding:8px 12px;margin:0 0 16px}
-table{border-collapse:collapse;font-size:.92em}
-th,td{padding:4px 10px;border-bottom:1px solid #eceef1;text-align:left;vertical-align:top}
-th{background:#fafbfc;font-weight:600}
-td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
-.row{display:flex;flex-wrap:wrap;gap:20px;align-items:flex-start}
-.row>div{flex:1 1 340px}
-img{max-width:100%;height:auto}
-ul.warn{padding-left:18px;margin:8px 0}ul.warn li{color:#8a4b00;margin:2px 0}
-.verdict{font-weight:600;margin:6px 0 10px}
-.conv{color:#444;font-size:.92em}
-.muted{color:#777;font-size:.9em}
-dt{font-weight:600;margin-top:8px}dd{margin:2px 0 0 16px}
-"""
+#: The figures of an optimizer's report entry: ``GET /studies/{id}/figures/{optimizer}/{name}.{png|svg}``.
+FIGURES = ("heatmap", "curves", "pilot")
+
+
+def optimizer_figure(report: dict, optimizer: str, name: str, fmt: str) -> bytes:
+    """One figure of one optimizer of a report (:data:`FIGURES`) as PNG or SVG bytes: the same
+    drawing as the page's. :class:`~service.errors.NotFound` for an optimizer the study does not
+    have, or a figure it has none of yet (no grid placed, no curve recorded, no pilot run)."""
+    from service.errors import NotFound
+
+    if name not in FIGURES or fmt not in FIGURE_FORMATS:
+        raise NotFound(f"no figure {name}.{fmt} (figures: {', '.join(FIGURES)}; formats: png, svg)")
+    entry = next((e for e in report.get("optimizers", []) if e.get("name") == optimizer), None)
+    if entry is None:
+        names = ", ".join(e.get("name", "?") for e in report.get("optimizers", []))
+        raise NotFound(f"study {report.get('study_id')} has no optimizer {optimizer!r} (it has {names})")
+    metric = report.get("metric", "val_error")
+    fig: Any = None
+    if name == "heatmap" and entry["grid"]["lr"] and entry["grid"]["wd"]:
+        fig = heatmap_figure(entry, metric, report.get("chance"))
+    elif name == "curves":
+        fig = curves_figure(entry, metric)
+    elif name == "pilot" and entry.get("pilot"):
+        fig = pilot_figure(entry["pilot"])
+    if fig is None:
+        raise NotFound(f"{optimizer} has no {name} figure yet" + {
+            "heatmap": " (its grid waits for the pilot run)", "curves": " (no epoch of its best cell recorded)",
+            "pilot": " (it had no pilot run)"}[name])
+    return figure_bytes(fig, fmt)
+
+
 
 
 def _e(v: Any) -> str:
@@ -745,7 +851,7 @@ def render_html(report: dict) -> str:
     title = f"Separability report: {report.get('name') or report.get('study_id')}"
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
              f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
-             f"<link rel='icon' href='data:,'><title>{_e(title)}</title><style>{_CSS}</style></head>"
+             f"<link rel='icon' href='data:,'><title>{_e(title)}</title><style>{REPORT_CSS}</style></head>"
              f"<body><main><h1>{_e(title)}</h1>"]
     sched = report.get("schedule") or {}
     meta = [f"study {report.get('study_id')}", f"task {report.get('task')}",
@@ -761,6 +867,9 @@ def render_html(report: dict) -> str:
     if report.get("wd_normalized"):
         meta.append("wd axis is normalized (&lambda;<sub>norm</sub>)")
     parts.append(f"<p class='meta'>{' &middot; '.join(_e(x) if '&' not in x else x for x in meta)}</p>")
+    if report.get("plugins"):
+        items = "".join(f"<li>{_e(_plugin_text(p))}</li>" for p in report["plugins"])
+        parts.append(f"<p class='meta'>Plugins this study used:</p><ul class='plugins'>{items}</ul>")
     if report.get("partial"):
         parts.append(f"<div class='banner'>Partial report: the study is {_e(report.get('status'))}; "
                      "numbers will change as trials finish.</div>")
@@ -805,7 +914,7 @@ def render_html(report: dict) -> str:
         if pl:
             parts.append(f"<p class='muted'>placed: lr {_e(pl.get('lr'))}, wd {_e(pl.get('wd'))}</p>")
         if e.get("pilot"):
-            parts.append(f"<img class='pilot' style='opacity:.6' alt='pilot run of {_e(e['name'])} "
+            parts.append(f"<img class='pilot' alt='pilot run of {_e(e['name'])} "
                          f"(one seed, not in the measures)' src='{pilot_png(e['pilot'])}'>")
         t = e.get("trials") or {}
         parts.append(f"<p class='muted'>trials: {t.get('done', 0)} done ({t.get('diverged', 0)} diverged), "

@@ -19,9 +19,20 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
-from service.domain import conventions
+from service.domain import conventions, plugins
 from service.domain import seeds as seeds_rule
 from service.domain.catalog import TASK_INFO, default_grid
 from service.domain.grid import axis_values as axis_values  # re-exported: the spec's axes' points
@@ -137,6 +148,11 @@ class OptimizerSpec(_Spec):
     name: str = Field(json_schema_extra={"enum": list(conventions.all_names())})
     lr: GridAxis | None = None
     wd: GridAxis | None = None
+    #: A plugin rule's hyper-parameters (``GET /optimizers``: names, defaults and ranges); the
+    #: stored spec has every one, defaults filled in. Built-in bases take none.
+    params: dict[str, Annotated[float, Field(strict=True, allow_inf_nan=False)]] | None = None
+    #: Which of lr and wd took the default (a task may have its own defaults per base).
+    _defaulted: set[str] = PrivateAttr(default_factory=set)
 
     @field_validator("name")
     @classmethod
@@ -149,15 +165,51 @@ class OptimizerSpec(_Spec):
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> OptimizerSpec:
+        self._check_params()
         for key in ("lr", "wd"):
             default = default_grid(self.name)[key]
             axis = getattr(self, key)
             if axis is None:
+                self._defaulted.add(key)
                 axis = GridAxis(min=default.min, max=default.max, num=default.num)
             elif axis.auto and axis.num is None:
                 axis = GridAxis(auto=True, num=default.num)
             setattr(self, key, axis)
         return self
+
+    def _check_params(self) -> None:
+        base = conventions.parse(self.name).base
+        rule = plugins.rule_of(base)
+        declared = {h.name: h for h in rule.hyperparameters} if rule is not None else {}
+        given = dict(self.params or {})
+        if not declared:
+            if given:
+                raise ValueError(f"params: {self.name!r} takes no hyper-parameters (got {_names(given)})")
+            self.params = None
+            return
+        for key, value in given.items():
+            h = declared.get(key)
+            if h is None:
+                raise ValueError(f"params.{key}: {base!r} has no hyper-parameter {key!r} "
+                                 f"(it has {_names(declared)})")
+            if not h.min <= value <= h.max:
+                raise ValueError(f"params.{key}: {value:g} is outside [{h.min:g}, {h.max:g}]")
+        self.params = {k: given.get(k, h.default) for k, h in declared.items()}
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: Any) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("params") is None:
+            out.pop("params", None)  # built-in bases: the stored spec keeps its old shape
+        return out
+
+    def task_defaults(self, grids: dict[str, dict[str, tuple[float, float, int]]]) -> None:
+        """Replace the defaulted axes by a task's own defaults for this base (or this name)."""
+        r = conventions.parse(self.name)
+        grid = grids.get(self.name) or grids.get(r.canonical) or grids.get(r.base)
+        for key in self._defaulted & set(grid or {}):
+            lo, hi, num = grid[key]  # type: ignore[index]
+            setattr(self, key, GridAxis(min=lo, max=hi, num=num))
 
     @property
     def is_auto(self) -> bool:
@@ -357,6 +409,9 @@ class StudySpec(_Spec):
     @model_validator(mode="after")
     def _fill_and_cap(self, info: ValidationInfo) -> StudySpec:
         task = TASK_INFO[self.task]
+        if task.default_grids:
+            for opt in self.optimizers:
+                opt.task_defaults(task.default_grids)
         if self.epochs is None:
             self.epochs = task.epochs
         if self.batch_size is None:
@@ -374,6 +429,20 @@ class StudySpec(_Spec):
         """Grid-phase trials: sum over optimizers of lr.num * wd.num, times the seeds (under auto
         seeds the worst case, ``max``: the cap must hold however many seeds the study adds)."""
         return sum(opt.cells for opt in self.optimizers) * seeds_rule.max_seeds(self.seeds)
+
+    def plugins_used(self) -> dict[str, dict[str, str]]:
+        """The installed plugins this spec names (its task, its optimizers' bases), with the
+        distribution and version this process has: what the study records and a worker must have."""
+        reg = plugins.registry()
+        used: dict[str, dict[str, str]] = {}
+        task = reg.tasks.get(self.task)
+        if task is not None and not plugins.is_builtin(task.plugin):
+            used[f"task:{self.task}"] = task.plugin.as_dict()  # type: ignore[union-attr]
+        for opt in self.optimizers:
+            rule = reg.rules.get(conventions.parse(opt.name).base)
+            if rule is not None and not plugins.is_builtin(rule.plugin):
+                used[f"rule:{rule.name}"] = rule.plugin.as_dict()  # type: ignore[union-attr]
+        return used
 
     @property
     def initial_seeds(self) -> list[int]:
@@ -471,10 +540,55 @@ class StudyCreated(BaseModel):
     trials_total: int
 
 
+class EstimatePublic(BaseModel):
+    """How ``estimated_seconds`` was reached: the throughput measured on this deployment."""
+
+    #: Which measured throughput was used, in words (or why there is none).
+    basis: str
+    #: Trial-epochs per wall second of the spec's task, pooled over its newest done studies; null
+    #: when this deployment has finished no study of the task yet.
+    trial_epochs_per_second: float | None
+    #: The done studies, trial-epochs and wall seconds it was measured over (0 when none).
+    studies: int
+    trial_epochs_measured: int
+    wall_seconds_measured: float
+
+
+class DryRunOptimizerPublic(BaseModel):
+    name: str
+    #: The axis's points; null for an ``auto`` axis (its pilot run places it).
+    lr: list[float] | None
+    wd: list[float] | None
+    #: The seed list, or for auto seeds ``{"auto": true, "min", "max", "start": [seeds]}``.
+    seeds: list[int] | dict[str, Any]
+    #: Grid trials (cells x seeds; under auto seeds at ``max`` seeds, the worst case).
+    trials: int
+    #: Only for an optimizer with an ``auto`` axis: ``{"lr": "auto"|"given", "wd": ..., "num": {"lr", "wd"}}``.
+    placement: dict[str, Any] | None = None
+
+
+class DryRunPublic(BaseModel):
+    """``POST /studies?dry_run=true``: what the spec would queue; nothing is stored."""
+
+    dry_run: Literal[True]
+    trials_total: int
+    trial_epochs_total: int
+    estimated_seconds: float | None
+    estimate: EstimatePublic
+    optimizers: list[DryRunOptimizerPublic]
+    spec: dict[str, Any]
+    #: The installed plugins the study would record (as ``StudyPublic.plugins``); None: built-ins only.
+    plugins: dict[str, dict[str, str]] | None = None
+
+
 class Progress(BaseModel):
     trials_total: int
     trials_done: int
     trials_failed: int
+    #: Curve points written for the study so far (every phase; an epoch run again counts again):
+    #: grows as epochs land, between finished trials, so a page watching a study knows when the
+    #: (cached) partial report has moved. The report cache's key counts the same.
+    epochs_recorded: int
 
 
 class StudyPublic(BaseModel):
@@ -492,6 +606,10 @@ class StudyPublic(BaseModel):
     claimed_by: str | None
     attempts: int
     last_error: str | None
+    #: Installed plugins the study uses, "task:NAME"/"rule:NAME" -> distribution and version.
+    plugins: dict[str, dict[str, str]] | None = None
+    #: Why it is still queued: no worker with the plugins it needs has claimed it.
+    waiting_reason: str | None = None
 
 
 class StudiesPublic(BaseModel):
@@ -555,6 +673,17 @@ class OptimizerInfoPublic(BaseModel):
     decay_convention: str
     rule: str
     default_grid: dict[str, AxisPublic]
+    #: The distribution providing the base (``decouple-lab`` for the built-ins) and its version.
+    distribution: str
+    version: str
+
+
+class HyperParameterPublic(BaseModel):
+    name: str
+    default: float
+    min: float
+    max: float
+    description: str
 
 
 class BaseInfoPublic(BaseModel):
@@ -564,6 +693,15 @@ class BaseInfoPublic(BaseModel):
     reference: str
     reference_convention: str
     rule: str
+    #: The conventions it may be combined with (``BASE:CONVENTION``).
+    conventions: list[str]
+    #: ``builtin``; a plugin's ``packed`` direction or ``torch`` (a torch.optim.Optimizer, one
+    #: instance per config: slower).
+    kind: Literal["builtin", "packed", "torch"]
+    #: What ``optimizers[i].params`` may set, with defaults and ranges (plugins only).
+    hyperparameters: list[HyperParameterPublic]
+    distribution: str
+    version: str
 
 
 class ConventionInfoPublic(BaseModel):
@@ -580,6 +718,8 @@ class OptimizersPublic(BaseModel):
     bases: list[BaseInfoPublic]
     conventions: list[ConventionInfoPublic]
     aliases: dict[str, str]
+    #: Installed plugins this process refused, "rule:NAME" -> why (they cannot be named).
+    refused: dict[str, str]
 
 
 class TaskInfoPublic(BaseModel):
@@ -590,11 +730,20 @@ class TaskInfoPublic(BaseModel):
     batch_size: int
     needs_data_dir: bool
     synthetic: bool
+    #: Shape of one input sample; [] when not declared.
+    input_shape: list[int]
+    #: The lr/wd axes a spec on this task gets per optimizer base (or name) when it leaves them out.
+    default_grids: dict[str, dict[str, AxisPublic]]
+    #: The distribution providing the task (``decouple-lab`` for the built-ins) and its version.
+    distribution: str
+    version: str
 
 
 class TasksPublic(BaseModel):
     data: list[TaskInfoPublic]
     count: int
+    #: Installed plugins this process refused, "task:NAME" -> why (they cannot be named).
+    refused: dict[str, str]
 
 
 class HealthPublic(BaseModel):

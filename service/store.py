@@ -19,6 +19,8 @@ are upserts on ``(trial_id, epoch)``. Metrics go in and come out as floats, NaN 
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -29,10 +31,11 @@ from sqlalchemy import Text, and_, bindparam, cast, delete, func, insert, or_, s
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from service.domain import conventions
 from service.domain.grid import axis_values
 from service.domain.numeric import json_safe
 from service.errors import Conflict, Forbidden, NotFound
-from service.models import FINAL_STUDY_STATUSES, STUDY_STATUSES, CurvePoint, Study, Trial, metric_values, utcnow
+from service.models import FINAL_STUDY_STATUSES, STUDY_STATUSES, AtlasEntry, CurvePoint, Study, Trial, metric_values, utcnow
 from service.schemas import StudySpec
 
 _STUDY_ID = re.compile(r"[0-9a-f]{32}")
@@ -93,6 +96,7 @@ def create_study(session: Session, spec: StudySpec, owner: str) -> Study:
     study = Study(
         name=spec.name, spec=spec.stored(), owner=owner, status="queued", priority=spec.priority,
         created_at=now, updated_at=now, attempts=0, trials_total=spec.trials_total,
+        plugins=spec.plugins_used() or None,
     )
     session.add(study)
     session.flush()
@@ -156,12 +160,14 @@ class StudyProgress:
     trials_done: int
     trials_failed: int
     trials_running: int = 0
+    epochs_recorded: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
             "trials_total": self.trials_total,
             "trials_done": self.trials_done,
             "trials_failed": self.trials_failed,
+            "epochs_recorded": self.epochs_recorded,
         }
 
 
@@ -183,6 +189,7 @@ def progress(session: Session, studies: Sequence[Study]) -> dict[str, StudyProgr
             trials_done=counts[s.id].get("done", 0),
             trials_failed=counts[s.id].get("failed", 0),
             trials_running=counts[s.id].get("running", 0),
+            epochs_recorded=s.epochs_recorded or 0,
         )
         for s in studies
     }
@@ -200,15 +207,16 @@ def _grid_trials(status: str) -> Any:
 
 #: What the API shows of a study, as one row: every column but the report (tens of kB for a done
 #: study, never listed) and the lease, the spec as its stored JSON text (``spec_json``), and the
-#: grid progress counted in the same query. Plain rows, not ORM objects: building and tracking 100
+#: grid progress counted in the same query (with ``epochs_recorded``, a column of the row). Plain
+#: rows, not ORM objects: building and tracking 100
 #: ``Study`` instances, decoding their specs and a second grouped progress query cost several
 #: times the rest of ``GET /studies`` (``bench/api_load.py``).
 STUDY_VIEW = (
     Study.id, Study.name, Study.status, Study.owner, Study.priority,
     cast(Study.spec, Text).label("spec_json"), Study.trials_total,
     _grid_trials("done").label("trials_done"), _grid_trials("failed").label("trials_failed"),
-    Study.created_at, Study.started_at, Study.finished_at, Study.updated_at, Study.claimed_by,
-    Study.attempts, Study.last_error,
+    Study.epochs_recorded, Study.created_at, Study.started_at, Study.finished_at, Study.updated_at,
+    Study.claimed_by, Study.attempts, Study.last_error, Study.plugins, Study.waiting_reason,
 )
 
 
@@ -241,6 +249,50 @@ def study_view(session: Session | Connection, study_id: str) -> Any:
     if row is None:
         raise NotFound(f"no study {study_id!r}")
     return row
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Trial-epochs per wall second that this deployment achieved on one task, measured from its
+    own finished studies (:func:`measured_throughput`)."""
+
+    task: str
+    studies: int
+    trial_epochs: int
+    wall_seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.trial_epochs / self.wall_seconds
+
+
+#: How many of a task's newest done studies :func:`measured_throughput` pools.
+THROUGHPUT_STUDIES = 20
+
+
+def measured_throughput(session: Session | Connection, task: str, *,
+                        newest: int = THROUGHPUT_STUDIES) -> Throughput | None:
+    """Pooled over the task's ``newest`` done studies: their done grid trials x their epochs,
+    over the wall time from the first claim to the end (``finished_at - started_at``; it holds
+    pilot runs, seed rounds and, for an extended study, the time it waited in the queue again, so
+    it is what a user waits for, not the trainer's speed alone). None when no done study of the
+    task has a positive wall time and a finished trial."""
+    rows = session.execute(
+        select(Study.started_at, Study.finished_at, Study.spec["epochs"].as_integer(), _grid_trials("done"))
+        .where(Study.status == "done", Study.spec["task"].as_string() == task,
+               Study.started_at.is_not(None), Study.finished_at.is_not(None))
+        .order_by(Study.finished_at.desc().nulls_last(), Study.id.desc())
+        .limit(newest)
+    ).all()
+    studies, trial_epochs, wall = 0, 0, 0.0
+    for started, finished, epochs, done in rows:
+        seconds = (finished - started).total_seconds()
+        if seconds <= 0 or not done or not epochs:
+            continue
+        studies, trial_epochs, wall = studies + 1, trial_epochs + int(done) * int(epochs), wall + seconds
+    if not studies:
+        return None
+    return Throughput(task=task, studies=studies, trial_epochs=trial_epochs, wall_seconds=wall)
 
 
 def cancel_study(session: Session, study_id: str, who: Principal) -> Study:
@@ -321,6 +373,7 @@ def study_dict(study: Study) -> dict[str, Any]:
     return {
         "id": study.id, "name": study.name, "status": study.status, "spec": study.spec,
         "created_at": study.created_at, "finished_at": study.finished_at, "owner": study.owner,
+        "plugins": study.plugins,
     }
 
 
@@ -357,24 +410,23 @@ def compute_report(session: Session, study_id: str, build: ReportBuilder) -> tup
 
 
 def report_key(session: Session | Connection, study_id: str) -> tuple[Any, ...]:
-    """What a study's report depends on, in one cheap query: status, when the stored report was
-    computed, trials total/done/failed and how many epochs have been recorded. The report of a
-    running study changes only when one of these does (at most once per finished epoch), so a
-    cache keyed by it never serves a stale report nor rebuilds an unchanged one.
-    :class:`NotFound` if there is no such study."""
+    """What a study's report depends on, in one cheap query by primary key: status, when the
+    stored report was computed, trials total/done/failed (counted on the ``(study_id, status)``
+    index), the epochs recorded (a counter :func:`record_epochs` keeps, not a count of curve
+    points) and a digest of the spec (a spec-only change, e.g. the seeds an optimizer was given,
+    changes the report too). The report of a running study changes only when one of these does,
+    so a cache keyed by it never serves a stale report nor rebuilds an unchanged one; heartbeats
+    (``updated_at``) do not change it. :class:`NotFound` if there is no such study."""
     if not _STUDY_ID.fullmatch(study_id):
         raise NotFound(f"no study {study_id[:64]!r}")
-    epochs = (
-        select(func.count()).select_from(CurvePoint).join(Trial, Trial.id == CurvePoint.trial_id)
-        .where(Trial.study_id == Study.id).correlate(Study).scalar_subquery()
-    )
     row = session.execute(
         select(Study.status, Study.report_computed_at, Study.trials_total, _grid_trials("done"),
-               _grid_trials("failed"), epochs).where(Study.id == study_id)
+               _grid_trials("failed"), Study.epochs_recorded, cast(Study.spec, Text)).where(Study.id == study_id)
     ).one_or_none()
     if row is None:
         raise NotFound(f"no study {study_id!r}")
-    return tuple(row)
+    *key, spec = row
+    return (*key, hashlib.sha256(spec.encode()).hexdigest())
 
 
 _CACHED_REPORT = select(Study.status, cast(Study.report, Text)).where(Study.id == bindparam("study_id"))
@@ -407,7 +459,9 @@ _STATUS_ONLY = select(Study.status).where(Study.id == bindparam("study_id"))
 
 
 def cache_report(session: Session, study_id: str, report: dict[str, Any]) -> bool:
-    """Keep a done study's report in its row; dropped again if trials are added later."""
+    """Keep a done study's report in its row, and its atlas summary (:func:`atlas_summary`) in
+    ``atlas_entries``; dropped again if trials are added later (the entries stay until the next
+    report replaces them, and :func:`atlas_rows` reads only those of done studies with a report)."""
     now = utcnow()
     result = session.execute(
         update(Study)
@@ -415,14 +469,144 @@ def cache_report(session: Session, study_id: str, report: dict[str, Any]) -> boo
         .values(report=report, report_computed_at=now)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    session.execute(delete(AtlasEntry).where(AtlasEntry.study_id == study_id))
+    entries = atlas_summary(report)
+    if entries:
+        session.execute(insert(AtlasEntry), [{"study_id": study_id, **e} for e in entries])
+    return True
+
+
+def _finite_or_none(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def atlas_summary(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The atlas's fields of each optimizer of a report (``service.report.build_report``'s JSON):
+    ``optimizer, task, base, convention, metric, verdict`` (``decision.verdict``, else
+    ``not_enough_data``), ``ridge_slope, ridge_slope_ci, best_lr, best_wd, best_value``,
+    ``best_tau_epochs`` (``parametrizations.best_tau`` when in epochs) and ``seeds`` (the most
+    finished seeds any cell has). ``migrations/versions/0003_atlas.py`` keeps a frozen copy."""
+    out = []
+    for e in report.get("optimizers") or []:
+        dec = e.get("decision") or {}
+        best = e.get("best") or {}
+        params = e.get("parametrizations") or {}
+        ci = dec.get("ridge_slope_ci")
+        seeds = [int(n) for row in ((e.get("grid") or {}).get("seeds") or []) for n in row if n is not None]
+        out.append({
+            "optimizer": e["name"], "task": report.get("task") or "", "base": e.get("base") or "",
+            "convention": e.get("convention") or "", "metric": report.get("metric") or "val_error",
+            "verdict": dec.get("verdict") or "not_enough_data",
+            "ridge_slope": _finite_or_none(dec.get("ridge_slope")),
+            "ridge_slope_ci": [_finite_or_none(ci[0]), _finite_or_none(ci[1])] if ci else None,
+            "best_lr": _finite_or_none(best.get("lr")), "best_wd": _finite_or_none(best.get("wd")),
+            "best_value": _finite_or_none(best.get("value")),
+            "best_tau_epochs": _finite_or_none(params.get("best_tau")) if params.get("tau_unit") == "epochs" else None,
+            "seeds": max(seeds, default=0),
+        })
+    return out
+
+
+#: The atlas entry of each newest study, in full (with the study's end): :func:`atlas_rows`.
+_ATLAS_COLUMNS = (
+    AtlasEntry.task, AtlasEntry.optimizer, AtlasEntry.base, AtlasEntry.convention, AtlasEntry.metric,
+    AtlasEntry.verdict, AtlasEntry.ridge_slope, AtlasEntry.ridge_slope_ci, AtlasEntry.best_lr,
+    AtlasEntry.best_wd, AtlasEntry.best_value, AtlasEntry.best_tau_epochs, AtlasEntry.seeds,
+    AtlasEntry.study_id, Study.finished_at,
+)
+
+
+def atlas_rows(session: Session | Connection, *, task: str | None = None, base: str | None = None,
+               convention: str | None = None, owner: str | None = None) -> tuple[list[Any], dict[tuple[str, str], Any]]:
+    """The atlas entries of done studies with a stored report, filtered by exact task, base,
+    convention and owner, in two queries: ``members``, every entry as ``(task, optimizer,
+    study_id, owner, verdict)`` sorted by task, optimizer, newest study first (plain strings:
+    thousands of rows cost no per-value decoding); and ``newest``, the full entry
+    (:data:`_ATLAS_COLUMNS`) of each (task, optimizer)'s first member, by ``(study_id, optimizer)``."""
+    conditions = [Study.status == "done", Study.report_computed_at.is_not(None)]
+    for column, value in ((AtlasEntry.task, task), (AtlasEntry.base, base),
+                          (AtlasEntry.convention, convention), (Study.owner, owner)):
+        if value is not None:
+            conditions.append(column == value)
+    members = list(session.execute(
+        select(AtlasEntry.task, AtlasEntry.optimizer, AtlasEntry.study_id, Study.owner, AtlasEntry.verdict)
+        .join(Study, Study.id == AtlasEntry.study_id).where(*conditions)
+        .order_by(AtlasEntry.task, AtlasEntry.optimizer, Study.finished_at.desc().nulls_last(), Study.id.desc())
+    ).all())
+    firsts: dict[tuple[str, str], str] = {}
+    for m in members:
+        firsts.setdefault((m.task, m.optimizer), m.study_id)
+    newest: dict[tuple[str, str], Any] = {}
+    wanted = {(sid, opt) for (_, opt), sid in firsts.items()}
+    for chunk in _chunks(sorted({sid for sid, _ in wanted}), 500):
+        for row in session.execute(
+            select(*_ATLAS_COLUMNS).join(Study, Study.id == AtlasEntry.study_id).where(AtlasEntry.study_id.in_(chunk))
+        ):
+            if (row.study_id, row.optimizer) in wanted:
+                newest[(row.study_id, row.optimizer)] = row
+    return members, newest
+
+
+def done_studies_without_report(session: Session | Connection, *, task: str | None = None, base: str | None = None,
+                                convention: str | None = None, owner: str | None = None,
+                                limit: int = 100) -> list[str]:
+    """Done studies whose report has not been computed yet (so the atlas cannot show them), newest
+    first, at most ``limit``, under the atlas's filters: ``owner`` exact, ``task`` the spec's,
+    ``base`` and ``convention`` those of any of its optimizers (``conventions.parse``, as the
+    report names them). Workers store the report as they finish a study, so these are few."""
+    conditions = [Study.status == "done", Study.report_computed_at.is_(None)]
+    if owner is not None:
+        conditions.append(Study.owner == owner)
+    out: list[str] = []
+    rows = session.execute(select(Study.id, Study.spec).where(*conditions)
+                           .order_by(Study.finished_at.desc().nulls_last(), Study.id.desc()))
+    for study_id, spec in rows:
+        if len(out) >= limit:
+            break
+        if task is not None and (spec or {}).get("task") != task:
+            continue
+        if base is not None or convention is not None:
+            variants = [_variant((o or {}).get("name")) for o in (spec or {}).get("optimizers") or []]
+            if not any(v is not None and (base is None or v.base == base)
+                       and (convention is None or v.convention == convention) for v in variants):
+                continue
+        out.append(study_id)
+    return out
+
+
+def _variant(name: Any) -> conventions.UpdateRule | None:
+    return conventions.parse(name) if conventions.is_known(name) else None
 
 
 # --- the queue (worker side) ---------------------------------------------------------------------
 
 
+#: Queued studies one claim looks at when some need plugins this worker lacks (beyond them, only
+#: studies of built-ins are looked for).
+CLAIM_WINDOW = 50
+
+
+def missing_plugins(needed: dict[str, Any] | None, installed: dict[str, Any] | None) -> str | None:
+    """Why a worker with ``installed`` ("task:NAME"/"rule:NAME" -> {"distribution", "version"})
+    cannot run a study that ``needed`` them; None when it can (or ``installed`` is None: no check)."""
+    if not needed or installed is None:
+        return None
+    problems = []
+    for key, want in sorted(needed.items()):
+        have = installed.get(key)
+        what = f"{key.replace(':', ' ', 1)} from {want['distribution']} {want['version']}"
+        if have is None:
+            problems.append(f"{what} is not installed")
+        elif (have["distribution"], have["version"]) != (want["distribution"], want["version"]):
+            problems.append(f"{what}: the worker has {have['distribution']} {have['version']}")
+    return "; ".join(problems) or None
+
+
 def claim_study(
     session: Session, worker_id: str, lease_seconds: float, *, only: str | None = None,
+    installed: dict[str, Any] | None = None,
 ) -> Study | None:
     """Take the next study to run, or None when there is none.
 
@@ -431,6 +615,10 @@ def claim_study(
     given study: PostgreSQL skips rows another transaction has locked; SQLite serializes the
     claims because write transactions begin IMMEDIATE. The caller commits (``session_scope``).
     ``only`` restricts the claim to one study (``decouple demo`` runs its own study, not the queue).
+
+    ``installed`` is the worker's plugins (``workers.worker.installed_plugins``): a study that
+    needs a plugin the worker lacks, or has at another version, is passed over (it stays queued
+    for a worker that has it) and its ``waiting_reason`` says why; None claims without checking.
     """
     now = utcnow()
     query = (
@@ -440,14 +628,29 @@ def claim_study(
             and_(Study.status == "running", Study.lease_expires_at < now),
         ))
         .order_by(Study.priority.desc(), Study.created_at.asc(), Study.id.asc())
-        .limit(1)
+        .limit(1 if installed is None else CLAIM_WINDOW)
     )
     if only is not None:
         query = query.where(Study.id == only)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    study = session.scalars(query).first()
+    study = None
+    passed_over = 0
+    for candidate in session.scalars(query):
+        reason = missing_plugins(candidate.plugins, installed)
+        if reason is None:
+            study = candidate
+            break
+        passed_over += 1
+        reason = f"no worker with the plugins it needs has claimed it ({worker_id}: {reason})"
+        if candidate.waiting_reason != reason:
+            candidate.waiting_reason = reason[:10_000]
+    if study is None and passed_over == CLAIM_WINDOW:
+        # The whole window needs plugins this worker lacks: a study of built-ins only, further
+        # back in the queue, must not wait behind them.
+        study = session.scalars(query.where(Study.plugins.is_(None)).limit(1)).first()
     if study is None:
+        session.flush()
         return None
     study.status = "running"
     study.claimed_by = worker_id
@@ -455,6 +658,7 @@ def claim_study(
     study.attempts += 1
     study.started_at = study.started_at or now
     study.updated_at = now
+    study.waiting_reason = None
     session.flush()
     return study
 
@@ -517,10 +721,21 @@ def record_epochs(session: Session, points: Iterable[dict[str, Any]]) -> int:
     ]
     if not rows:
         return 0
-    existing = set(session.scalars(select(Trial.id).where(Trial.id.in_({r["trial_id"] for r in rows}))))
-    rows = [r for r in rows if r["trial_id"] in existing]
+    study_of: dict[int, str] = {
+        trial_id: study_id for trial_id, study_id in
+        session.execute(select(Trial.id, Trial.study_id).where(Trial.id.in_({r["trial_id"] for r in rows})))}
+    rows = [r for r in rows if r["trial_id"] in study_of]
     if not rows:
         return 0
+    per_study: dict[str, int] = {}
+    for r in rows:
+        per_study[study_of[r["trial_id"]]] = per_study.get(study_of[r["trial_id"]], 0) + 1
+    # The report cache's key (report_key): epochs landed. The study rows first, in id order, as
+    # cancel and delete lock them before the trials (the inserts below lock the trial rows).
+    for study_id, n in sorted(per_study.items()):
+        session.execute(
+            update(Study).where(Study.id == study_id).values(epochs_recorded=Study.epochs_recorded + n)
+            .execution_options(synchronize_session=False))
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as upsert

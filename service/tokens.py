@@ -43,18 +43,32 @@ def create_token(session: Session, name: str, *, admin: bool = False) -> str:
     return token
 
 
-def ensure_token(session: Session, name: str, token: str, *, admin: bool = False) -> bool:
+def ensure_token(session: Session, name: str, token: str, *, admin: bool = False, sole: bool = False) -> tuple[bool, int]:
     """Store ``token`` (made elsewhere, e.g. by the compose stack's ``secrets`` service) for
-    ``name`` unless its hash is already stored; returns whether it was added. A token that was
-    stored and then revoked stays revoked: running this again does not bring it back."""
+    ``name`` unless its hash is already stored; returns (whether it was added, how many other
+    tokens were revoked). A token that was stored and then revoked stays revoked: running this
+    again does not bring it back.
+
+    ``sole=True`` makes it the only live token of ``name``: every other live token of that name is
+    revoked. ``decouple migrate`` stores the deployment's admin token this way, so that a new
+    ``DECOUPLE_ADMIN_TOKEN`` replaces the old one instead of leaving both valid (rotation)."""
     if len(token) < 32:
         raise ValueError("a token given to store must have at least 32 characters")
     digest = hash_token(token)
-    if session.scalar(select(ApiToken.id).where(ApiToken.token_hash == digest)) is not None:
-        return False
-    session.add(ApiToken(name=check_name(name), token_hash=digest, admin=admin, created_at=utcnow()))
-    session.flush()
-    return True
+    added = False
+    if session.scalar(select(ApiToken.id).where(ApiToken.token_hash == digest)) is None:
+        session.add(ApiToken(name=check_name(name), token_hash=digest, admin=admin, created_at=utcnow()))
+        session.flush()
+        added = True
+    revoked = 0
+    if sole:
+        result = session.execute(
+            update(ApiToken)
+            .where(ApiToken.name == name, ApiToken.revoked_at.is_(None), ApiToken.token_hash != digest)
+            .values(revoked_at=utcnow())
+        )
+        revoked = result.rowcount
+    return added, revoked
 
 
 #: The one query every authenticated request makes, built once (``authenticate``).

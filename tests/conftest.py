@@ -36,6 +36,43 @@ from sqlalchemy.orm import Session
 from service.config import Settings
 from service.db import dispose_engines, get_engine, session_scope, upgrade_to_head
 
+#: The example plugin (``docs/plugins.md``), installed into this environment before any test module
+#: is imported: the plugin registry is read once per process (``service.domain.plugins.registry``).
+EXAMPLE_PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "decouple-plugin-example"
+EXAMPLE_DISTRIBUTION = "decouple-plugin-example"
+
+
+def ensure_example_plugin() -> None:
+    """``pip install --no-deps -e examples/decouple-plugin-example`` unless it is installed from there.
+
+    Offline: no dependencies, no build isolation (setuptools comes with the environment).
+    """
+    import importlib
+    import json
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    try:
+        url = json.loads(metadata.distribution(EXAMPLE_DISTRIBUTION).read_text("direct_url.json") or "{}").get("url", "")
+        if url == EXAMPLE_PLUGIN.as_uri():
+            return
+    except metadata.PackageNotFoundError:
+        pass
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                          "--no-index", "-e", str(EXAMPLE_PLUGIN)], capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"installing the example plugin failed:\n{out.stdout}{out.stderr}")
+    importlib.invalidate_caches()
+    import site
+
+    site.main()  # read the new .pth file, so this process finds the package too
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    ensure_example_plugin()
+
+
 PG_URL = os.environ.get("DECOUPLE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

@@ -412,7 +412,8 @@ def test_image_entrypoint_exports_the_database_password_from_its_file(tmp_path):
 
 
 def test_migrate_stores_the_first_admin_token_once_and_respects_its_revocation(tmp_path):
-    """The `migrate` service's command with its DECOUPLE_ADMIN_TOKEN_FILE (SQLite here)."""
+    """The `migrate` service's command with its DECOUPLE_ADMIN_TOKEN_FILE (SQLite here): stored
+    once, a new file token replaces the old one (rotation), a revoked token stays revoked."""
     from service.db import dispose_engines, get_engine
     from service.tokens import authenticate, revoke_tokens
 
@@ -436,11 +437,23 @@ def test_migrate_stores_the_first_admin_token_once_and_respects_its_revocation(t
         with Session(get_engine(url)) as s:
             principal = authenticate(s, token)
             assert principal is not None and (principal.name, principal.admin) == ("admin", True)
-            assert revoke_tokens(s, "admin") == 1
-            s.commit()
-        assert "already stored" in migrate().stdout  # a revoked token stays revoked
+        # Rotation: DECOUPLE_ADMIN_TOKEN changed, so the file holds a new token; the old one stops working.
+        rotated = "r" * 40
+        (tmp_path / "rotated").write_text(rotated)
+        out = migrate({"DECOUPLE_ADMIN_TOKEN_FILE": str(tmp_path / "rotated")})
+        assert out.returncode == 0, out.stderr
+        assert "stored the admin token of 'admin'" in out.stdout
+        assert "revoked 1 earlier token(s) of 'admin'" in out.stdout
         with Session(get_engine(url)) as s:
             assert authenticate(s, token) is None
+            principal = authenticate(s, rotated)
+            assert principal is not None and (principal.name, principal.admin) == ("admin", True)
+            assert revoke_tokens(s, "admin") == 1
+            s.commit()
+        again = migrate({"DECOUPLE_ADMIN_TOKEN_FILE": str(tmp_path / "rotated")})
+        assert "already stored" in again.stdout and "revoked" not in again.stdout  # a revoked token stays revoked
+        with Session(get_engine(url)) as s:
+            assert authenticate(s, rotated) is None
         (tmp_path / "short").write_text("abc")
         short = migrate({"DECOUPLE_ADMIN_TOKEN_FILE": str(tmp_path / "short")})
         assert short.returncode != 0 and "at least 32 characters" in short.stderr

@@ -27,22 +27,43 @@ def _engine(db_url: str):
     return make_engine(db_url)
 
 
-def still_owner(session, study_id: str, worker_id: str) -> bool:
+def still_owner(session, study_id: str, worker_id: str, *, for_update: bool = False) -> bool:
     """True while ``worker_id`` holds the claim on a study that is still running.
 
     On PostgreSQL the study row stays share-locked until the caller's transaction ends, so a
     cancel (which locks the row for update) cannot commit between this check and the writes that
     follow it (marking trials running, an epoch's curve points): it waits, then sees them. SQLite
-    serializes write transactions anyway.
+    serializes write transactions anyway. ``for_update``: lock it exclusively, for a caller that
+    updates the row itself later in the transaction (an epoch's points count into
+    ``studies.epochs_recorded``): two blocks of one study that both held the share lock and then
+    both updated the row waited for each other, a deadlock PostgreSQL broke by failing one block.
     """
     from sqlalchemy import select
 
     from service.models import Study
 
     row = session.execute(
-        select(Study.status, Study.claimed_by).where(Study.id == study_id).with_for_update(read=True)
+        select(Study.status, Study.claimed_by).where(Study.id == study_id).with_for_update(read=not for_update)
     ).first()
     return row is not None and row.status == "running" and row.claimed_by == worker_id
+
+
+def record_block_epoch(engine: Any, study_id: str, worker_id: str, epoch: int, metrics: Any) -> bool:
+    """One epoch's curve points of a block (``metrics``: each with ``key``, the trial id, and its
+    losses); False, nothing written, when the study is no longer this worker's. Ownership first,
+    in the same transaction, the row locked for the update of its epoch counter (:func:`still_owner`)."""
+    from service import store
+    from service.db import session_scope
+
+    with session_scope(engine) as s:
+        if not still_owner(s, study_id, worker_id, for_update=True):
+            return False
+        store.record_epochs(s, [
+            {"trial_id": m.key, "epoch": epoch, "train_loss": m.train_loss,
+             "val_loss": m.val_loss, "val_error": m.val_error}
+            for m in metrics
+        ])
+        return True
 
 
 def execute_block(block: dict[str, Any], db_url: str) -> dict[str, Any]:
@@ -104,17 +125,7 @@ def _execute_block(block: dict[str, Any], db_url: str) -> dict[str, Any]:
     configs = [TrialConfig(lr=t.lr, wd=t.wd, seed=t.seed, key=t.id) for t in todo]
 
     def on_epoch(epoch: int, metrics) -> bool:
-        # Ownership first, in the same transaction (see still_owner): a cancelled study or a
-        # lost claim gets no more curve points from this block.
-        with session_scope(engine) as s:
-            if not still_owner(s, study_id, worker_id):
-                return False
-            store.record_epochs(s, [
-                {"trial_id": m.key, "epoch": epoch, "train_loss": m.train_loss,
-                 "val_loss": m.val_loss, "val_error": m.val_error}
-                for m in metrics
-            ])
-            return True
+        return record_block_epoch(engine, study_id, worker_id, epoch, metrics)
 
     try:
         results = train_block(
@@ -127,6 +138,7 @@ def _execute_block(block: dict[str, Any], db_url: str) -> dict[str, Any]:
             wd_normalized=block["wd_normalized"],
             decay_on=block["decay_on"],
             on_epoch=on_epoch,
+            params=(block.get("params") or {}).get(block["optimizer"]) or None,
         )
     except TrainingStopped:
         log.info("block of study %s stopped (cancelled or claim lost)", study_id)

@@ -46,11 +46,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from service.domain.conventions import BASES as BUILTIN_BASES
 from service.domain.rules import DECAY_ON, OPTIMIZER_NAMES, VARIANTS, Variant, get_variant
 from workers import bases
+from workers.plugins import StepContext, rule_implementation
 
 __all__ = [
-    "DECAY_ON", "OPTIMIZER_NAMES", "VARIANTS", "DecayChainOptimizer", "Variant", "apply_update",
+    "DECAY_ON", "OPTIMIZER_NAMES", "VARIANTS", "DecayChainOptimizer", "PluginRuleOptimizer", "Variant", "apply_update",
     "build_optimizer", "check_hyperparameters", "decayed_parameter_names", "get_variant", "param_groups",
 ]
 
@@ -122,6 +124,8 @@ def apply_update(
     c = None if variant.decay == "l2" else _decay_factor(variant, lr, weight_decay, eta)
 
     base = variant.base
+    if base not in BUILTIN_BASES:  # a plugin's rule runs through workers.packed, never as the adam branch below
+        raise ValueError(f"apply_update runs the built-in bases only, not the plugin base {base!r}")
     if base == "muon" and not muon_matrix:
         base = "adam"
     if base in PER_TENSOR_BASES:
@@ -264,6 +268,58 @@ class DecayChainOptimizer(torch.optim.Optimizer):
         return loss
 
 
+class PluginRuleOptimizer(torch.optim.Optimizer):
+    """A plugin's packed direction (``RuleInfo.kind == "packed"``) as a ``torch.optim.Optimizer``
+    over one model: each parameter is a (1, n) row, its decay convention applied as the packed
+    trainer applies it (``workers.packed.PluginStackOptimizer``). The single-config reference
+    the packed trainer's plugin path is tested against; exact for elementwise directions.
+    """
+
+    def __init__(self, params: Iterable[Any], variant: Variant, loaded: Any, lr: float, weight_decay: float,
+                 hyperparameters: dict[str, float] | None = None) -> None:
+        self.variant, self.loaded = variant, loaded
+        self.hyper = loaded.hyperparameters(hyperparameters)
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group["lr_at_build"] = group["lr"]
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - the rule is in the class docstring
+        from workers.plugins import PluginFailure, describe
+
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            eta = lr / group["lr_at_build"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state["step"] = state.get("step", 0) + 1
+                row, g = p.view(1, -1), p.grad.reshape(1, -1)
+                if self.variant.decay == "l2" and wd != 0:
+                    g = g.add(row, alpha=wd)
+                ctx = StepContext(p=row, lr=torch.full((1, 1), lr, dtype=p.dtype, device=p.device),
+                                  wd=torch.full((1, 1), wd, dtype=p.dtype, device=p.device), eta=eta,
+                                  step=state["step"], n_decayed=row.shape[1] if wd != 0 else 0)
+                try:
+                    u = self.loaded.direction(g, state.setdefault("rule", {}), ctx, **self.hyper)
+                except Exception as e:
+                    raise PluginFailure(f"{describe(self.loaded.info)}: direction raised {type(e).__name__}: {e}") from e
+                if not isinstance(u, torch.Tensor) or u.shape != row.shape:
+                    raise PluginFailure(f"{describe(self.loaded.info)}: direction returned a wrong shape")
+                if self.variant.decay != "l2" and wd != 0:
+                    row.mul_(1 - _decay_factor(self.variant, lr, wd, eta))
+                row.add_(u.to(p.dtype), alpha=-lr)
+        return loss
+
+
 _NORM_TYPES = (
     nn.modules.batchnorm._BatchNorm,
     nn.GroupNorm,
@@ -360,6 +416,18 @@ def build_optimizer(
     """
     variant = get_variant(name)
     check_hyperparameters(lr, weight_decay)
+    if variant.base not in BUILTIN_BASES:
+        loaded = rule_implementation(variant.base)
+        if loaded is None:
+            raise ValueError(f"optimizer {name!r}: no implementation of base {variant.base!r}")
+        if isinstance(params, nn.Module):
+            params = param_groups(params, decay_on)
+        elif decay_on != "all":
+            raise ValueError("decay_on other than 'all' needs the nn.Module itself as params")
+        if loaded.optimizer_class is not None:
+            # A torch.optim fallback rule: the class itself over the decayed and undecayed groups.
+            return loaded.optimizer_class(params, lr=lr, weight_decay=weight_decay, **loaded.hyperparameters(None))
+        return PluginRuleOptimizer(params, variant, loaded, lr, weight_decay)
     if isinstance(params, nn.Module):
         params = param_groups(params, decay_on, muon=variant.base == "muon")
     elif decay_on != "all":

@@ -87,6 +87,7 @@ from workers.optim import (
     get_variant,
     muon_parameter_names,
 )
+from workers.plugins import LoadedRule, PluginFailure, StepContext, describe, rule_implementation
 from workers.schedules import Schedule, normalized_weight_decay
 from workers.tasks import SyntheticTask, Task, TaskData, get_task
 from workers.wide import WideEngine
@@ -461,6 +462,129 @@ class StackOptimizer:
         stack.p.addcmul_(d, lr * (s / (1 - beta1**t)), value=-1.0)
 
 
+class PluginStackOptimizer:
+    """A plugin's packed base direction (``kind="packed"``) with the trainer's decay conventions.
+
+    Per step: L2 adds wd*theta to the decayed columns of the gradient (a copy) before the
+    direction; ``u = direction(g, state, ctx, **hyperparameters)`` (``ctx``: a
+    :class:`workers.plugins.StepContext` with theta, lr, wd, eta_t and the step) on the
+    whole (K, P) stack; a decoupled convention scales the decayed columns by 1 - c
+    (``optim._decay_factor``); then theta <- theta - lr*u with ``lr`` the (K, 1) scheduled step
+    sizes. ``state`` is the rule's own dict; its tensors with K rows follow the configs when
+    diverged ones leave the block. Anything the direction raises, and a ``u`` that is not a
+    tensor of theta's shape, is a :class:`PluginFailure` naming the plugin.
+    """
+
+    def __init__(self, optimizer: str, stack: Stack, loaded: LoadedRule, params: dict[str, float] | None) -> None:
+        self.variant = get_variant(optimizer)
+        self.loaded = loaded
+        self.hyper = loaded.hyperparameters(params)
+        self.n_decayed = stack.n_decayed
+        self.state: dict[str, Any] = {}
+        self.steps = 0
+
+    def select(self, rows: torch.Tensor) -> None:
+        old_k = None
+        for k, v in list(self.state.items()):
+            if isinstance(v, torch.Tensor) and v.dim() >= 1:
+                old_k = old_k or v.shape[0]
+                if v.shape[0] == old_k:
+                    self.state[k] = v.index_select(0, rows.to(v.device))
+
+    @torch.no_grad()
+    def step(self, stack: Stack, lr: torch.Tensor, wd: torch.Tensor, eta: float) -> None:
+        nd, where = self.n_decayed, describe(self.loaded.info)
+        g = stack.g
+        if self.variant.decay == "l2" and nd:
+            g = g.clone()
+            g[:, :nd].addcmul_(stack.p[:, :nd], wd)
+        try:
+            ctx = StepContext(p=stack.p, lr=lr, wd=wd, eta=eta, step=self.steps + 1, n_decayed=nd)
+            u = self.loaded.direction(g, self.state, ctx, **self.hyper)
+        except Exception as e:
+            raise PluginFailure(f"{where}: direction raised {type(e).__name__}: {e}") from e
+        if not isinstance(u, torch.Tensor) or tuple(u.shape) != tuple(stack.p.shape):
+            got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+            raise PluginFailure(f"{where}: direction returned {got}, expected a tensor of shape "
+                                f"{tuple(stack.p.shape)} (configs x parameters)")
+        if self.variant.decay != "l2" and nd:
+            stack.p[:, :nd].mul_(1 - _decay_factor(self.variant, lr, wd, eta))
+        stack.p.addcmul_(u.to(stack.p.dtype), lr, value=-1.0)
+        self.steps += 1
+
+
+class TorchFallbackOptimizer:
+    """A plugin's ``torch.optim.Optimizer`` (``kind="torch"``): one instance per config.
+
+    Config k's optimizer holds two leaf views of row k of the stack, the decayed columns and the
+    rest, whose ``.grad`` are views of the gradient rows, so it updates the stack in place. Each
+    step sets every group's ``lr`` to the config's scheduled step size and ``weight_decay`` to
+    its wd (0 for the undecayed columns): the optimizer's own ``weight_decay`` convention applies
+    (``RuleInfo.reference_convention``). K Python-level ``step`` calls per step instead of a few
+    batched kernels: slower than a packed rule (the report says so), but any published optimizer
+    runs unchanged. Diverged configs leave the block with their optimizer; the others keep their
+    state, re-keyed to the views of the new stack.
+    """
+
+    def __init__(self, optimizer: str, stack: Stack, loaded: LoadedRule, params: dict[str, float] | None) -> None:
+        self.loaded = loaded
+        self.hyper = loaded.hyperparameters(params)
+        self.stack = stack
+        self.n_decayed = stack.n_decayed
+        where = describe(loaded.info)
+        self.opts = []
+        for k in range(stack.K):
+            groups = []
+            for p, g, decayed in self._views(k):
+                p.grad = g
+                groups.append({"params": [p], "decayed": decayed})
+            try:
+                self.opts.append(loaded.optimizer_class(groups, lr=1e-3, weight_decay=0.0, **self.hyper))
+            except Exception as e:
+                raise PluginFailure(f"{where}: constructing {loaded.info.implementation} raised "
+                                    f"{type(e).__name__}: {e}") from e
+
+    def _views(self, k: int) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
+        nd, P = self.n_decayed, self.stack.P
+        return [(self.stack.p[k, a:b], self.stack.g[k, a:b], a == 0 and nd > 0)
+                for a, b in ((0, nd), (nd, P)) if b > a]
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.opts = [self.opts[r] for r in rows.tolist()]
+        for k, opt in enumerate(self.opts):
+            for group, (p, g, _) in zip(opt.param_groups, self._views(k)):
+                old = group["params"][0]
+                p.grad = g
+                group["params"][0] = p
+                if old in opt.state:
+                    opt.state[p] = opt.state.pop(old)
+
+    @torch.no_grad()
+    def step(self, stack: Stack, lr: torch.Tensor, wd: torch.Tensor, eta: float) -> None:
+        lrs, wds = lr.flatten().tolist(), wd.flatten().tolist()
+        for k, opt in enumerate(self.opts):
+            for group in opt.param_groups:
+                group["lr"] = lrs[k]
+                group["weight_decay"] = wds[k] if group["decayed"] else 0.0
+            try:
+                opt.step()
+            except Exception as e:
+                raise PluginFailure(f"{describe(self.loaded.info)}: step raised {type(e).__name__}: {e}") from e
+
+
+def make_stack_optimizer(optimizer: str, stack: Stack, template: nn.Module | None = None,
+                         params: dict[str, float] | None = None):
+    """The stack optimizer for ``optimizer``: the built-in :class:`StackOptimizer`, or a plugin's."""
+    loaded = rule_implementation(get_variant(optimizer).base)
+    if loaded is None:
+        if params:
+            raise ValueError(f"optimizer {optimizer!r} takes no hyper-parameters (got {', '.join(params)})")
+        return StackOptimizer(optimizer, stack, template)
+    if loaded.optimizer_class is not None:
+        return TorchFallbackOptimizer(optimizer, stack, loaded, params)
+    return PluginStackOptimizer(optimizer, stack, loaded, params)
+
+
 #: eps of ``workers.optim.apply_update`` (the one place it is set).
 _ADAM_EPS: float = (apply_update.__kwdefaults__ or {})["eps"]
 
@@ -651,7 +775,8 @@ class _Dead:
 class PackedRun:
     """State and loop of one packed block (see the module docstring)."""
 
-    def __init__(self, spec: RunSpec, configs: Sequence[TrialConfig], data: TaskData, device: torch.device) -> None:
+    def __init__(self, spec: RunSpec, configs: Sequence[TrialConfig], data: TaskData, device: torch.device,
+                 params: dict[str, float] | None = None) -> None:
         self.spec, self.configs, self.data, self.device = spec, list(configs), data, device
         task = spec.task
         models = [task.build_model(c.seed) for c in self.configs]
@@ -660,7 +785,7 @@ class PackedRun:
         self.stack = Stack(models, decayed, device)
         self.engine = make_engine(self.template, spec.batch_size, tuple(data.x_train.shape[1:]))
         self.engine.bind(self.stack)
-        self.opt = StackOptimizer(spec.optimizer, self.stack, self.template)
+        self.opt = make_stack_optimizer(spec.optimizer, self.stack, self.template, params)
         self.gens = [task.data_generator(c.seed) for c in self.configs]
         self.rows = list(range(len(self.configs)))  # config index of each live row
         self.lr64 = torch.tensor([[c.lr] for c in self.configs], dtype=torch.float64, device=device)
@@ -819,6 +944,7 @@ def train_block(
     max_train: int | None = None,
     max_val: int | None = None,
     threads: int | None = CPU_THREADS,
+    params: dict[str, float] | None = None,
 ) -> list[TrialResult]:
     """Train every config of ``configs`` together; results in the same order.
 
@@ -828,6 +954,7 @@ def train_block(
     and stops the block (raising :class:`TrainingStopped`) by returning False. ``max_train`` and
     ``max_val`` keep the first samples of each split (for tests and benchmarks). ``threads`` is
     the intra-op thread count while training (:func:`cpu_training`; None keeps the process's).
+    ``params`` sets a plugin rule's hyper-parameters (its defaults otherwise).
     """
     configs = list(configs)
     t = get_task(task)
@@ -844,7 +971,7 @@ def train_block(
     if not configs:
         return []
     with cpu_training(threads) if dev.type == "cpu" else contextlib.nullcontext():
-        return PackedRun(spec, configs, data.to(dev), dev).run(on_epoch)
+        return PackedRun(spec, configs, data.to(dev), dev, params).run(on_epoch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -919,5 +1046,6 @@ def auto_block_size(task: str, device: str | torch.device | None = None, *, budg
 __all__ = [
     "TrialConfig", "EpochMetrics", "TrialResult", "TrainingStopped", "train_block", "auto_block_size",
     "resolve_device", "make_spec", "RunSpec", "PackedRun", "Stack", "StackOptimizer", "MLPEngine",
-    "FuncEngine", "MAX_BLOCK", "CPU_THREADS", "cpu_training", "denormals_flushed",
+    "FuncEngine", "PluginStackOptimizer", "TorchFallbackOptimizer", "make_stack_optimizer",
+    "MAX_BLOCK", "CPU_THREADS", "cpu_training", "denormals_flushed",
 ]

@@ -117,6 +117,8 @@ def _base_config(study_id: str, worker_id: str, spec: dict[str, Any], settings: 
         "schedule": spec.get("schedule") or {"name": "constant"},
         "wd_normalized": bool(spec.get("wd_normalized", False)),
         "decay_on": spec.get("decay_on", "all"),
+        # A plugin rule's hyper-parameters, per optimizer name (every default filled in by the spec).
+        "params": {o["name"]: o["params"] for o in spec["optimizers"] if o.get("params")},
     }
     if ray_adapter.is_local():
         # Trials on this machine read data sets (CIFAR-10) from this worker's data directory,

@@ -4,12 +4,14 @@ A running study's report is expensive (1.8 s at 3,000 trials, 10.7 s at 20,000) 
 per request on the request thread pool, 60 viewers of one study used to fill that pool and stall
 every other request of every user. Here:
 
-* An entry per study holds its report (JSON bytes, and the HTML page once asked for) and the
-  :func:`service.store.report_key` it was built from: status, trial counts and the number of
-  recorded epochs. The report changes only when that key does, i.e. at most once per finished
-  epoch; and the key itself is looked at no more than once per ``min_interval`` seconds per
-  study (a cheap query). So a report is rebuilt at most once per finished epoch or once per
-  ``min_interval``, whichever is rarer.
+* An entry per study holds its report (JSON bytes, the HTML page and the figures once asked
+  for) and the :func:`service.store.report_key` it was built from: status, trial counts, the
+  study's counter of recorded epochs and a digest of its spec (one query by primary key; no
+  curve point is counted, and heartbeats do not change it). The report changes only when that
+  key does, i.e. at most once per finished epoch or spec change; and the key itself is looked
+  at no more than once per ``min_interval`` seconds per study. So a report is rebuilt at most
+  once per finished epoch or once per ``min_interval``, whichever is rarer, however many
+  viewers poll it.
 * Builds run in a process of their own (a one-process pool, started on the first build), never
   on the request thread pool: a route awaits the build without holding a request thread, and
   the build's numpy and matplotlib work, which holds the GIL for up to a second at a time
@@ -32,7 +34,7 @@ import multiprocessing
 import time
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy.engine import Engine
@@ -68,6 +70,10 @@ class _Entry:
     html: str | None = None
     checked_at: float = 0.0
     task: asyncio.Task[None] | None = None
+    #: Figures drawn from ``json`` (PNG or SVG bytes) by (optimizer, figure, format), and the
+    #: drawings under way; both emptied when ``json`` changes.
+    figures: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
+    drawing: dict[tuple[str, str, str], asyncio.Future[Any]] = field(default_factory=dict)
 
     def payload(self, kind: Kind) -> bytes | str | None:
         return self.json if kind == "json" else self.html
@@ -80,8 +86,9 @@ class ReportCache:
         self.min_interval, self.max_entries = min_interval, max_entries
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._pool: ProcessPoolExecutor | None = None
-        #: Builds started, for tests and logs.
+        #: Builds and figure drawings started, for tests and logs.
         self.builds = 0
+        self.drawings = 0
 
     def close(self) -> None:
         if self._pool is not None:
@@ -101,6 +108,10 @@ class ReportCache:
         study had another status is never served as fresh (a study that has just finished gets
         its final report at once, not a few seconds later)."""
         slot = (str(engine.url), study_id)
+        # Once this request has waited for a refresh, what that refresh left is the answer: it
+        # read the study after the caller did (else a study whose status moved on since, or a
+        # min_interval of 0, would have it refresh forever).
+        waited = False
         while True:
             entry = self._entries.get(slot)
             if entry is None:
@@ -111,12 +122,40 @@ class ReportCache:
             have = entry.payload(kind)
             same_status = status is None or (entry.key is not None and entry.key[0] == status)
             fresh = same_status and time.monotonic() - entry.checked_at < self.min_interval
-            if have is not None and (fresh or (entry.task is not None and same_status)):
+            if have is not None and (waited or fresh or (entry.task is not None and same_status)):
                 return have  # fresh; or the last one while its refresh runs
             if entry.task is None:
                 entry.task = asyncio.ensure_future(self._refresh(engine, slot, entry, kind))
                 entry.task.add_done_callback(_retrieve)
             await asyncio.shield(entry.task)  # the error of a failed refresh is raised here too
+            waited = True
+
+    async def figure(self, engine: Engine, study_id: str, optimizer: str, name: str, fmt: str,
+                     status: str | None = None) -> bytes:
+        """One figure of the study's report (``service.report.optimizer_figure``) as PNG or SVG
+        bytes, drawn in the build process from the report this cache holds, once per report:
+        viewers of one study share each drawing until the report changes."""
+        data = await self.get(engine, study_id, "json", status)
+        entry = self._entries.get((str(engine.url), study_id))
+        want = (optimizer, name, fmt)
+        if entry is not None and entry.json is data:
+            if want in entry.figures:
+                return entry.figures[want]
+            if want in entry.drawing:
+                return _unpack_figure(await asyncio.shield(entry.drawing[want]))
+        loop = asyncio.get_running_loop()
+        self.drawings += 1
+        future = loop.run_in_executor(self._executor(), figure_in_process, data, optimizer, name, fmt)
+        if entry is not None and entry.json is data:
+            entry.drawing[want] = future  # type: ignore[assignment]
+        try:
+            figure = _unpack_figure(await future)
+        finally:
+            if entry is not None and entry.drawing.get(want) is future:
+                del entry.drawing[want]
+        if entry is not None and entry.json is data:
+            entry.figures[want] = figure
+        return figure
 
     async def _refresh(self, engine: Engine, slot: tuple[str, str], entry: _Entry, kind: Kind) -> None:
         try:
@@ -130,6 +169,8 @@ class ReportCache:
                 data, html = _unpack(outcome)
                 if key != entry.key:
                     entry.html = None
+                if data is not entry.json:
+                    entry.figures, entry.drawing = {}, {}
                 entry.key, entry.json = key, data
                 entry.html = html if html is not None else entry.html
             entry.checked_at = time.monotonic()
@@ -159,6 +200,22 @@ def build_in_process(url: str, study_id: str, old: bytes | None, kind: Kind) -> 
         return "ok", data, render_html(report)
     except Exception as exc:  # noqa: BLE001 - every error goes back to the request
         return "error", type(exc).__name__, str(exc)
+
+
+def figure_in_process(data: bytes, optimizer: str, name: str, fmt: str) -> tuple[Any, ...]:
+    """In the build process: ("ok", figure bytes), or ("error", exception class name, message)."""
+    try:
+        from service.report import optimizer_figure
+
+        return "ok", optimizer_figure(json.loads(data), optimizer, name, fmt)
+    except Exception as exc:  # noqa: BLE001 - every error goes back to the request
+        return "error", type(exc).__name__, str(exc)
+
+
+def _unpack_figure(outcome: tuple[Any, ...]) -> bytes:
+    if outcome[0] == "ok":
+        return outcome[1]
+    return _unpack(outcome)[0]  # raises
 
 
 def _unpack(outcome: tuple[Any, ...]) -> tuple[bytes, str | None]:

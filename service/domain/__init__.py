@@ -8,6 +8,8 @@ on it and it on none of them (checked by import-linter, see ``pyproject.toml``).
 - :mod:`service.domain.rules`: the variant record each optimizer name resolves to; DECAY_ON, schedule and metric names.
 - :mod:`service.domain.seeds`: seeds until decided (the next seed round from a verdict).
 - :mod:`service.domain.catalog`: the task catalogue's metadata and the default grids.
+- :mod:`service.domain.plugins`: the one registry of tasks and update rules, built-ins
+  (:mod:`service.domain.builtins`) and installed plugins' entry points alike (``docs/plugins.md``).
 - :mod:`service.domain.grid`: log-spaced grid axes, their extension, the normalized-decay scale.
 - :mod:`service.domain.placement`: pilot grids, smoothing, window placement, edge repair.
 - :mod:`service.domain.numeric`: the shared parabola vertex and the JSON-safe value conversion.

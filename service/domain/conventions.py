@@ -141,6 +141,67 @@ LEGACY_TITLE: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True)
+class PluginBase:
+    """A base an installed plugin adds (``service.domain.plugins`` registers it with :func:`register_base`)."""
+
+    title: str
+    family: str
+    reference: str
+    reference_convention: str
+    rule: str
+    supported: tuple[str, ...]
+    lr: tuple[float, float, int]
+    wd: dict[str, tuple[float, float, int]]
+
+
+#: Bases installed plugins add, by name (empty until ``service.domain.plugins.registry()`` runs).
+PLUGIN_BASES: dict[str, PluginBase] = {}
+
+
+def register_base(name: str, *, title: str, family: str, reference: str, reference_convention: str, rule: str,
+                  supported: tuple[str, ...], lr: tuple[float, float, int],
+                  wd: dict[str, tuple[float, float, int]]) -> None:
+    """Make ``name`` (and ``name:CONVENTION`` for each supported convention) a valid optimizer name."""
+    if name in BASES or name in ALIASES:
+        raise ValueError(f"base {name!r} is built in")
+    PLUGIN_BASES[name] = PluginBase(title, family, reference, reference_convention, rule, tuple(supported), lr, dict(wd))
+
+
+def all_bases() -> tuple[str, ...]:
+    """The built-in bases, then every installed plugin's."""
+    return BASES + tuple(b for b in PLUGIN_BASES if b not in BASES)
+
+
+def base_family(base: str) -> str:
+    return FAMILY[base] if base in FAMILY else PLUGIN_BASES[base].family
+
+
+def base_title(base: str) -> str:
+    return BASE_TITLE[base] if base in BASE_TITLE else PLUGIN_BASES[base].title
+
+
+def base_rule(base: str) -> str:
+    return BASE_RULE[base] if base in BASE_RULE else PLUGIN_BASES[base].rule
+
+
+def base_reference(base: str) -> str:
+    return REFERENCE[base] if base in REFERENCE else PLUGIN_BASES[base].reference
+
+
+def base_reference_convention(base: str) -> str:
+    return REFERENCE_CONVENTION[base] if base in REFERENCE_CONVENTION else PLUGIN_BASES[base].reference_convention
+
+
+def base_conventions(base: str) -> tuple[str, ...]:
+    """The conventions ``base`` may be combined with (every one for a built-in)."""
+    return CONVENTIONS if base in BASES else PLUGIN_BASES[base].supported
+
+
+def base_lr(base: str) -> tuple[float, float, int]:
+    return BASE_LR[base] if base in BASE_LR else PLUGIN_BASES[base].lr
+
+
 class UnknownOptimizer(ValueError):
     """A name that is no base, no ``BASE:CONVENTION`` and no alias; the message lists valid ones."""
 
@@ -159,13 +220,13 @@ class UpdateRule:
 
     @property
     def family(self) -> str:
-        return FAMILY[self.base]
+        return base_family(self.base)
 
     @property
     def title(self) -> str:
         if self.name in LEGACY_TITLE:
             return LEGACY_TITLE[self.name]
-        return f"{BASE_TITLE[self.base]}, {self.convention} decay"
+        return f"{base_title(self.base)}, {self.convention} decay"
 
     @property
     def decay_convention(self) -> str:
@@ -181,7 +242,8 @@ class UpdateRule:
 
 
 def valid_names_message() -> str:
-    return (f"an optimizer is BASE or BASE:CONVENTION with BASE one of {', '.join(BASES)} and "
+    return (f"an optimizer is BASE or BASE:CONVENTION with BASE one of the installed bases "
+            f"{', '.join(all_bases())} and "
             f"CONVENTION one of {', '.join(CONVENTIONS)}, or one of the aliases {', '.join(ALIASES)}")
 
 
@@ -191,13 +253,17 @@ def parse(name: object) -> UpdateRule:
         raise UnknownOptimizer(f"unknown optimizer {name!r}: {valid_names_message()}")
     target = ALIASES.get(name, name)
     base, sep, convention = target.partition(":")
-    if base not in BASES:
+    if base not in BASES and base not in PLUGIN_BASES:
         raise UnknownOptimizer(f"unknown optimizer {name!r}: unknown base {base!r}; {valid_names_message()}")
     if not sep:
-        convention = REFERENCE_CONVENTION[base]
+        convention = base_reference_convention(base)
     elif convention not in CONVENTIONS:
         raise UnknownOptimizer(
             f"unknown optimizer {name!r}: unknown convention {convention!r}; {valid_names_message()}")
+    elif convention not in base_conventions(base):
+        raise UnknownOptimizer(
+            f"unknown optimizer {name!r}: the plugin base {base!r} supports only the conventions "
+            f"{', '.join(base_conventions(base))}")
     return UpdateRule(name, base, convention)
 
 
@@ -214,7 +280,7 @@ def rule_text(base: str, convention: str) -> str:
     decay = CONVENTION_RULE[convention]
     if base == "muon":
         return f"{decay} on every parameter; then {BASE_RULE['muon']}"
-    return f"{decay}; then {BASE_RULE[base]}"
+    return f"{decay}; then {base_rule(base)}"
 
 
 def all_names() -> tuple[str, ...]:
@@ -222,6 +288,8 @@ def all_names() -> tuple[str, ...]:
     names = list(LEGACY_NAMES)
     names += [b for b in BASES if b not in names]
     names += [f"{b}:{c}" for b in BASES for c in CONVENTIONS]
+    for b, plugin in PLUGIN_BASES.items():
+        names += [b, *(f"{b}:{c}" for c in plugin.supported)]
     return tuple(names)
 
 
@@ -288,6 +356,9 @@ def default_grid(name: str) -> dict[str, AxisTuple]:
     r = parse(name)
     if r.canonical in _LEGACY_GRIDS:
         return dict(_LEGACY_GRIDS[r.canonical])
+    if r.base in PLUGIN_BASES:
+        plugin = PLUGIN_BASES[r.base]
+        return {"lr": plugin.lr, "wd": plugin.wd.get(r.convention, CONVENTION_WD[r.convention])}
     wd = BASE_CONVENTION_WD.get((r.base, r.convention), CONVENTION_WD[r.convention])
     return {"lr": BASE_LR[r.base], "wd": wd}
 
@@ -296,4 +367,6 @@ __all__ = [
     "ALIASES", "BASES", "CONVENTIONS", "REFERENCE_CONVENTION", "LEGACY_NAMES", "FAMILY", "REFERENCE",
     "BASE_RULE", "CONVENTION_RULE", "CONVENTION_TEXT", "LR_POWER", "SCHEDULE_FACTOR", "UnknownOptimizer", "UpdateRule",
     "parse", "is_known", "rule_text", "all_names", "default_grid", "valid_names_message",
+    "PLUGIN_BASES", "PluginBase", "register_base", "all_bases", "base_family", "base_title", "base_rule",
+    "base_reference", "base_reference_convention", "base_conventions", "base_lr",
 ]

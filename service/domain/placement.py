@@ -72,9 +72,9 @@ def pilot_lr_axis(base: str) -> Axis:
     base's default lr axis (3 below its min, 3 above its max, 6 points)."""
     if base in PILOT_LR:
         return PILOT_LR[base]
-    if conventions.FAMILY[base] in PILOT_LR:
-        return PILOT_LR[conventions.FAMILY[base]]
-    lo, hi, _ = conventions.BASE_LR[base]
+    if conventions.base_family(base) in PILOT_LR:
+        return PILOT_LR[conventions.base_family(base)]
+    lo, hi, _ = conventions.base_lr(base)
     return Axis(lo / 1e2, min(hi * 1e1, 10.0), PILOT_POINTS)
 
 

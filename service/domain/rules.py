@@ -13,7 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from service.domain import conventions
+from service.domain import conventions, plugins
+
+# Installed plugins' bases become valid names once the registry has run (once per process).
+plugins.registry()
 
 
 @dataclass(frozen=True)

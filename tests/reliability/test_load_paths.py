@@ -95,8 +95,8 @@ def test_study_views_equal_the_orm_models(secure_client, engine):
     assert page.json() == expected() and page.json()["count"] == 4
     assert [x["name"] for x in page.json()["data"]] == names[::-1]
     progress = {x["id"]: x["progress"] for x in page.json()["data"]}
-    assert progress[ids[0]] == {"trials_total": 12, "trials_done": 12, "trials_failed": 0}
-    assert progress[ids[1]] == {"trials_total": 12, "trials_done": 1, "trials_failed": 2}
+    assert progress[ids[0]] == {"trials_total": 12, "trials_done": 12, "trials_failed": 0, "epochs_recorded": 24}
+    assert progress[ids[1]] == {"trials_total": 12, "trials_done": 1, "trials_failed": 2, "epochs_recorded": 0}
     for filters in ({"status": "done"}, {"limit": 2, "offset": 1}, {"owner": "bob"}, {"offset": 10}):
         assert c.get("/studies", params=filters, headers=c.as_["bob"]).json() == expected(**filters), filters
     for sid in ids:

@@ -228,7 +228,7 @@ def test_database_outage_answers_503_and_loses_nothing(private_pg):
                  timeout=180, interval=0.5)
         study = http.get(f"/studies/{sid}", headers=auth).json()
         assert study["status"] == "done", (study, worker.output()[-3000:])
-        assert study["progress"] == {"trials_total": TRIALS, "trials_done": TRIALS, "trials_failed": 0}
+        assert study["progress"].items() >= {"trials_total": TRIALS, "trials_done": TRIALS, "trials_failed": 0}.items()
         trials = http.get(f"/studies/{sid}/trials", headers=auth).json()["data"]
         cells = {(t["optimizer"], t["lr_index"], t["wd_index"], t["seed"]) for t in trials}
         assert len(trials) == len(cells) == TRIALS  # each trial exactly once

@@ -265,6 +265,49 @@ def test_docs_are_served_from_packaged_files_under_a_csp(served):
     assert offending == []
 
 
+def test_docs_and_redoc_render_in_chromium_with_no_request_leaving_the_server(served):
+    """/docs and /redoc in a real browser (Debian's chromium) under their CSP: the page renders
+    the API's title, no request goes anywhere but this server (any other is aborted and listed:
+    an offline cluster would never answer it), and the console has no error (a CSP violation is
+    one)."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.service.test_report_browser import ARGS, CHROMIUM
+
+    assert shutil.which(CHROMIUM), "chromium is missing: run scripts/ensure-test-services"
+    base, _ = served()
+    outside: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            for path, rendered in (("/docs", ".swagger-ui .info .title"), ("/redoc", "h1")):
+                errors: list[str] = []
+                page = browser.new_page(viewport={"width": 1200, "height": 900})
+                page.on("console", lambda m, errors=errors: errors.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
+
+                def route(r, path=path):
+                    if r.request.url.startswith(base + "/") or r.request.url.startswith(("data:", "blob:")):
+                        r.continue_()
+                    else:
+                        outside.append(f"{path}: {r.request.url}")
+                        r.abort()
+
+                page.route("**/*", route)
+                page.goto(base + path, wait_until="load")
+                title = page.locator(rendered).first
+                title.wait_for(timeout=30_000)
+                assert "Decouple Lab" in title.inner_text(), (path, title.inner_text())
+                page.wait_for_timeout(500)  # late requests (fonts, validator badges) would show now
+                assert errors == [], (path, errors)
+                page.close()
+        finally:
+            browser.close()
+    assert outside == []
+
+
 # --- 7. slow clients, /health, Host ----------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from service import store
 from service.api import create_app
 from service.cli import CliError
 from service.config import Settings
-from service.db import session_scope
+from service.db import head_revision, session_scope
 from service.domain.catalog import DEFAULT_GRIDS
 from service.domain.conventions import all_names, valid_names_message
 from service.errors import SchemaOutOfDate
@@ -59,7 +59,7 @@ def test_create_then_get(client):
 
     got = client.get(f"/studies/{body['id']}").json()
     assert got["name"] == "five optimizers" and got["owner"] == "local" and got["status"] == "queued"
-    assert got["progress"] == {"trials_total": 12, "trials_done": 0, "trials_failed": 0}
+    assert got["progress"] == {"trials_total": 12, "trials_done": 0, "trials_failed": 0, "epochs_recorded": 0}
     assert got["spec"]["optimizers"][0]["wd"] == {"min": 1e-4, "max": 1e-2, "num": 2}
     assert got["created_at"] and got["started_at"] is None and got["finished_at"] is None
 
@@ -352,12 +352,16 @@ def test_catalogues(client):
     assert OPTIMIZER_NAMES == TORCH_SIDE_NAMES
     body = client.get("/optimizers").json()
     names = [o["name"] for o in body["data"]]
-    assert names[:5] == list(OPTIMIZER_NAMES) and names == list(all_names()) and body["count"] == 5 + 5 + 35
+    # The built-ins, then the example plugin's bases (tests/conftest.py installs it): signum in 3
+    # conventions, adamax (a torch.optim fallback) in its own one.
+    assert names[:5] == list(OPTIMIZER_NAMES) and names == list(all_names())
+    assert body["count"] == 5 + 5 + 35 + (1 + 1) + (1 + 3)
     adamw = body["data"][3]
     assert (adamw["base"], adamw["convention"], adamw["canonical"]) == ("adam", "schedule", "adam:schedule")
     assert adamw["rule"] == "theta <- theta*(1 - eta_t*wd); then " + body["bases"][1]["rule"]
     assert adamw["default_grid"] == {k: DEFAULT_GRIDS["adamw"][k].as_dict() for k in ("lr", "wd")}
-    assert [b["name"] for b in body["bases"]] == ["sgd", "adam", "lion", "radam", "nadam", "adafactor", "muon"]
+    assert [b["name"] for b in body["bases"]] == ["sgd", "adam", "lion", "radam", "nadam", "adafactor", "muon",
+                                                  "adamax", "signum"]
     assert {b["name"]: b["reference_convention"] for b in body["bases"]}["lion"] == "lr"
     assert {c["name"]: c["decay"] for c in body["conventions"]}["corrected"] == "theta <- theta*(1 - lr*eta_t^2*wd)"
     assert body["aliases"] == {"sgdw": "sgd:schedule", "adamw": "adam:schedule", "adamw_torch": "adam:lr"}
@@ -426,7 +430,7 @@ def test_report_partial_while_running_then_cached_when_done(client, engine):
 
 
 def test_health_ok(client):
-    assert client.get("/health").json() == {"status": "ok", "database": "ok", "revision": "0001"}
+    assert client.get("/health").json() == {"status": "ok", "database": "ok", "revision": head_revision()}
 
 
 def test_health_503_when_the_database_is_unreachable(tmp_path):
@@ -453,7 +457,7 @@ def test_api_refuses_an_out_of_date_schema(empty_db_url, tmp_path):
     from service.api import serve
 
     with pytest.raises(CliError, match=r"^the database schema is empty \(never migrated\) but this code needs "
-                                       r"revision 0001: run `decouple migrate`$"):
+                                       rf"revision {head_revision()}: run `decouple migrate`$"):
         serve(port=1, settings=settings)
 
 
@@ -504,7 +508,7 @@ def test_decouple_serve_refuses_an_empty_database(tmp_path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert out.strip().splitlines()[-1] == (
-        "decouple: the database schema is empty (never migrated) but this code needs revision 0001: "
+        f"decouple: the database schema is empty (never migrated) but this code needs revision {head_revision()}: "
         "run `decouple migrate`"
     )
 

@@ -281,6 +281,26 @@ def test_status_of_a_queued_study(api, capsys, queued_study):
     ]
 
 
+def test_status_names_a_study_plugins_and_why_it_waits(api, capsys):
+    from tests.service.test_plugins import plugin_spec
+
+    r = httpx.post(api.url + "/studies", json=plugin_spec(name="wine"), headers={"Authorization": f"Bearer {api.token}"})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    with session_scope(api.engine) as s:  # a worker without the example plugin looked at the queue
+        assert store.claim_study(s, "w-bare", 60, only=sid, installed={}) is None
+    code, out, err = run(capsys, "status", sid, *api.args())
+    assert code == 0, err
+    assert out.splitlines()[-4:] == [
+        "plugin    rule adamax from decouple-plugin-example 0.1.0",
+        "plugin    rule signum from decouple-plugin-example 0.1.0",
+        "plugin    task wine_mlp from decouple-plugin-example 0.1.0",
+        "waiting   no worker with the plugins it needs has claimed it (w-bare: rule adamax from "
+        "decouple-plugin-example 0.1.0 is not installed; rule signum from decouple-plugin-example 0.1.0 is not "
+        "installed; task wine_mlp from decouple-plugin-example 0.1.0 is not installed)",
+    ]
+
+
 def test_report_json_of_a_queued_study_is_partial(api, capsys, queued_study):
     code, out, err = run(capsys, "report", queued_study, "--json", *api.args())
     assert code == 0, err

@@ -18,7 +18,9 @@ from service.errors import SchemaOutOfDate
 from service.models import Base
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"alembic_version", "api_tokens", "curve_points", "studies", "trials"}
+TABLES = {"alembic_version", "api_tokens", "atlas_entries", "curve_points", "studies", "trials"}
+#: The newest revision (the tests follow it: a new migration needs no edit here).
+HEAD = head_revision()
 
 
 def drift(engine, metadata: MetaData) -> list:
@@ -27,17 +29,17 @@ def drift(engine, metadata: MetaData) -> list:
 
 
 def test_upgrade_from_empty_makes_the_models_schema(empty_db_url):
-    assert upgrade_to_head(empty_db_url) == head_revision() == "0001"
+    assert upgrade_to_head(empty_db_url) == head_revision() == HEAD
     engine = make_engine(empty_db_url)
     try:
         assert set(inspect(engine).get_table_names()) == TABLES
-        assert check_schema_current(engine) == "0001"
+        assert check_schema_current(engine) == HEAD
         assert drift(engine, Base.metadata) == []
         unique = inspect(engine).get_unique_constraints("trials")
         assert [(u["name"], u["column_names"]) for u in unique] == [
             ("uq_trials_cell", ["study_id", "phase", "optimizer", "lr_index", "wd_index", "seed"])
         ]
-        assert upgrade_to_head(empty_db_url) == "0001"  # idempotent
+        assert upgrade_to_head(empty_db_url) == HEAD  # idempotent
     finally:
         engine.dispose()
 
@@ -64,8 +66,8 @@ def test_downgrade_to_base_and_up_again(db_url):
         assert set(inspect(engine).get_table_names()) == {"alembic_version"}
         with pytest.raises(SchemaOutOfDate):
             check_schema_current(engine)
-        assert upgrade_to_head(db_url) == "0001"
-        assert check_schema_current(engine) == "0001"
+        assert upgrade_to_head(db_url) == HEAD
+        assert check_schema_current(engine) == HEAD
     finally:
         engine.dispose()
 
@@ -78,7 +80,7 @@ def test_an_empty_database_is_refused_naming_decouple_migrate(empty_db_url):
     finally:
         engine.dispose()
     assert str(info.value) == (
-        "the database schema is empty (never migrated) but this code needs revision 0001: "
+        f"the database schema is empty (never migrated) but this code needs revision {HEAD}: "
         "run `decouple migrate`"
     )
 
@@ -91,10 +93,10 @@ def test_decouple_migrate_works_from_any_directory(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "database is at revision 0001"
+    assert out.stdout.strip() == f"database is at revision {HEAD}"
     engine = make_engine(f"sqlite:///{db}")
     try:
-        assert check_schema_current(engine) == "0001"
+        assert check_schema_current(engine) == HEAD
     finally:
         engine.dispose()
 

@@ -126,7 +126,10 @@ def test_with_a_token_the_rows_are_rendered_on_the_server(secure, engine):
     assert r.status_code == 200 and '<tbody id="rows" data-rendered="server">' in html
     assert EVIL not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert '<span id="count">2 studies</span>' in html
-    assert f'<a href="/studies/{evil.id}/report.html" data-open="tab">&lt;img' in html
+    assert (f'<input type="checkbox" class="pick" value="{evil.id}" autocomplete="off"'
+            f' aria-label="pick for compare">'
+            f' <a href="/ui/studies/{evil.id}">&lt;img') in html  # the name opens the study page
+    assert f'<a href="/studies/{evil.id}/report.html" data-open="tab">report</a>' in html
     assert f'<a href="/studies/{evil.id}/trials?format=csv" data-open="download">csv</a>' in html
     assert ('<span class="count">3/12</span><span class="failed"> · 1 failed</span>' in html
             and 'style="width: 25.0%;"' in html and 'style="width: 8.3%;"' in html)

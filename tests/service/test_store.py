@@ -402,7 +402,7 @@ def test_report_cache_is_filled_once_when_done(engine, make_study):
 
     def build(study_d, trials, load_curves):
         calls.append(study_d["status"])
-        assert {"id", "name", "status", "spec", "created_at", "finished_at", "owner"} == set(study_d)
+        assert {"id", "name", "status", "spec", "created_at", "finished_at", "owner", "plugins"} == set(study_d)
         assert len(trials) == 12 and load_curves([trials[0]["id"]]) == {trials[0]["id"]: []}
         return {"study_id": study_d["id"], "partial": study_d["status"] != "done", "x": math.nan}
 

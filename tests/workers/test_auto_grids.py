@@ -69,7 +69,7 @@ def test_auto_axes_put_every_optimum_inside_and_keep_the_pilot_apart(task, clien
 
     study = client.get(f"/studies/{sid}").json()
     assert study["status"] == "done"
-    assert study["progress"] == {"trials_total": 480, "trials_done": 480, "trials_failed": 0}
+    assert study["progress"].items() >= {"trials_total": 480, "trials_done": 480, "trials_failed": 0}.items()  # and epochs_recorded
     trials = trials_of(engine, sid)
     pilot = [t for t in trials if t.phase == "pilot"]
     # One pilot block per optimizer (its 36 cells), not cut to balance the slots.
@@ -267,7 +267,7 @@ def test_a_pilot_that_fails_is_placed_without_it_and_the_study_finishes(client, 
     assert run_worker(once=True, settings=settings, worker_id="w-nodata") == 0
     study = client.get(f"/studies/{sid}").json()
     assert study["status"] == "done"
-    assert study["progress"] == {"trials_total": 2, "trials_done": 0, "trials_failed": 2}
+    assert study["progress"].items() >= {"trials_total": 2, "trials_done": 0, "trials_failed": 2}.items()  # and epochs_recorded
     (opt,) = study["spec"]["optimizers"]
     assert opt["lr"] == {"min": 7.94e-06, "max": 0.00794, "num": 2, "placement": "auto"}
     trials = trials_of(engine, sid)

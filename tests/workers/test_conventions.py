@@ -9,6 +9,17 @@ the packed trainer.
 - The packed trainer matches ``train_single`` for every base x convention to 1e-5 (Muon's
   Newton-Schulz in float32 there; in torch's bfloat16 the two drift apart by rounding flips, a
   band measured and bounded below).
+
+The packed and single paths round differently (about 1e-7 apart in the parameters), so a config
+is only a fair comparison if no ReLU pre-activation comes within that distance of 0: there one
+path takes the kink's other side for one example and the gradients part by ~1e-3. Muon's high lr
+was 3e-2 until, on an Intel Xeon (AVX-512), muon:constant (3e-2, 1e-4) did just that: parameters
+agreed to 3.7e-8 after the first step and 1.05e-7 after the fifth, then at step 6 one hidden
+pre-activation was |z| = 1.0e-7 (other steps 1e-6..2e-4), the gradients differed in one row of
+0.weight (60 entries, 2.7e-3) and one entry of 0.bias (7.6e-4) and nowhere else, and the epoch
+val-loss gaps became 2.1e-5, 5.7e-5, 5.4e-5 (no convention bug: the reference nudged by an ulp of
+lr or wd stays within 2e-7, and the same config over 1, 2 or 6 epochs matches to 2e-7). At 2e-2
+the gaps of the five conventions are 1.1e-7..2.4e-7 there.
 """
 
 from __future__ import annotations
@@ -128,8 +139,9 @@ def test_decay_with_a_zero_gradient_shrinks_theta_by_exactly_the_tables_factor(b
 
 
 SLICE = dict(epochs=3, batch_size=64, max_train=384, max_val=192)
+#: Two stable lrs per base (muon 2e-2, not 3e-2: see the module docstring on ReLU kinks).
 LRS = {"sgd": [0.03, 0.3], "adam": [1e-3, 1e-2], "radam": [1e-3, 1e-2], "nadam": [1e-3, 1e-2],
-       "lion": [1e-4, 1e-3], "adafactor": [3e-3, 3e-2], "muon": [3e-3, 3e-2]}
+       "lion": [1e-4, 1e-3], "adafactor": [3e-3, 3e-2], "muon": [3e-3, 2e-2]}
 
 
 def _configs(base: str, convention: str) -> list[TrialConfig]:
@@ -165,7 +177,7 @@ def test_packed_trainer_matches_single_config_training(base, convention, monkeyp
 
 @pytest.mark.slow
 def test_muon_in_bfloat16_stays_within_its_rounding_band():
-    """torch's bfloat16 Newton-Schulz: measured gaps 1.0e-4..2.6e-4 over the five conventions."""
+    """torch's bfloat16 Newton-Schulz: measured gaps 5.9e-5..2.8e-4 over the five conventions (Xeon)."""
     assert _max_gap("digits_mlp", "muon") <= 1e-3
 
 
@@ -207,7 +219,7 @@ def test_every_name_has_a_pilot_grid_covering_its_default_grid_and_a_family(name
     assert len(lrs) == len(wds) == autogrid.PILOT_POINTS
     assert lrs[0] <= grid["lr"].min * 1.0001 and lrs[-1] >= grid["lr"].max * 0.9999
     assert wds[0] <= grid["wd"].min * 1.0001 and wds[-1] >= grid["wd"].max * 0.9999
-    assert autogrid.family_of(name) == conventions.FAMILY[conventions.parse(name).base]
+    assert autogrid.family_of(name) == conventions.base_family(conventions.parse(name).base)
 
 
 def test_synthetic_task_couples_as_the_convention_scales_the_decay():

@@ -2,10 +2,12 @@
 optimizer's current seeds finish) -> report.
 
 The ``synthetic_seeds`` task's noise differs by optimizer and is deterministic in (optimizer,
-lr, wd, seed), so on the 6 x 6 grids below the path is fixed: ``sgdw`` (noise 0.002) is
-separable at 2 seeds; ``adamw`` (0.0175) is inconclusive at 2 with ``seeds_to_decide`` 5, gets
-half-way there (4 seeds) and is separable; ``adam`` (0.035) is inconclusive at 2 with no
-projection (more seeds alone would not decide) and stops. The test re-derives each path from the
+lr, wd, seed) on every CPU (keyed on lr and wd to 13 significant digits, not their last bit), so
+on the 6 x 6 grids below the path is fixed: ``sgdw`` (noise 0.002) is separable at 2 seeds;
+``adamw`` (0.0485) is inconclusive at 2 with ``seeds_to_decide`` 5, gets half-way there (4 seeds)
+and is separable; ``adam`` (0.045) is inconclusive at 2 with no projection (more seeds alone would
+not decide) and stops. Measured ranges giving these paths: sgdw 0.001..0.0045 (all scanned),
+adamw 0.047..0.050, adam 0.0275..0.0675. The test re-derives each path from the
 stored trials with ``decide`` and ``next_step`` as well as checking those expected outcomes.
 """
 
@@ -58,7 +60,7 @@ def test_seeds_until_decided_adds_seeds_only_where_inconclusive(client, settings
         assert sum(t["optimizer"] == name for t in trials) == 36 * len(seeds)
     # Progress ends exact: the worst case lowered by the seeds each optimizer did not get.
     total = sum(36 * len(v) for v in got.values())
-    assert study["progress"] == {"trials_total": total, "trials_done": total, "trials_failed": 0}
+    assert study["progress"].items() >= {"trials_total": total, "trials_done": total, "trials_failed": 0}.items()  # and epochs_recorded
 
     given = study["spec"]["seeds"]["given"]
     for opt in study["spec"]["optimizers"]:

@@ -24,8 +24,8 @@ def test_registry_matches_catalog_and_rejects_unknown_names():
         get_task("workers.tasks.Evil")
     assert str(e.value) == (
         "Unknown task: 'workers.tasks.Evil' (expected one of digits_mlp, digits_mlp_bn, mnist5k_cnn, "
-        "mnist5k_resnet, cifar10_resnet, synthetic, synthetic_offgrid, synthetic_seeds)"
-    )
+        "mnist5k_resnet, cifar10_resnet, synthetic, synthetic_offgrid, synthetic_seeds, wine_mlp)"
+    )  # wine_mlp: the example plugin the suite installs (tests/conftest.py)
     with pytest.raises(ValueError, match="already registered: 'digits_mlp'"):
         register_task(SyntheticTask(TASK_INFO["digits_mlp"]))
 

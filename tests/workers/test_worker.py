@@ -108,8 +108,19 @@ def test_submit_then_worker_once_trains_every_trial(client, settings, engine, lo
 
     study = client.get(f"/studies/{study_id}").json()
     assert study["status"] == "done"
-    assert study["progress"] == {"trials_total": 6, "trials_done": 6, "trials_failed": 0}
+    assert study["progress"].items() >= {"trials_total": 6, "trials_done": 6, "trials_failed": 0}.items()  # and epochs_recorded
     assert study["claimed_by"] == "w-e2e" and study["attempts"] == 1
+
+    # The worker stored the report as it finished, so the atlas shows the study at once; and a
+    # dry run of the same spec now estimates its time from this run's measured throughput.
+    atlas = client.get("/atlas").json()
+    assert atlas["pending"] == [] and [(r["task"], r["optimizer"], r["studies"]) for r in atlas["data"]] == [
+        ("digits_mlp", "sgd", [study_id])]
+    plan = client.post("/studies", params={"dry_run": "true"}, json=spec).json()
+    wall = (datetime.fromisoformat(study["finished_at"]) - datetime.fromisoformat(study["started_at"])).total_seconds()
+    assert plan["estimate"]["trial_epochs_measured"] == 6 * 3 and plan["estimate"]["studies"] == 1
+    assert plan["estimate"]["trial_epochs_per_second"] == pytest.approx(18 / wall, rel=1e-9)
+    assert plan["estimated_seconds"] == pytest.approx(wall, rel=1e-9)  # the same spec: the same time
 
     trials = client.get(f"/studies/{study_id}/trials").json()["data"]
     assert len(trials) == 6
@@ -262,7 +273,9 @@ def test_killed_worker_study_is_finished_by_another_without_rerunning(
     assert w2.returncode == 0, out
 
     study = client.get(f"/studies/{study_id}").json()
-    assert study["status"] == "done" and study["attempts"] == 2, study
+    # Any claim beyond the second is this worker's own loop re-claiming after run_study gave the
+    # study back (a block that lost the database, DatabaseUnavailable): its log says which.
+    assert study["status"] == "done" and study["attempts"] == 2, (study, out[-4000:])
     assert study["claimed_by"].startswith(f"{host}:{w2.pid}:")
     after = {t.id: t for t in trial_rows(engine, study_id)}
     assert len(after) == 3 * 2 * 2 and set(after) == set(at_kill)
@@ -311,13 +324,13 @@ def test_cancel_mid_run_stops_within_an_epoch_and_the_worker_goes_on(client, eng
     assert all(0 <= final[i] - at_cancel[i] <= 2 for i in final), (at_cancel, final)
     long_study = client.get(f"/studies/{long_id}").json()
     assert long_study["status"] == "cancelled"
-    assert long_study["progress"] == {"trials_total": 1, "trials_done": 0, "trials_failed": 0}
+    assert long_study["progress"].items() >= {"trials_total": 1, "trials_done": 0, "trials_failed": 0}.items()  # and epochs_recorded
     assert all(t["status"] == "queued" and t["finished_at"] is None
                for t in client.get(f"/studies/{long_id}/trials").json()["data"])
 
     nxt = client.get(f"/studies/{next_id}").json()
     assert nxt["status"] == "done" and nxt["claimed_by"] == "w-cancel"
-    assert nxt["progress"] == {"trials_total": 1, "trials_done": 1, "trials_failed": 0}
+    assert nxt["progress"].items() >= {"trials_total": 1, "trials_done": 1, "trials_failed": 0}.items()  # and epochs_recorded
     assert all(e == [0, 1, 2] for e in curve_epochs(engine, next_id).values())
 
 
@@ -343,7 +356,7 @@ def test_failing_block_is_retried_then_its_trials_fail_and_the_study_finishes(
 
     study = client.get(f"/studies/{study_id}").json()
     assert study["status"] == "done" and study["last_error"] is None
-    assert study["progress"] == {"trials_total": 1, "trials_done": 0, "trials_failed": 1}
+    assert study["progress"].items() >= {"trials_total": 1, "trials_done": 0, "trials_failed": 1}.items()  # and epochs_recorded
     data_dir = settings.data_dir.resolve()
     for t in client.get(f"/studies/{study_id}/trials").json()["data"]:
         assert t["status"] == "failed" and t["attempts"] == 1 + BLOCK_RETRIES

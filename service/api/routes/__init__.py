@@ -4,7 +4,7 @@ from fastapi import APIRouter, Depends
 
 from service.api.deps import current_user, known_query_only
 from service.api.responses import error_responses
-from service.api.routes import catalogue, compare, health, pages, reports, studies, tokens
+from service.api.routes import atlas, catalogue, compare, health, pages, reports, studies, tokens, ui
 
 api_router = APIRouter()
 # /health answers without a token: load balancers and `docker compose` probe it.
@@ -18,5 +18,8 @@ api_router.include_router(reports.router, dependencies=_authenticated, responses
 # The team page answers a browser without a token (it cannot send one on a page load) but then
 # holds no data: it asks for the token and fetches everything else with it (routes/pages.py).
 api_router.include_router(pages.router, dependencies=[Depends(known_query_only)])
+api_router.include_router(ui.router, dependencies=[Depends(known_query_only)])
 api_router.include_router(compare.router, dependencies=_authenticated, responses=_auth_errors)
 api_router.include_router(tokens.router, dependencies=_authenticated, responses=_auth_errors)
+api_router.include_router(tokens.me_router, dependencies=_authenticated, responses=_auth_errors)
+api_router.include_router(atlas.router, dependencies=_authenticated, responses=_auth_errors)

@@ -116,14 +116,16 @@ def _percent(n: int, total: int) -> str:
 
 def study_row(study: Study, prog: store.StudyProgress, *, status: str | None, owner: str | None,
               now: datetime) -> str:
-    """One table row: name (opens the report), status, progress bar, owner, task, age, links."""
+    """One table row: a box to pick it for comparing, name (opens the study page), status, progress bar, owner, task, age, links."""
     e = escape
     base = f"/studies/{quote(study.id, safe='')}"
     done, failed, total = prog.trials_done, prog.trials_failed, prog.trials_total
     failed_note = f'<span class="failed"> · {failed} failed</span>' if failed else ""
     return (
         f'<tr data-id="{e(study.id)}">'
-        f'<td class="name"><a href="{e(base)}/report.html" data-open="tab">{e(study.name)}</a></td>'
+        f'<td class="name"><input type="checkbox" class="pick" value="{e(study.id)}" autocomplete="off"'
+        f' aria-label="pick for compare">'
+        f' <a href="/ui/studies/{quote(study.id, safe="")}">{e(study.name)}</a></td>'
         f'<td><a class="status {e(study.status)}" href="{e(page_url(study.status, owner))}" data-nav=""'
         f' title="show only {e(study.status)} studies">{e(study.status)}</a></td>'
         f'<td class="progress"><span class="bar" role="progressbar" aria-valuemin="0"'
@@ -186,7 +188,8 @@ def render_page(*, auth: str, rows: str | None, count: int | None, status: str |
 <body data-auth="{escape(auth)}" data-page-size="{PAGE_SIZE}" data-poll-ms="{POLL_SECONDS * 1000}">
 <header><div><h1>Decouple Lab</h1>
 <p class="sub"><span id="count">{count_text}</span>can the learning rate and weight decay be tuned
-separately? · <a href="/docs">API</a></p></div>
+separately? · <a href="/ui/submit">submit a study</a> · <a href="/ui/atlas">atlas</a> ·
+<a href="/docs">API</a></p></div>
 <div id="session" hidden>token kept in this tab only · <button type="button" class="link" id="forget">forget
 token</button></div></header>
 {noscript}
@@ -199,7 +202,8 @@ token</button></div></header>
 <div id="filters"{hidden}><div class="chips" id="chips">{_chips(status, owner)}</div>
 <form id="owner-form" role="search"><label for="owner">owner</label>
 <input id="owner" name="owner" list="owners" value="{escape(owner or "")}" placeholder="anyone">
-<datalist id="owners"></datalist><button type="submit">filter</button></form></div>
+<datalist id="owners"></datalist><button type="submit">filter</button></form>
+<button type="button" id="compare" disabled title="tick two or more finished studies">compare picked</button></div>
 <p id="notice" role="status"></p>
 <table id="studies"{hidden}><thead><tr><th>study</th><th>status</th><th>progress</th><th>owner</th>
 <th>task</th><th>submitted</th><th>links</th></tr></thead>

@@ -8,13 +8,15 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Response, status
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import store
 from service.api.deps import EngineDep, SettingsDep, UserDep
 from service.api.responses import error_responses
 from service.db import read, session_scope
+from service.domain import seeds as seeds_rule
+from service.domain.grid import axis_values
 from service.errors import Conflict, InvalidInput
 from service.grid_repair import MAX_EXTEND_STEPS, edge_bound
 from service.grid_repair import extend_study as extend_study_grid
@@ -24,6 +26,9 @@ from service.schemas import (
     SPEC_EXAMPLE,
     CurvePointPublic,
     CurvePublic,
+    DryRunOptimizerPublic,
+    DryRunPublic,
+    EstimatePublic,
     Progress,
     StudiesPublic,
     StudyCreated,
@@ -74,7 +79,7 @@ def study_public(study: Study, prog: store.StudyProgress) -> StudyPublic:
         priority=study.priority, spec=study.spec, progress=Progress(**prog.as_dict()),
         created_at=study.created_at, started_at=study.started_at, finished_at=study.finished_at,
         updated_at=study.updated_at, claimed_by=study.claimed_by, attempts=study.attempts,
-        last_error=study.last_error,
+        last_error=study.last_error, plugins=study.plugins, waiting_reason=study.waiting_reason,
     )
 
 
@@ -92,7 +97,8 @@ def trial_public(t: Trial) -> TrialPublic:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=StudyCreated,
-    responses=error_responses(403, 413, 429),
+    responses={200: {"model": DryRunPublic, "description": "with ?dry_run=true: the plan; nothing stored"},
+               **error_responses(403, 413, 429)},
 )
 def create_study(
     spec: Annotated[StudySpec, Body(openapi_examples=SPEC_EXAMPLES)],
@@ -100,20 +106,73 @@ def create_study(
     settings: SettingsDep,
     user: UserDep,
     response: Response,
-) -> StudyCreated:
+    dry_run: Annotated[bool, Query(description="validate and plan only: 200 with the expanded grid, "
+                                               "counts and estimated run time; nothing is stored")] = False,
+) -> Any:
     """Queue a study; its whole trial grid is stored at once (status ``queued``).
 
     Within the per-user limits (docs/security.md): trials x epochs at most
     ``DECOUPLE_MAX_TRIAL_EPOCHS`` (422), at most ``DECOUPLE_MAX_QUEUED_TRIALS`` of a non-admin's
-    trials queued or running at once (429), ``priority`` above 0 for admins only (403)."""
+    trials queued or running at once (429), ``priority`` above 0 for admins only (403).
+
+    ``?dry_run=true`` goes through exactly the same checks (the same 401/403/422/429 answers) and
+    answers 200 with the plan instead (docs/api.md): each optimizer's axes, seeds and trials, the
+    trial and trial-epoch totals, and the run time estimated from the throughput this deployment
+    measured on the task's own finished studies. Nothing is stored."""
     check_priority(spec.priority, user)
     check_trial_epochs(spec.trials_total, spec.epochs or 1, settings)
+    if dry_run:
+        with session_scope(engine, read_only=True) as session:
+            check_queue(session, user.name, spec.trials_total, user, settings)
+            measured = store.measured_throughput(session, spec.task)
+        return JSONResponse(dry_run_plan(spec, measured).model_dump(mode="json"))
     with session_scope(engine) as session:
         check_queue(session, user.name, spec.trials_total, user, settings)
         study = store.create_study(session, spec, owner=user.name)
         created = StudyCreated(id=study.id, status=study.status, trials_total=study.trials_total)
     response.headers["Location"] = f"/studies/{created.id}"
     return created
+
+
+def dry_run_plan(spec: StudySpec, measured: store.Throughput | None) -> DryRunPublic:
+    """What ``spec`` would queue, and how long it would take at the ``measured`` throughput."""
+    seeds: list[int] | dict[str, Any]
+    if seeds_rule.is_auto(spec.seeds):
+        seeds = {**spec.stored()["seeds"], "start": spec.initial_seeds}
+    else:
+        seeds = list(spec.initial_seeds)
+    per_optimizer = seeds_rule.max_seeds(spec.seeds)
+    optimizers = [
+        DryRunOptimizerPublic(
+            name=opt.name,
+            lr=None if opt.lr.auto else axis_values(opt.lr),
+            wd=None if opt.wd.auto else axis_values(opt.wd),
+            seeds=seeds, trials=opt.cells * per_optimizer,
+            placement={"lr": "auto" if opt.lr.auto else "given", "wd": "auto" if opt.wd.auto else "given",
+                       "num": {"lr": opt.lr.num, "wd": opt.wd.num}} if opt.is_auto else None,
+        )
+        for opt in spec.optimizers
+    ]
+    trial_epochs = spec.trials_total * (spec.epochs or 1)
+    if measured is None:
+        estimate = EstimatePublic(
+            basis=f"no study of task {spec.task} has finished on this deployment yet: nothing measured to "
+                  "estimate from", trial_epochs_per_second=None, studies=0, trial_epochs_measured=0,
+            wall_seconds_measured=0.0)
+        seconds = None
+    else:
+        rate = measured.per_second
+        estimate = EstimatePublic(
+            basis=f"measured on this deployment: {measured.trial_epochs:,} trial-epochs in "
+                  f"{measured.wall_seconds:,.0f} s of wall time over the {measured.studies} newest done "
+                  f"{'study' if measured.studies == 1 else 'studies'} of task {spec.task} "
+                  f"({rate:.3g} trial-epochs/s)",
+            trial_epochs_per_second=rate, studies=measured.studies,
+            trial_epochs_measured=measured.trial_epochs, wall_seconds_measured=measured.wall_seconds)
+        seconds = trial_epochs / rate
+    return DryRunPublic(dry_run=True, trials_total=spec.trials_total, trial_epochs_total=trial_epochs,
+                        estimated_seconds=seconds, estimate=estimate, optimizers=optimizers,
+                        spec=spec.stored(), plugins=spec.plugins_used() or None)
 
 
 #: The names of :data:`service.store.STUDY_VIEW`'s columns, in order.
@@ -131,6 +190,7 @@ def study_fields(row: Sequence[Any]) -> dict[str, Any]:
         "trials_total": fields.pop("trials_total"),
         "trials_done": fields.pop("trials_done"),
         "trials_failed": fields.pop("trials_failed"),
+        "epochs_recorded": fields.pop("epochs_recorded"),
     }
     return fields
 
@@ -198,6 +258,25 @@ def _csv_cell(value: object) -> str:
     return str(value)
 
 
+def trials_parquet(trials: list[Trial]) -> bytes:
+    """The CSV's columns as a Parquet file (pyarrow): typed columns (floats keep NaN and inf, the
+    timestamps are UTC), for pandas, polars, DuckDB or Spark without parsing text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {
+        "id": pa.int64(), "lr_index": pa.int32(), "wd_index": pa.int32(), "seed": pa.int64(),
+        "lr": pa.float64(), "wd": pa.float64(), "train_loss": pa.float64(), "val_loss": pa.float64(),
+        "val_error": pa.float64(), "diverged": pa.bool_(), "diverged_epoch": pa.int32(),
+        "started_at": pa.timestamp("us", tz="UTC"), "finished_at": pa.timestamp("us", tz="UTC"),
+    }
+    table = pa.table({c: pa.array([getattr(t, c) for t in trials], type=types.get(c, pa.string()))
+                      for c in CSV_COLUMNS})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
 def trials_csv(trials: list[Trial]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -211,20 +290,28 @@ def trials_csv(trials: list[Trial]) -> str:
     "/{study_id}/trials",
     response_model=TrialsPublic,
     responses={
-        200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with ?format=csv"},
+        200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}},
+              "description": "JSON; CSV with ?format=csv; Parquet with ?format=parquet"},
         **error_responses(404),
     },
 )
 def list_trials(
     study_id: str,
     engine: EngineDep,
-    format: Literal["json", "csv"] = "json",
+    format: Literal["json", "csv", "parquet"] = "json",
     phase: Literal["grid", "pilot"] | None = None,
 ):
     """Every trial with its final metrics (null while not run, or when NaN/inf: see ``diverged``);
-    ``?format=csv`` gives one row per trial, with NaN and inf written out."""
+    ``?format=csv`` gives one row per trial, with NaN and inf written out; ``?format=parquet``
+    the same columns as a typed Parquet file (NaN and inf kept as floats)."""
     with session_scope(engine, read_only=True) as session:
         trials = store.list_trials(session, study_id, phase=phase)
+        if format == "parquet":
+            return Response(
+                trials_parquet(trials),
+                media_type="application/vnd.apache.parquet",
+                headers={"Content-Disposition": f'attachment; filename="study-{study_id}-trials.parquet"'},
+            )
         if format == "csv":
             return PlainTextResponse(
                 trials_csv(trials),

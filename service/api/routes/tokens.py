@@ -1,4 +1,5 @@
-"""``DELETE /tokens/{name}``: an admin revokes every live token of a name."""
+"""``GET /me``: who the token is; ``DELETE /tokens/{name}``: an admin revokes every live token of
+a name."""
 
 from __future__ import annotations
 
@@ -14,11 +15,26 @@ from service.errors import Forbidden, NotFound
 from service.tokens import NAME_RE, revoke_tokens
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
+#: ``/me`` rather than ``/tokens/me``: under ``/tokens/`` the path would also be
+#: ``DELETE /tokens/{name}`` with the name ``me``.
+me_router = APIRouter(tags=["tokens"])
 
 
 class TokensRevoked(BaseModel):
     name: str
     revoked: int
+
+
+class Me(BaseModel):
+    name: str
+    admin: bool
+
+
+@me_router.get("/me", response_model=Me)
+def me(user: UserDep) -> Me:
+    """The token's holder and whether they are an admin (``local``, admin, with auth off): the
+    study page shows cancel and extend only to the study's owner and to admins."""
+    return Me(name=user.name, admin=user.admin)
 
 
 @router.delete("/{name}", response_model=TokensRevoked, responses=error_responses(403, 404))

@@ -23,6 +23,7 @@
   let seq = 0; // a newer request makes the answers of older ones moot
   let timer = null;
   const owners = new Set();
+  const picked = new Set(); // studies ticked for the compare view, kept across refreshes
 
   class AuthError extends Error {}
 
@@ -156,7 +157,9 @@
       el("span", { class: "count" }, p.trials_done + "/" + p.trials_total));
     if (p.trials_failed) progress.append(el("span", { class: "failed" }, " · " + p.trials_failed + " failed"));
     return el("tr", { "data-id": s.id },
-      el("td", { class: "name" }, el("a", { href: base + "/report.html", "data-open": "tab" }, s.name)),
+      el("td", { class: "name" }, el("input", {
+        type: "checkbox", class: "pick", value: s.id, autocomplete: "off", "aria-label": "pick for compare", checked: picked.has(s.id),
+      }), " ", el("a", { href: "/ui/studies/" + encodeURIComponent(s.id) }, s.name)),
       el("td", {}, el("a", {
         class: "status " + s.status, href: pageUrl({ status: s.status, owner: f.owner }), "data-nav": true,
         title: "show only " + s.status + " studies",
@@ -219,6 +222,7 @@
     $("rows").replaceChildren(); // nothing read with a token outlives it
     $("owners").replaceChildren();
     owners.clear();
+    picked.clear();
     for (const id of ["session", "filters", "studies", "pager"]) $(id).hidden = true;
     $("login").hidden = false;
     $("login-error").textContent = message;
@@ -301,6 +305,24 @@
   $("owner-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     go(pageUrl({ ...filters(), owner: $("owner").value.trim(), offset: 0 }));
+  });
+
+  // Compare: the ticked studies, in the order they were ticked (the first is the reference).
+  function syncCompare() {
+    $("compare").disabled = picked.size < 2;
+    $("compare").textContent = picked.size ? "compare picked (" + picked.size + ")" : "compare picked";
+  }
+
+  $("rows").addEventListener("change", (ev) => {
+    const box = ev.target.closest("input.pick");
+    if (!box) return;
+    if (box.checked) picked.add(box.value);
+    else picked.delete(box.value);
+    syncCompare();
+  });
+
+  $("compare").addEventListener("click", () => {
+    if (picked.size >= 2) location.assign("/ui/compare?ids=" + [...picked].map(encodeURIComponent).join(","));
   });
 
   $("forget").addEventListener("click", () => {
