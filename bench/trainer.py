@@ -37,6 +37,8 @@ On a CPU shared with other busy processes, several OpenMP threads per process sp
 barrier and many-small-kernel training slows down by up to ~10x; one thread degrades far less.
 The load average is printed at the start and the end.
 
+``--conv-only``: only the sgemm peak and step 7 (its RESULT line has the two conv figures).
+
 ``--quick``: Ray runs 4 of the 36 configs and its time is scaled per trial to 36; the sequential
 loop runs 12 and is scaled likewise; every packed run is timed once instead of best-of-several,
 and the FLOP-rate blocks train 5 epochs (model building then weighs a little more). The output
@@ -288,11 +290,39 @@ def ray_default(configs: list[TrialConfig]) -> float:
     return seconds
 
 
+def conv_nets(epochs: int, threads: int, peak: float, cpu_peak: float) -> tuple[float, float]:
+    """Step 7: (cnn_fraction_of_matmul_peak, resnet_trial_epochs_per_second), both wall-clock."""
+    cnn_s, cnn_cpu, cnn_flops, cnn_te = conv_block("mnist5k_cnn", epochs, threads)
+    print(f"mnist5k_cnn 32 configs x {epochs} epochs: {cnn_s:.2f} s = {cnn_s / cnn_te:.3f} s per trial-epoch, "
+          f"{cnn_flops / cnn_s / 1e9:.1f} GFLOP/s executed = {cnn_flops / cnn_s / peak:.3f} of the sgemm peak; "
+          f"by CPU time {cnn_cpu / cnn_te:.3f} s per trial-epoch = {cnn_flops / cnn_cpu / cpu_peak:.3f}")
+    res_s, res_cpu, res_flops, res_te = conv_block("mnist5k_resnet", epochs, threads)
+    print(f"mnist5k_resnet 32 configs x {epochs} epochs: {res_s:.2f} s = {res_te / res_s:.2f} trials x epochs "
+          f"per second ({res_te / res_cpu:.2f} per CPU second), {res_flops / res_s / 1e9:.1f} GFLOP/s executed = "
+          f"{res_flops / res_s / peak:.3f} of the sgemm peak ({res_flops / res_cpu / cpu_peak:.3f} by CPU time)")
+    return cnn_flops / cnn_s / peak, res_te / res_s
+
+
+def conv_only(quick: bool, threads: int) -> None:
+    """``--conv-only``: the sgemm peak (wall and CPU time, before and after) and step 7."""
+    cpu = torch.device("cpu")
+    peak = matmul_peak(cpu)
+    cpu_peak = matmul_peak(cpu, cpu_time=True)
+    cnn, res = conv_nets(1 if quick else 2, threads, peak, cpu_peak)
+    peak, cpu_peak = max(peak, matmul_peak(cpu)), max(cpu_peak, matmul_peak(cpu, cpu_time=True))
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes share these CPUs)")
+    print(f"CPU: {cpu_model()}; sgemm peak {peak / 1e9:.1f} GFLOP/s wall-clock, {cpu_peak / 1e9:.1f} GFLOP/s "
+          f"per CPU second ({torch.get_num_threads()} thread(s)); the fractions above used the first peaks")
+    print(f"RESULT cnn_fraction_of_matmul_peak={cnn:.3f} resnet_trial_epochs_per_second={res:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="scaled Ray and sequential subsets, shorter FLOP run")
     ap.add_argument("--bases-only", action="store_true",
                     help="only each base's trials x epochs per second on the demo block (next to Adam's)")
+    ap.add_argument("--conv-only", action="store_true",
+                    help="only step 7 (the conv nets on the wide engine) against the sgemm peak")
     ap.add_argument("--device", default=None, help="device of the packed trainer (default: cuda if present)")
     ap.add_argument("--threads", type=int, default=CPU_THREADS,
                     help="torch CPU threads for every measurement, the sgemm peak included "
@@ -313,6 +343,9 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    if args.conv_only:
+        conv_only(args.quick, args.threads)
+        return
     data = get_task(TASK).load_data()
     configs = grid(6, (0,))
     kw = dict(epochs=EPOCHS, batch_size=BATCH, schedule=SCHEDULE, threads=args.threads)
@@ -380,15 +413,7 @@ def main() -> None:
           f"of the {slots}-thread sgemm peak ({machine_peak / 1e9:.1f} GFLOP/s)")
 
     # 7. conv nets on the wide engine, against the same sgemm peak
-    conv_epochs = 1 if args.quick else 2
-    cnn_s, cnn_cpu, cnn_flops, cnn_te = conv_block("mnist5k_cnn", conv_epochs, args.threads)
-    print(f"mnist5k_cnn 32 configs x {conv_epochs} epochs: {cnn_s:.2f} s = {cnn_s / cnn_te:.3f} s per trial-epoch, "
-          f"{cnn_flops / cnn_s / 1e9:.1f} GFLOP/s executed = {cnn_flops / cnn_s / peak:.3f} of the sgemm peak; "
-          f"by CPU time {cnn_cpu / cnn_te:.3f} s per trial-epoch = {cnn_flops / cnn_cpu / cpu_peak:.3f}")
-    res_s, res_cpu, res_flops, res_te = conv_block("mnist5k_resnet", conv_epochs, args.threads)
-    print(f"mnist5k_resnet 32 configs x {conv_epochs} epochs: {res_s:.2f} s = {res_te / res_s:.2f} trials x epochs "
-          f"per second ({res_te / res_cpu:.2f} per CPU second), {res_flops / res_s / 1e9:.1f} GFLOP/s executed = "
-          f"{res_flops / res_s / peak:.3f} of the sgemm peak ({res_flops / res_cpu / cpu_peak:.3f} by CPU time)")
+    cnn_fraction, resnet_rate = conv_nets(1 if args.quick else 2, args.threads, peak, cpu_peak)
 
     if device.type == "cuda":
         big = grid(32, (0,))
@@ -409,8 +434,8 @@ def main() -> None:
     print(
         f"RESULT speedup_vs_sequential={seq_s / packed_s:.2f} speedup_vs_ray_default={ray_s / packed_s:.1f} "
         f"fraction_of_matmul_peak={rate / peak:.3f} fraction_of_machine_peak={machine_rate / machine_peak:.3f} "
-        f"cnn_fraction_of_matmul_peak={cnn_flops / cnn_s / peak:.3f} "
-        f"resnet_trial_epochs_per_second={res_te / res_s:.2f}" + " "
+        f"cnn_fraction_of_matmul_peak={cnn_fraction:.3f} "
+        f"resnet_trial_epochs_per_second={resnet_rate:.2f}" + " "
         + " ".join(f"{b}_trial_epochs_per_second={r:.0f}" for b, r in base_rates.items())
     )
 

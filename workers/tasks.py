@@ -217,6 +217,40 @@ def digits_mlp(hidden: int = 128, batchnorm: bool = False) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+class _MaxPool2(torch.autograd.Function):
+    """``F.max_pool2d(x, 2)`` with its forward run channels-last: the same values, indices and
+    gradients (the window's first maximum wins in both layouts), at ~4x less cost on the CPU.
+
+    PyTorch's NCHW max pooling on the CPU is a scalar loop (8.6 ms for a (64, 32, 28, 28) batch on
+    this AVX-512 Xeon, one thread), its channels-last kernel vectorizes over channels (2.4 ms with
+    both layout copies); the backward is a scatter that is fast in NCHW (2.5 ms), so it stays there.
+    """
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        nhwc = x.contiguous(memory_format=torch.channels_last)
+        out, idx = torch.ops.aten.max_pool2d_with_indices(nhwc, [2, 2], [2, 2])
+        return out.contiguous(), idx.contiguous()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def, override]
+        ctx.save_for_backward(inputs[0], output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, grad, _grad_idx):  # type: ignore[no-untyped-def, override]
+        x, idx = ctx.saved_tensors
+        return torch.ops.aten.max_pool2d_with_indices_backward(
+            grad.contiguous(), x, [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
+
+
+def max_pool2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max pooling, stride 2, equal to ``F.max_pool2d(x, 2)`` (values and gradients)."""
+    if x.dim() != 4 or x.is_cuda or torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return F.max_pool2d(x, 2)  # on GPUs, and under vmap (FuncEngine), the plain op
+    return _MaxPool2.apply(x)[0]
+
+
 class SmallCNN(nn.Module):
     """conv3x3(16)-BN-ReLU-pool, conv3x3(32)-BN-ReLU-pool, linear: 28x28x1 -> 10 (about 20k weights)."""
 
@@ -230,8 +264,10 @@ class SmallCNN(nn.Module):
         self.fc = nn.Linear(32 * 7 * 7, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
-        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        # relu(max_pool(.)) is max_pool(relu(.)) exactly, values and gradients (ReLU is monotone, so
+        # the window's first maximum is the same element), on a quarter of the elements.
+        x = F.relu(max_pool2(self.bn1(self.conv1(x))))
+        x = F.relu(max_pool2(self.bn2(self.conv2(x))))
         return self.fc(x.flatten(1))
 
 
@@ -264,9 +300,10 @@ class ResNetCifar(nn.Module):
     BatchNorm, so all conv weights are scale-invariant, as in the paper.
     """
 
-    def __init__(self, n: int = 2, width: int = 16, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(self, n: int = 2, width: int = 16, num_classes: int = 10, in_channels: int = 3,
+                 stem_stride: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.conv = nn.Conv2d(in_channels, width, 3, stride=stem_stride, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(width)
         blocks: list[nn.Module] = []
         cin = width
@@ -360,10 +397,15 @@ class Mnist5kTask(Task):
 
 
 class Mnist5kResNetTask(Mnist5kTask):
-    """mnist5k with a ResNet-8 of widths 8, 16, 32 (one block per stage, about 20k weights)."""
+    """mnist5k with a ResNet-8 of widths 8, 16, 32 (one block per stage, about 20k weights).
+
+    The stem convolution has stride 2, so the stages run at 14x14, 7x7 and 4x4: 3.4x less work
+    per step than at 28x28 (32-config wide steps, one thread: 413 against 1,415 ms of CPU time),
+    which is what lets a 6x6 x 3-seed study of six optimizers train several epochs on two cores.
+    """
 
     def _model(self) -> nn.Module:
-        return ResNetCifar(n=1, width=8, in_channels=1)
+        return ResNetCifar(n=1, width=8, in_channels=1, stem_stride=2)
 
 
 class Cifar10Task(Task):

