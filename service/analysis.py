@@ -607,12 +607,14 @@ def ridge_fit(x, y, means, counts, *, level: float = LEVEL) -> dict | None:
     lo, hi = -math.inf, math.inf
     bounded = False
     if qa > 0:
-        disc = qb * qb - 4 * qa * qc
-        if disc >= 0:
-            r1 = (-qb - math.sqrt(disc)) / (2 * qa)
-            r2 = (-qb + math.sqrt(disc)) / (2 * qa)
-            lo, hi = -r2 / 2, -r1 / 2
-            bounded = True
+        # r = e/g always lies in the set (its left side is 0, the right a variance >= 0), so in exact
+        # arithmetic disc >= 0; a negative disc is rounding (a residual-free fit: the interval
+        # collapses onto the estimate), not an empty set.
+        disc = max(qb * qb - 4 * qa * qc, 0.0)
+        r1 = (-qb - math.sqrt(disc)) / (2 * qa)
+        r2 = (-qb + math.sqrt(disc)) / (2 * qa)
+        lo, hi = -r2 / 2, -r1 / 2
+        bounded = True
     # delta-method standard error (for the seeds-to-decide projection)
     se = None
     if g > 0:

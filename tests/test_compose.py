@@ -635,6 +635,7 @@ README_COMMANDS = [
     "docker compose stop api worker",
     "docker compose exec -T postgres pg_restore --username=decouple --dbname=decouple --clean --if-exists < decouple-backup.dump",
     "docker compose start api worker",
+    'docker build --build-arg PLUGINS="my-task==1.0.0 my-rule==2.1.0" -t decouple-lab:cu128 .',
     "docker compose build",
     "docker compose stop api worker",
     "docker compose run --rm migrate",
@@ -705,6 +706,18 @@ def check_readme_command(cmd: str, state: ReadmeState) -> None:
     if argv[0] == "decouple":
         assert set(assignments) <= settings_variables()
         parser.parse_args(argv[1:])
+        return
+    if argv[:2] == ["docker", "build"]:
+        # A plain image build (the plugins): every --build-arg is an ARG of the Dockerfile, and the
+        # tag is the image the compose file runs, so `docker compose up` picks the build up.
+        # (tests/service/test_plugins.py runs the PLUGINS line itself.)
+        declared = set(re.findall(r"^ARG (\w+)", (ROOT / "Dockerfile").read_text(), re.M))
+        build_args = [argv[i + 1].split("=", 1)[0] for i, a in enumerate(argv) if a == "--build-arg"]
+        assert build_args and set(build_args) <= declared, (build_args, declared)
+        tag = argv[argv.index("-t") + 1]
+        images = {s.get("image") for s in resolved(state.tmp, None, env={}, env_file=None)["services"].values()}
+        assert tag in images, (tag, images)
+        assert argv[-1] == "."
         return
     files, sub, args = split_compose(argv)
     for f in files:
