@@ -38,6 +38,7 @@ from service import store
 from service.api.deps import EngineDep, SettingsDep, current_user
 from service.api.responses import error_responses
 from service.api.routes.studies import MAX_INT32, StatusFilter
+from service.api.security import page_headers
 from service.db import session_scope
 from service.models import Study
 from service.store import Principal
@@ -59,22 +60,12 @@ def csp_hash(source: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode("utf-8")).digest()).decode() + "'"
 
 
-CONTENT_SECURITY_POLICY = "; ".join([
-    "default-src 'none'",
-    f"script-src {csp_hash(SCRIPT)}",
-    "style-src 'unsafe-inline'",
-    "img-src data: blob:",  # the report's heat maps are data: PNGs
-    "connect-src 'self'",
-    "form-action 'self'",
-    "base-uri 'none'",
-    "frame-ancestors 'none'",
-])
-HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-}
+HEADERS = page_headers(
+    script_src=csp_hash(SCRIPT),
+    style_src="'unsafe-inline'",
+    img_src="data: blob:",  # the report's heat maps are data: PNGs
+)
+CONTENT_SECURITY_POLICY = HEADERS["Content-Security-Policy"]
 
 def page_viewer(request: Request, settings: SettingsDep, engine: EngineDep) -> Principal | None:
     """Who may see the rows: anyone with auth off, a valid token's holder (401 for an invalid

@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from service.api.deps import SettingsDep
 from service.api.responses import error_responses
+from service.api.security import page_headers
 from service.report_style import REPORT_STYLE_SOURCE
 
 router = APIRouter(prefix="/ui", tags=["pages"])
@@ -43,24 +44,14 @@ ASSETS: dict[str, str] = {
     "js-yaml.min.js": "text/javascript",
 }
 
-CONTENT_SECURITY_POLICY = "; ".join([
-    "default-src 'none'",
-    "script-src 'self'",
+HEADERS = page_headers(
+    script_src="'self'",
     # and the report page's one inline style: the study page opens the report as a blob: URL,
     # which runs under this policy (service.report_style).
-    f"style-src 'self' {REPORT_STYLE_SOURCE}",
-    "img-src 'self' data: blob:",
-    "connect-src 'self'",
-    "form-action 'self'",
-    "base-uri 'none'",
-    "frame-ancestors 'none'",
-])
-HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-}
+    style_src=f"'self' {REPORT_STYLE_SOURCE}",
+    img_src="'self' data: blob:",
+)
+CONTENT_SECURITY_POLICY = HEADERS["Content-Security-Policy"]
 STUDY_ID = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="the study's id")]
 
 
