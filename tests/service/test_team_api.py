@@ -18,17 +18,13 @@ from service.models import Study
 from service.report_style import REPORT_CSP, csp_hash
 from service.tokens import create_token
 from tests.conftest import make_spec
+from tests.service.test_api import finish_all as play_worker
 
 
 def finish_all(engine, study_id: str, value=lambda t: 0.5, *, seconds: float | None = None) -> None:
-    """Play a worker: claim, finish every trial with ``value(trial)``, mark done; ``seconds``:
-    set the study's wall time (finished_at - started_at) to exactly that."""
-    with session_scope(engine) as s:
-        assert store.claim_study(s, "w", 60).id == study_id
-        for t in store.pending_trials(s, study_id):
-            v = value(t)
-            store.finish_trial(s, t.id, "w", train_loss=v, val_loss=v, val_error=v)
-        assert store.finish_study(s, study_id, "w", "done")
+    """``tests.service.test_api.finish_all`` (play a worker, every trial ``value(trial)``), then,
+    with ``seconds``, set the study's wall time (finished_at - started_at) to exactly that."""
+    play_worker(engine, study_id, value)
     if seconds is not None:
         with session_scope(engine) as s:
             study = store.get_study(s, study_id)
