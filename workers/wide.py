@@ -21,6 +21,11 @@ one pooling... over all the configs, forward and backward (autograd over plain a
 engine is built only if the wide model reproduces two configs' own outputs on a probe input
 (:meth:`WideEngine.build`), otherwise the trainer falls back to ``vmap``.
 
+Layout: on the CPU the wide batch is channels-last from the input on (:func:`widen_input`); a
+32-config mnist5k_cnn step took 376 ms of CPU NCHW and ~300 ms channels-last (one thread,
+AVX-512 Xeon), the BatchNorm being this module's own precise one (see
+:class:`_BatchNormChannelsLast` and ``docs/design-notes.md``).
+
 Parameters are copied from their rows of the (K, P) stack into contiguous (K, *shape) leaves at
 every step and the gradients copied back (two passes over 4*K*P bytes, a few MB against the
 hundreds of MB of activations a step touches).
@@ -110,7 +115,7 @@ class WideBatchNorm(_Wide):
         t = self.tensors
         rm, rv = t["running_mean"].view(-1), t["running_var"].view(-1)
         w, b = t["weight"].reshape(-1), t["bias"].reshape(-1)
-        if not (self.training and _channels_last(x)):
+        if not (self.training and _channels_last(x)) or x.is_cuda:
             return F.batch_norm(x, rm, rv, w, b, self.training, self.momentum, self.eps)
         return _BatchNormChannelsLast.apply(x, w, b, rm, rv, self.momentum, self.eps)
 
@@ -247,10 +252,18 @@ def widen(template: nn.Module) -> tuple[nn.Module, dict[str, _Wide]]:
 
 
 def widen_input(x: torch.Tensor) -> torch.Tensor:
-    """(K, b, C, ...) per-config batches -> (b, K*C, ...); config k in channel group k."""
+    """(K, b, C, ...) per-config batches -> (b, K*C, ...); config k in channel group k.
+
+    Images come out channels-last on the CPU: oneDNN's convolutions then stay channels-last, max
+    pooling vectorizes over channels (``workers.tasks.max_pool2``) and BatchNorm takes
+    :class:`_BatchNormChannelsLast`; no layer copies between layouts (the flatten before a linear
+    layer excepted). On CUDA the batch stays NCHW.
+    """
     K, b = x.shape[:2]
     wide = x.transpose(0, 1).reshape(b, K * x.shape[2], *x.shape[3:])
-    return wide.contiguous(memory_format=torch.channels_last) if wide.dim() == 4 else wide
+    if wide.dim() != 4 or wide.is_cuda:
+        return wide
+    return wide.contiguous(memory_format=torch.channels_last)
 
 
 def _per_config_ce(logits: torch.Tensor, y: torch.Tensor, K: int) -> torch.Tensor:
