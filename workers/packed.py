@@ -19,8 +19,9 @@ How a step runs
   statistics, so configs never see each other's activations.
 - **Update.** :class:`StackOptimizer`, with per-config ``lr`` and ``weight_decay`` as (K, 1)
   tensors and the schedule value eta_t as a float: SGD and Adam as whole-stack passes (the
-  rules of ``workers.optim.apply_update`` rearranged, 8 passes per Adam step), every other
-  base through ``apply_update`` itself, per column segment or per tensor. Cutting the rows into
+  rules of ``workers.optim.apply_update``; Adam's moments and direction in PyTorch's fused
+  kernel, then one axpy with the per-config step sizes), every other base through
+  ``apply_update`` itself, per column segment or per tensor. Cutting the rows into
   L2-sized chunks gained nothing once training ran on one thread
   with denormals flushed (128 digits MLPs: ~2.0 ms chunked, ~2.0 ms whole) and cost small
   blocks the extra calls (36 MLPs: 0.81 ms chunked, 0.50 ms whole), so it is gone.
@@ -343,15 +344,22 @@ class StackOptimizer:
     ``optim.muon_parameter_names`` of the template; its other parameters take the adam step).
 
     The SGD and Adam bases run :meth:`_sgd` and :meth:`_adam`: the rules of
-    ``workers.optim.apply_update`` (same constants, same order of operations up to one
-    rearrangement) written for the stack: every pass runs over the whole contiguous (K, P)
-    tensors, only the decay touches the decayed columns [0, n_decayed) alone, and the temporaries
-    live in one persistent buffer. Adam, per step: lerp (m), mul + addcmul (v), sqrt into the
-    buffer, + eps, m / buffer, decay, axpy: 8 passes and no allocation, where ``apply_update``
-    per column segment made 9 passes, 2 allocations and twice the calls (K=128 digits MLPs,
-    one thread: 4.6 ms before, see ``docs/design-notes.md`` for after). The rearrangement:
-    m / (sqrt(v)/s + eps) is computed as s * m / (sqrt(v) + s*eps), s = sqrt(1 - beta2^t),
-    equal in exact arithmetic. Any other base goes through ``apply_update`` per segment.
+    ``workers.optim.apply_update`` (same constants) written for the stack: every pass runs over
+    the whole contiguous (K, P) tensors, only the decay touches the decayed columns
+    [0, n_decayed) alone, and the temporaries live in one persistent buffer.
+
+    - Adam, per step: zero the buffer, ``torch._fused_adam_`` on it with lr = 1 (moments, bias
+      corrections and direction in one pass, torch.optim.Adam's formula:
+      :meth:`_adam_direction_fused`), decay, axpy with the per-config lr: 4 passes, where the
+      eager formula (still the fallback where torch has no fused kernel for the device) makes 8:
+      lerp (m), mul + addcmul (v), sqrt into the buffer, + eps, m / buffer, decay, axpy, with
+      m / (sqrt(v)/s + eps) computed as s * m / (sqrt(v) + s*eps), s = sqrt(1 - beta2^t).
+    - SGD, per step: b <- g + 0.9 b in one ``torch.add`` (``apply_update``: mul_ then add_; the
+      CPU kernel may round the multiply-add once where those round twice, a last-bit difference
+      the comparisons with the reference absorb), decay or L2, axpy.
+
+    K=128 digits MLPs, one thread: ``docs/design-notes.md`` has the costs before and after. Any
+    other base goes through ``apply_update`` per segment.
     """
 
     _STATE = {"sgd": ("momentum_buffer",), "lion": ("exp_avg",)}
@@ -649,7 +657,10 @@ def _fused_adam_available(device: torch.device) -> bool:
 
 
 
-SMALL_GW = True
+#: Per-config size (floats) up to which a hidden layer's weight gradient is computed into a contiguous
+#: temporary and copied into its rows: ``bmm`` into a strided ``out=`` runs one small matmul per
+#: config (128 digits MLPs, 10 x 128 output layer: 500 us, 390 us through the temporary), while for
+#: the first layer's 128 x 64 the copy costs more than the loop saves.
 _SMALL_GRADIENT = 4096
 
 
@@ -665,15 +676,17 @@ class MLPEngine:
     matrices, (K*out, in) x (in, n), instead of K small ones. The bias is added in place after the
     matmul (``baddbmm`` first copies the broadcast bias into its output, then reads it back).
     Loss: mean cross-entropy. Backward: d = (softmax - onehot)/b, (K, out, b); dW = d a_{i-1};
-    db = sum over the batch; d <- (W^T d) * [a > 0]; each gradient is written straight into its
-    rows of the (K, P) gradient, with no autograd graph.
+    db = sum over the batch; d <- (W^T d) * [a > 0] in place; each gradient goes into its rows of
+    the (K, P) gradient (small ones through a contiguous temporary, :data:`_SMALL_GRADIENT`), with
+    no autograd graph. Activations and activation gradients live in buffers kept from step to step.
 
-    Measured on K=128 digits MLPs (64-128-10, batch 64, one thread, AVX-512 Xeon): the
-    matmuls of a training step take ~2.6 ms in this layout and ~3.0 ms samples x features
-    (where x W^T reads the weight transposed and baddbmm adds the bias as a pass of its own).
-    The softmax is ``torch.softmax`` on the logits, not ``exp`` of the log-softmax: once a
-    classifier is confident its log-probabilities reach -100 and beyond, where CPU ``exp``
-    took 700 us instead of 25 us on (128, 10, 64).
+    Measured on K=128 digits MLPs (64-128-10, batch 64, one thread, AVX-512 Xeon; micro-benchmarks
+    of the step's five matmuls and bias passes): ~2.6 ms in this layout, ~3.0 ms samples x
+    features (where x W^T reads the weight transposed and ``baddbmm`` adds the bias as a pass of
+    its own). The softmax is ``torch.softmax`` on the logits, not ``exp`` of the log-softmax: once
+    a classifier is confident its log-probabilities reach -100 and beyond, where CPU ``exp`` took
+    700 us instead of 25 us on (128, 10, 64). A config's numbers do not depend on its row or on K
+    (every kernel here computes a config's matrices alone; ``tests/reliability``).
     """
 
     def __init__(self, template: nn.Module) -> None:
@@ -754,7 +767,7 @@ class MLPEngine:
             # d is (K, out, b); a_in is x (K, b, in) for the first layer, a^T (K, in, b) after it.
             if i == 0:
                 torch.bmm(d, a_in, out=gw)
-            elif SMALL_GW and gw[0].numel() <= _SMALL_GRADIENT:
+            elif gw[0].numel() <= _SMALL_GRADIENT:
                 gw.copy_(torch.bmm(a_in, d.transpose(1, 2)).transpose(1, 2))
             else:
                 torch.bmm(d, a_in.transpose(1, 2), out=gw)
