@@ -10,14 +10,19 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from workers.optim import build_optimizer
+import workers.packed as packed
+from workers.optim import apply_update, build_optimizer, get_variant
 from workers.packed import (
     MLPEngine,
     PackedRun,
     Stack,
+    StackOptimizer,
     TrainingStopped,
     TrialConfig,
+    _loss_and_errors,
     auto_block_size,
     cpu_training,
     denormals_flushed,
@@ -309,3 +314,104 @@ def test_engines_are_chosen_by_architecture():
     # BatchNorm nets run wide (workers.wide); what the wide model cannot reproduce, on vmap
     # (tests/workers/test_wide.py).
     assert isinstance(run.engine, WideEngine)
+
+
+# --- the update and the MLP engine, piece by piece ---------------------------------------------------
+
+
+def _tiny_stack(K: int, seed: int = 0) -> Stack:
+    torch.manual_seed(seed)
+    models = [nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)) for _ in range(K)]
+    return Stack(models, {"0.weight", "2.weight"}, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "sgdw", "adam", "adamw", "adamw_torch"])
+def test_stack_update_follows_apply_update_config_by_config(optimizer):
+    """25 steps of StackOptimizer (one fused pass per rule) against workers.optim.apply_update run per
+    config and per column segment with float lr and wd, the single-config rules torch.optim follows."""
+    K, steps = 4, 25
+    stack = _tiny_stack(K)
+    opt = StackOptimizer(optimizer, stack)
+    variant = get_variant(optimizer)
+    ref = stack.p.clone()
+    ref_state: list[dict] = [{} for _ in range(K)]
+    nd = stack.n_decayed
+    base_lr = torch.tensor([[0.3], [0.1], [0.03], [0.01]], dtype=torch.float64)
+    if variant.base == "adam":
+        base_lr = base_lr / 30
+    wd = torch.tensor([[1e-3], [1e-2], [0.1], [0.0]])
+    gen = torch.Generator().manual_seed(1)
+    for t in range(steps):
+        eta = 0.5 * (1 + math.cos(math.pi * t / steps))
+        g = torch.randn(stack.g.shape, generator=gen)
+        stack.g.copy_(g)
+        lr = (base_lr * eta).float()
+        opt.step(stack, lr, wd, eta)
+        for k in range(K):
+            for a, b in ((0, nd), (nd, stack.P)):
+                st = ref_state[k].setdefault(a, {})
+                apply_update(variant, ref[k, a:b], g[k, a:b], st, lr=float(lr[k]), eta=eta,
+                             weight_decay=float(wd[k]) if a == 0 else 0.0)
+    assert not torch.equal(stack.p, _tiny_stack(K).p)
+    torch.testing.assert_close(stack.p, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "adamw_torch"])
+def test_fused_adam_direction_equals_the_eager_formula(optimizer, monkeypatch):
+    """torch._fused_adam_ on a zeroed buffer (the fast path) against the eager passes it replaces."""
+    K, steps = 4, 25
+
+    def run(fused: bool) -> torch.Tensor:
+        monkeypatch.setattr(packed, "_fused_adam_available", lambda device: fused)
+        stack = _tiny_stack(K)
+        opt = StackOptimizer(optimizer, stack)
+        gen = torch.Generator().manual_seed(2)
+        lr = torch.tensor([[1e-2], [3e-3], [1e-3], [3e-4]])
+        wd = torch.tensor([[1e-3], [1e-2], [0.1], [0.0]])
+        for t in range(steps):
+            stack.g.copy_(torch.randn(stack.g.shape, generator=gen) * 10.0 ** -(t % 4))
+            eta = 1.0 - t / steps
+            opt.step(stack, lr * eta, wd, eta)
+        return stack.p
+
+    if not hasattr(torch, "_fused_adam_"):
+        pytest.skip("this torch has no _fused_adam_")
+    fused, eager = run(True), run(False)
+    assert not torch.equal(fused, _tiny_stack(K).p)
+    torch.testing.assert_close(fused, eager, rtol=2e-6, atol=1e-7)
+
+
+def test_mlp_engine_gradients_and_evaluation_equal_autograd():
+    """The hand-written forward/backward (activations kept features x samples) against autograd on
+    each config's own nn.Module, and evaluate's loss and errors against F.cross_entropy and argmax."""
+    K, b = 5, 7
+    torch.manual_seed(3)
+    models = [nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 4))
+              for _ in range(K)]
+    stack = Stack(models, {"0.weight", "2.weight", "4.weight"}, torch.device("cpu"))
+    engine = MLPEngine(models[0])
+    engine.bind(stack)
+    x, y = torch.randn(K, b, 6), torch.randint(0, 4, (K, b))
+    loss = engine.train_step(stack, x, y)
+    grads = stack.views(stack.g)
+    for k, m in enumerate(models):
+        ref = F.cross_entropy(m(x[k]), y[k])
+        ref.backward()
+        assert float(loss[k]) == pytest.approx(float(ref.detach()), rel=1e-6)
+        for n, p in m.named_parameters():
+            torch.testing.assert_close(grads[n][k], p.grad, rtol=1e-5, atol=1e-7)
+    xv, yv = torch.randn(40, 6), torch.randint(0, 4, (40,))
+    val_loss, val_err = engine.evaluate(stack, stack.p, {}, xv, yv)
+    for k, m in enumerate(models):
+        with torch.no_grad():
+            logits = m(xv)
+        assert float(val_loss[k]) == pytest.approx(float(F.cross_entropy(logits, yv)), rel=1e-6)
+        assert float(val_err[k]) == float((logits.argmax(1) != yv).double().mean())
+
+
+def test_errors_count_ties_as_argmax_does():
+    """A tie between the true class and an earlier one is an error (argmax takes the first maximum)."""
+    logits = torch.tensor([[[1.0, 2.0], [1.0, 0.0], [0.0, 2.0]]])  # (K=1, C=3, n=2)
+    y = torch.tensor([1, 2])
+    _, wrong = _loss_and_errors(logits, y, reduce=False)
+    assert float(wrong[0]) == float((logits[0].argmax(0) != y).sum()) == 2.0
