@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from functools import cache
+from html import escape
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,16 @@ async def swagger_ui() -> HTMLResponse:
 @docs_router.get("/redoc")
 async def redoc() -> HTMLResponse:
     return HTMLResponse(REDOC_PAGE, headers=_DOCS_HEADERS)
+
+
+def sign_in_form(button: str) -> str:
+    """The token sign-in form of the team's pages (``/`` and ``/ui/...``), hidden until a page's
+    script finds it has no token; ``button`` labels its submit button. The pages' scripts keep the
+    token in ``sessionStorage`` and send it only to this server (``static/team.js``,
+    ``static/ui/common.js``), which is what the form's text tells the user."""
+    return f"""<form id="login" hidden autocomplete="off"><h2>Sign in with your API token</h2>
+<div class="row"><input id="token" type="password" aria-label="API token" placeholder="API token">
+<button class="primary" type="submit">{escape(button)}</button></div>
+<p class="error" id="login-error" role="alert"></p>
+<p>Create one with <code>decouple token create NAME</code>. It stays in this browser tab
+(sessionStorage) and goes only to this server, as <code>Authorization: Bearer</code>.</p></form>"""

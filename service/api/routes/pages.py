@@ -38,7 +38,7 @@ from service import store
 from service.api.deps import EngineDep, SettingsDep, current_user
 from service.api.responses import error_responses
 from service.api.routes.studies import MAX_INT32, StatusFilter
-from service.api.security import page_headers
+from service.api.security import page_headers, sign_in_form
 from service.db import session_scope
 from service.models import Study
 from service.store import Principal
@@ -184,12 +184,7 @@ separately? · <a href="/ui/submit">submit a study</a> · <a href="/ui/atlas">at
 <div id="session" hidden>token kept in this tab only · <button type="button" class="link" id="forget">forget
 token</button></div></header>
 {noscript}
-<form id="login" hidden autocomplete="off"><h2>Sign in with your API token</h2>
-<div class="row"><input id="token" type="password" aria-label="API token" placeholder="API token">
-<button class="primary" type="submit">Show studies</button></div>
-<p class="error" id="login-error" role="alert"></p>
-<p>Create one with <code>decouple token create NAME</code>. It stays in this browser tab
-(sessionStorage) and goes only to this server, as <code>Authorization: Bearer</code>.</p></form>
+{sign_in_form('Show studies')}
 <div id="filters"{hidden}><div class="chips" id="chips">{_chips(status, owner)}</div>
 <form id="owner-form" role="search"><label for="owner">owner</label>
 <input id="owner" name="owner" list="owners" value="{escape(owner or "")}" placeholder="anyone">

@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from service.api.deps import SettingsDep
 from service.api.responses import error_responses
-from service.api.security import page_headers
+from service.api.security import page_headers, sign_in_form
 from service.report_style import REPORT_STYLE_SOURCE
 
 router = APIRouter(prefix="/ui", tags=["pages"])
@@ -83,12 +83,7 @@ def render(title: str, page: str, auth: str, main: str, *, scripts: tuple[str, .
 <div id="session" hidden>token kept in this tab only · <button type="button" class="link" id="forget">forget
 token</button></div></header>
 <noscript><p>This page draws with JavaScript; the API and the <code>decouple</code> CLI work without it.</p></noscript>
-<form id="login" hidden autocomplete="off"><h2>Sign in with your API token</h2>
-<div class="row"><input id="token" type="password" aria-label="API token" placeholder="API token">
-<button class="primary" type="submit">Sign in</button></div>
-<p class="error" id="login-error" role="alert"></p>
-<p>Create one with <code>decouple token create NAME</code>. It stays in this browser tab
-(sessionStorage) and goes only to this server, as <code>Authorization: Bearer</code>.</p></form>
+{sign_in_form('Sign in')}
 <p id="notice" role="status"></p>
 <main id="main" hidden>
 {main}
