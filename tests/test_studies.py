@@ -77,3 +77,22 @@ def test_results_are_the_runs_of_these_files(path):
     timings = json.loads((ROOT / "results" / "timings.json").read_text())
     assert timings[path.stem]["status"] == "done" and timings[path.stem]["wall_seconds"] > 0
     assert f"### {path.stem}\n" in (ROOT / "RESULTS.md").read_text()
+
+
+def test_mnist5k_resnet_optima_lie_inside_the_default_grids():
+    """mnist5k_resnet runs on the catalogue's default axes (calibrated on digits_mlp) as every
+    built-in task does: the converged paper-regime study's best cell of every optimizer lies
+    strictly inside its default lr and wd axes, a grid step or more from each edge (measured: every
+    one 0.8 decades or more from the nearest edge, e.g. adamw_torch's wd 1.58 against 10), so a study that leaves the axes
+    out finds the optimum inside its grid."""
+    from service.domain.catalog import default_grid
+
+    report = json.loads((ROOT / "results" / "paper-regime-resnet" / "report.json").read_text())
+    assert report["task"] == "mnist5k_resnet" and report["epochs"] >= 8
+    for e in report["optimizers"]:
+        axes = default_grid(e["name"])
+        for key in ("lr", "wd"):
+            ax, best = axes[key], e["best"][key]
+            step = (np.log10(ax.max) - np.log10(ax.min)) / (ax.num - 1)
+            assert np.log10(ax.min) + step <= np.log10(best) + 1e-9, (e["name"], key, best, ax)
+            assert np.log10(best) <= np.log10(ax.max) - step + 1e-9, (e["name"], key, best, ax)
