@@ -44,6 +44,7 @@ from service.domain import conventions
 from service.domain.catalog import TASK_INFO, TaskInfo, default_grid
 from service.domain.rules import DECAY
 from workers.plugins import REFUSED, PluginFailure, describe, task_module
+from workers.wide import is_channels_last
 
 # --------------------------------------------------------------------------------------------
 # Data
@@ -231,7 +232,7 @@ class _MaxPool2(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        if _is_channels_last(x):
+        if is_channels_last(x):
             return torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
         nhwc = x.contiguous(memory_format=torch.channels_last)
         out, idx = torch.ops.aten.max_pool2d_with_indices(nhwc, [2, 2], [2, 2])
@@ -245,14 +246,9 @@ class _MaxPool2(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, _grad_idx):  # type: ignore[no-untyped-def, override]
         x, idx = ctx.saved_tensors
-        fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
         return torch.ops.aten.max_pool2d_with_indices_backward(
             grad.contiguous(memory_format=fmt), x, [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
-
-
-def _is_channels_last(x: torch.Tensor) -> bool:
-    """Stored channels-last (and not also plain contiguous, as a 1x1 image or one channel is)."""
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def max_pool2(x: torch.Tensor) -> torch.Tensor:

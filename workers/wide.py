@@ -77,7 +77,7 @@ class WideConv2d(_Wide):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.tensors["weight"]
         b = self.tensors.get("bias")
-        if w.shape[2] == 1 and self.groups == 1 and not x.is_cuda and not _channels_last(x):
+        if w.shape[2] == 1 and self.groups == 1 and not x.is_cuda and not is_channels_last(x):
             return self._one_input_channel(x, w, b)
         w = w.reshape(self.K * w.shape[1], *w.shape[2:])
         return F.conv2d(x, w, None if b is None else b.reshape(-1), self.stride, self.padding,
@@ -115,7 +115,7 @@ class WideBatchNorm(_Wide):
         t = self.tensors
         rm, rv = t["running_mean"].view(-1), t["running_var"].view(-1)
         w, b = t["weight"].reshape(-1), t["bias"].reshape(-1)
-        if not (self.training and _channels_last(x)) or x.is_cuda:
+        if not (self.training and is_channels_last(x)) or x.is_cuda:
             return F.batch_norm(x, rm, rv, w, b, self.training, self.momentum, self.eps)
         return _BatchNormChannelsLast.apply(x, w, b, rm, rv, self.momentum, self.eps)
 
@@ -149,14 +149,19 @@ class _BatchNormChannelsLast(torch.autograd.Function):
     BLOCK_BYTES = 512 * 1024
 
     @staticmethod
+    def _rows(C: int) -> int:
+        """Rows of C float32 channels in one block of :attr:`BLOCK_BYTES`."""
+        return max(1, _BatchNormChannelsLast.BLOCK_BYTES // (4 * C))
+
+    @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):  # type: ignore[no-untyped-def, override]
         n, C, h, w = x.shape
         m = n * h * w
         x2 = x.permute(0, 2, 3, 1).reshape(m, C)  # a view: channels-last memory is (N*H*W, C)
         mean = x2.view(n, h * w, C).sum(1).sum(0).div_(m)
-        rows = max(1, _BatchNormChannelsLast.BLOCK_BYTES // (4 * C))
+        rows = _BatchNormChannelsLast._rows(C)
         xc2 = torch.empty_like(x2)
-        sq = torch.empty(min(rows, m), C, dtype=x.dtype)
+        sq = x2.new_empty(min(rows, m), C)
         parts = []
         for r in range(0, m, rows):
             xr = torch.sub(x2[r:r + rows], mean, out=xc2[r:r + rows])
@@ -175,9 +180,9 @@ class _BatchNormChannelsLast(torch.autograd.Function):
         n, C, h, w = dy.shape
         m = n * h * w
         dy2 = dy.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(m, C)
-        rows = max(1, _BatchNormChannelsLast.BLOCK_BYTES // (4 * C))
+        rows = _BatchNormChannelsLast._rows(C)
         sum_dy = dy2.view(n, h * w, C).sum(1).sum(0)
-        buf = torch.empty(min(rows, m), C, dtype=dy.dtype)
+        buf = dy2.new_empty(min(rows, m), C)
         sum_dyxc = torch.stack([torch.mul(dy2[r:r + rows], xc2[r:r + rows], out=buf[:min(rows, m - r)]).sum(0)
                                 for r in range(0, m, rows)]).sum(0)
         k = weight * invstd
@@ -188,8 +193,9 @@ class _BatchNormChannelsLast(torch.autograd.Function):
         return dx2.view(n, h, w, C).permute(0, 3, 1, 2), sum_dyxc * invstd, sum_dy, None, None, None, None
 
 
-def _channels_last(x: torch.Tensor) -> bool:
-    """A 4-d tensor stored channels-last (and not also plain contiguous, as one channel is)."""
+def is_channels_last(x: torch.Tensor) -> bool:
+    """A 4-d tensor stored channels-last (and not also plain contiguous, as a 1x1 image or one
+    channel is): the layout the wide engine runs in (here and in ``workers.tasks.max_pool2``)."""
     return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
@@ -415,4 +421,4 @@ def _padded(t: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([t, t[:1].expand(rows - t.shape[0], *t.shape[1:])])
 
 
-__all__ = ["WideEngine", "widen", "widen_input", "WideConv2d", "WideBatchNorm", "WideLinear"]
+__all__ = ["WideEngine", "widen", "widen_input", "is_channels_last", "WideConv2d", "WideBatchNorm", "WideLinear"]
