@@ -40,7 +40,7 @@ esac
 [ -w "$dir" ] || { echo "decouple-secrets: $dir is not writable" >&2; exit 1; }
 
 # put NAME GIVEN MAKE [sticky]: write GIVEN if not empty and different, else keep the file, else
-# run MAKE. Prints "new" when it wrote the file. A sticky secret is never replaced once written:
+# the value of the Python expression MAKE. Prints "new" when it wrote the file. A sticky secret is never replaced once written:
 # PostgreSQL takes its password when it creates its data folder, so a new value in the file would
 # lock every service out of the existing database (change it with ALTER USER, then in the file).
 put() {
@@ -57,7 +57,7 @@ put() {
   elif [ -s "$dir/$name" ]; then
     return 0
   else
-    value=$(python -c "import secrets; print(secrets.$make)")
+    value=$(python -c "import secrets; print($make)")
   fi
   printf '%s' "$value" > "$dir/.$name.tmp"
   chmod 0444 "$dir/.$name.tmp"
@@ -65,9 +65,9 @@ put() {
   echo new
 }
 
-pg=$(put postgres-password "${POSTGRES_PASSWORD:-}" "token_hex(24)" sticky)
-ray=$(put ray-auth-token "${RAY_AUTH_TOKEN:-}" "token_hex(32)")
-admin=$(put admin-token "${DECOUPLE_ADMIN_TOKEN:-}" "token_urlsafe(32)")
+pg=$(put postgres-password "${POSTGRES_PASSWORD:-}" "secrets.token_hex(24)" sticky)
+ray=$(put ray-auth-token "${RAY_AUTH_TOKEN:-}" "secrets.token_hex(32)")
+admin=$(put admin-token "${DECOUPLE_ADMIN_TOKEN:-}" "'dl_' + secrets.token_urlsafe(32)")
 
 [ -z "$pg" ] || echo "decouple-secrets: wrote a new PostgreSQL password"
 [ -z "$ray" ] || echo "decouple-secrets: wrote a new Ray cluster token"

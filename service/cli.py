@@ -175,8 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _join_token(argv: Sequence[str]) -> list[str]:
+    """``--token VALUE`` as ``--token=VALUE``: argparse takes a value that starts with ``-`` for an
+    option and stops with "expected one argument". Tokens made now start with ``dl_``, but one in
+    64 of those made before (bare ``token_urlsafe``) starts with ``-`` and must still work."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--token":
+            value = next(it, None)
+            out.append("--token" if value is None else f"--token={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_token(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.func(args) or 0)
     except CliError as exc:

@@ -1,7 +1,10 @@
 """API tokens: made once, shown once, stored as SHA-256.
 
-A token is ``secrets.token_urlsafe(32)`` (256 random bits), so a plain SHA-256 is enough to store
-it: there is nothing to brute-force, unlike a password, and a lookup by hash is one indexed query.
+A token is ``dl_`` + ``secrets.token_urlsafe(32)`` (256 random bits), so a plain SHA-256 is enough
+to store it: there is nothing to brute-force, unlike a password, and a lookup by hash is one
+indexed query. The prefix names what the secret is (for secret scanners and for people reading a
+config file) and keeps a token from starting with ``-``, which a command line would take for an
+option: one bare ``token_urlsafe`` in 64 does.
 The token's ``name`` is who owns what it submits; ``admin`` may cancel or delete anyone's study.
 """
 
@@ -20,6 +23,13 @@ from service.models import ApiToken, utcnow
 from service.store import Principal
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
+#: What every token made here starts with (``docker/secrets.sh`` writes the same).
+TOKEN_PREFIX = "dl_"
+
+
+def new_token() -> str:
+    """A fresh token: the prefix and 256 random bits, URL-safe base64."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_token(token: str) -> str:
@@ -37,7 +47,7 @@ def check_name(name: str) -> str:
 
 def create_token(session: Session, name: str, *, admin: bool = False) -> str:
     """Store a new token for ``name`` and return it (the only time it exists in clear)."""
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     session.add(ApiToken(name=check_name(name), token_hash=hash_token(token), admin=admin, created_at=utcnow()))
     session.flush()
     return token

@@ -362,7 +362,7 @@ def run_secrets(folder: Path, *args: str, env: dict[str, str] | None = None) -> 
 
 
 SECRET_FORMATS = {"postgres-password": r"[0-9a-f]{48}", "ray-auth-token": r"[0-9a-f]{64}",
-                  "admin-token": r"[A-Za-z0-9_-]{43}"}
+                  "admin-token": r"dl_[A-Za-z0-9_-]{43}"}
 
 
 def test_secrets_service_makes_each_deployments_own_secrets_once(tmp_path):

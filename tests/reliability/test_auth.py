@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 
 import httpx
@@ -114,6 +115,17 @@ def test_other_users_may_not_cancel_or_delete(secure_client):
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "owner"
     assert c.post(f"/studies/{sid}/cancel", headers=c.as_["root"]).json()["status"] == "cancelled"
     assert c.delete(f"/studies/{sid}", headers=c.as_["alice"]).json() == {"id": sid, "deleted": True}
+
+
+def test_tokens_are_prefixed_so_none_looks_like_an_option(engine):
+    """Every token made starts with ``dl_`` and 43 URL-safe characters: a bare ``token_urlsafe``
+    starts with ``-`` one time in 64, and ``decouple submit --token -x...`` then failed in argparse
+    (CI hit it). 200 tokens: a bare one would start with ``-`` in at least one of them with
+    probability 1 - (63/64)^200 = 0.96, so the prefix is what this checks."""
+    with session_scope(engine) as s:
+        made = [create_token(s, f"user{k}") for k in range(200)]
+    assert all(re.fullmatch(r"dl_[A-Za-z0-9_-]{43}", t) for t in made)
+    assert len(set(made)) == 200
 
 
 def test_tokens_are_stored_as_their_sha256_only(secure_client, engine):

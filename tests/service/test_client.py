@@ -35,7 +35,7 @@ from service.cli import main
 from service.config import Settings, get_settings
 from service.db import dispose_engines, get_engine, session_scope, upgrade_to_head
 from service.report import format_table
-from service.tokens import create_token
+from service.tokens import create_token, ensure_token
 from tests.conftest import make_spec
 
 pytestmark = pytest.mark.timeout(60)
@@ -156,6 +156,22 @@ def test_submit_yaml_spec_queues_the_study_as_the_token_holder(api, capsys, tmp_
     assert study["owner"] == "alice" and study["status"] == "queued" and study["name"] == "yaml study"
     assert study["spec"]["optimizers"][0]["lr"] == {"min": 1e-3, "max": 1e-1, "num": 3}
     assert study["spec"]["optimizers"][0]["wd"] == {"min": 1e-4, "max": 1e-2, "num": 2}
+
+
+def test_a_token_that_starts_with_a_dash_is_a_value_not_an_option(api, capsys, tmp_path):
+    """Tokens made before the ``dl_`` prefix start with ``-`` one time in 64; ``--token -x...``
+    must still pass it on (argparse alone stops with "expected one argument")."""
+    dashed = "-" + "q" * 42
+    with session_scope(api.engine) as s:
+        ensure_token(s, "dash", dashed)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(YAML_SPEC)
+    code, out, err = run(capsys, "submit", str(spec_file), "--api-url", api.url, "--token", dashed)
+    assert code == 0, err
+    assert api.get(f"/studies/{queued_id(out)}").json()["owner"] == "dash"
+    with pytest.raises(SystemExit) as exited:  # no value at all: argparse's own usage error
+        main(["status", "x", "--api-url", api.url, "--token"])
+    assert exited.value.code == 2 and "--token: expected one argument" in capsys.readouterr().err
 
 
 def test_submit_json_spec_with_url_and_token_from_the_environment(api, capsys, tmp_path, monkeypatch):
