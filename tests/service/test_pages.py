@@ -38,8 +38,9 @@ from playwright.sync_api import expect, sync_playwright
 
 from service import store
 from service.api import create_app
-from service.api.routes.pages import CONTENT_SECURITY_POLICY, _pager, age_text
+from service.api.routes.pages import CONTENT_SECURITY_POLICY, _pager, age_text, plugin_note
 from service.db import dispose_engines, get_engine, session_scope, upgrade_to_head
+from service.models import Study
 from service.tokens import create_token
 from tests.conftest import make_spec, make_study
 
@@ -140,6 +141,38 @@ def test_with_a_token_the_rows_are_rendered_on_the_server(secure, engine):
     assert '<a class="status queued" href="/?status=queued&amp;owner=bob"' in r.text
     r = secure.get("/", params={"status": "done"}, headers={"Authorization": f"Bearer {alice}"})
     assert "No studies match these filters." in r.text and '<span id="count">0 studies</span>' in r.text
+
+
+def test_plugin_note_names_each_distribution_once_and_each_plugin_in_the_title():
+    assert plugin_note(None) is None and plugin_note({}) is None
+    needs = plugin_note({
+        "task:wine_mlp": {"distribution": "acme", "version": "1.0"},
+        "rule:signum": {"distribution": "acme", "version": "1.0"},
+        "rule:lion2": {"distribution": "other-rules", "version": "0.3"},
+    })
+    assert needs == ("needs acme 1.0, other-rules 0.3",
+                     "rule signum, task wine_mlp from acme 1.0; rule lion2 from other-rules 0.3")
+
+
+def test_a_queued_row_says_why_it_waits_and_what_it_needs(client, engine):
+    """The facts `decouple status` prints, on the team page: the reason a queued study waits
+    (escaped: it quotes plugin metadata) and the plugins it needs; a running study shows no
+    reason, even if one was left from before it was claimed."""
+    study = make_study(engine, name="waits")
+    with session_scope(engine) as s:
+        row = s.get(Study, study.id)
+        row.plugins = {"task:wine_mlp": {"distribution": "acme<b>", "version": "1.0"}}
+        row.waiting_reason = "no worker with the plugins it needs has claimed it (w-bare: <b> is not installed)"
+    html = client.get("/").text
+    assert ('<small class="waiting" title="no worker with the plugins it needs has claimed it '
+            '(w-bare: &lt;b&gt; is not installed)">no worker with the plugins it needs has claimed it '
+            '(w-bare: &lt;b&gt; is not installed)</small></td>') in html
+    assert ('<small class="plugins" title="task wine_mlp from acme&lt;b&gt; 1.0">needs acme&lt;b&gt; 1.0'
+            '</small></td>') in html
+    with session_scope(engine) as s:
+        s.get(Study, study.id).status = "running"
+    html = client.get("/").text
+    assert 'class="waiting"' not in html and 'class="plugins"' in html
 
 
 def test_with_auth_off_the_page_needs_no_token(client, engine):
@@ -407,6 +440,53 @@ def test_team_page_in_chromium_with_auth_required(team: Team, browser):
         context.close()
     assert w.errors == [] and w.dialogs == []
     assert [u for u in w.requests if not u.startswith((base + "/", "blob:", "data:"))] == []
+
+
+def test_a_waiting_plugin_study_in_chromium(browser, tmp_path):
+    """A study that names the example plugin, looked at by a worker without it: the script's row
+    and the server's row both say why it waits and what it needs, in the same words."""
+    from tests.service.test_plugins import plugin_spec
+
+    db_url = f"sqlite:///{tmp_path / 'decouple.db'}"
+    upgrade_to_head(db_url)
+    engine = get_engine(db_url)
+    server = start_server(db_url, tmp_path / "data", "off", tmp_path / "serve.log")
+    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    try:
+        r = httpx.post(server.url + "/studies", json=plugin_spec(name="wine"), timeout=30)
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+        with session_scope(engine) as s:  # a worker without the example plugin looked at the queue
+            assert store.claim_study(s, "w-bare", 60, only=sid, installed={}) is None
+        w = watch(context)
+        page = context.new_page()
+        page.goto(server.url + "/")
+        with page.expect_response(lambda r: r.url.startswith(server.url + "/studies?")):
+            pass  # the script's first poll re-renders the rows
+        waiting = row(page, sid).locator("small.waiting")
+        expect(waiting).to_contain_text("no worker with the plugins it needs has claimed it (w-bare: ")
+        assert waiting.get_attribute("title") == httpx.get(f"{server.url}/studies/{sid}").json()["waiting_reason"]
+        needs = row(page, sid).locator("small.plugins")
+        expect(needs).to_have_text("needs decouple-plugin-example 0.1.0")
+        assert needs.get_attribute("title") == "rule adamax, rule signum, task wine_mlp from decouple-plugin-example 0.1.0"
+        live = row_texts(page)
+        static_ctx = browser.new_context(java_script_enabled=False)
+        static = static_ctx.new_page()
+        static.goto(server.url + "/")
+        assert row_texts(static) == live
+        static_ctx.close()
+
+        page.goto(f"{server.url}/ui/studies/{sid}")  # the study's own page says the same
+        expect(page.locator("#facts .fact")).to_contain_text([
+            "plugin rule adamax from decouple-plugin-example 0.1.0",
+            "plugin rule signum from decouple-plugin-example 0.1.0",
+            "plugin task wine_mlp from decouple-plugin-example 0.1.0",
+            "waiting no worker with the plugins it needs has claimed it (w-bare: "])
+    finally:
+        context.close()
+        stop_server(server)
+        dispose_engines(db_url)
+    assert w.errors == []
 
 
 def test_team_page_in_chromium_with_auth_off(team: Team, browser, tmp_path):

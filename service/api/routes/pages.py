@@ -105,6 +105,23 @@ def _percent(n: int, total: int) -> str:
     return f"{100 * n / max(total, 1):.1f}%"
 
 
+def plugin_note(plugins: dict[str, dict[str, str]] | None) -> tuple[str, str] | None:
+    """(text, title) saying which installed plugins a study needs, or None for built-ins only.
+
+    The text names each distribution once (what a worker must have installed), the title each
+    plugin, both sorted: ``{"rule:adamax": {"distribution": "acme", "version": "1.0"}, ...}`` reads
+    "needs acme 1.0", titled "rule adamax, task wine_mlp from acme 1.0". ``team.js`` writes the same."""
+    if not plugins:
+        return None
+    by_dist: dict[str, list[str]] = {}
+    for key in sorted(plugins):
+        dist = plugins[key]
+        by_dist.setdefault(f"{dist['distribution']} {dist['version']}", []).append(key.replace(":", " ", 1))
+    text = "needs " + ", ".join(sorted(by_dist))
+    title = "; ".join(f"{', '.join(by_dist[dist])} from {dist}" for dist in sorted(by_dist))
+    return text, title
+
+
 def study_row(study: Study, prog: store.StudyProgress, *, status: str | None, owner: str | None,
               now: datetime) -> str:
     """One table row: a box to pick it for comparing, name (opens the study page), status, progress bar, owner, task, age, links."""
@@ -112,13 +129,19 @@ def study_row(study: Study, prog: store.StudyProgress, *, status: str | None, ow
     base = f"/studies/{quote(study.id, safe='')}"
     done, failed, total = prog.trials_done, prog.trials_failed, prog.trials_total
     failed_note = f'<span class="failed"> · {failed} failed</span>' if failed else ""
+    # Why a queued study is not running (no worker with its plugins has claimed it), and what
+    # it needs: the same facts `decouple status` prints.
+    waiting = (f'<small class="waiting" title="{e(study.waiting_reason)}">{e(study.waiting_reason)}</small>'
+               if study.status == "queued" and study.waiting_reason else "")
+    needs = plugin_note(study.plugins)
+    needs_note = f'<small class="plugins" title="{e(needs[1])}">{e(needs[0])}</small>' if needs else ""
     return (
         f'<tr data-id="{e(study.id)}">'
         f'<td class="name"><input type="checkbox" class="pick" value="{e(study.id)}" autocomplete="off"'
         f' aria-label="pick for compare">'
         f' <a href="/ui/studies/{quote(study.id, safe="")}">{e(study.name)}</a></td>'
         f'<td><a class="status {e(study.status)}" href="{e(page_url(study.status, owner))}" data-nav=""'
-        f' title="show only {e(study.status)} studies">{e(study.status)}</a></td>'
+        f' title="show only {e(study.status)} studies">{e(study.status)}</a>{waiting}</td>'
         f'<td class="progress"><span class="bar" role="progressbar" aria-valuemin="0"'
         f' aria-valuemax="{total}" aria-valuenow="{done}" title="{done} done, {failed} failed, of {total}">'
         f'<span class="ok" style="width: {_percent(done, total)};"></span>'
@@ -126,7 +149,7 @@ def study_row(study: Study, prog: store.StudyProgress, *, status: str | None, ow
         f'<span class="count">{done}/{total}</span>{failed_note}</td>'
         f'<td><a class="owner" href="{e(page_url(status, study.owner))}" data-nav=""'
         f' title="show only studies of {e(study.owner)}">{e(study.owner)}</a></td>'
-        f"<td>{e(str(study.spec.get('task', '')))}</td>"
+        f"<td>{e(str(study.spec.get('task', '')))}{needs_note}</td>"
         f'<td><time datetime="{e(study.created_at.isoformat())}"'
         f' title="{e(study.created_at.strftime("%Y-%m-%d %H:%M UTC"))}">{age_text(study.created_at, now)}</time></td>'
         f'<td class="links"><a href="{e(base)}/report.html" data-open="tab">report</a> · '

@@ -142,6 +142,24 @@
     return (100 * n / Math.max(total, 1)).toFixed(1) + "%";
   }
 
+  // What installed plugins a study needs, as pages.plugin_note writes it on the server:
+  // distributions in the text, each plugin in the title.
+  function pluginNote(plugins) {
+    const keys = Object.keys(plugins || {}).sort();
+    if (!keys.length) return null;
+    const byDist = new Map();
+    for (const key of keys) {
+      const dist = plugins[key].distribution + " " + plugins[key].version;
+      if (!byDist.has(dist)) byDist.set(dist, []);
+      byDist.get(dist).push(key.replace(":", " "));
+    }
+    const dists = [...byDist.keys()].sort();
+    return {
+      text: "needs " + dists.join(", "),
+      title: dists.map((dist) => byDist.get(dist).join(", ") + " from " + dist).join("; "),
+    };
+  }
+
   function row(s, f) {
     const base = "/studies/" + encodeURIComponent(s.id);
     const p = s.progress;
@@ -156,20 +174,27 @@
       }, ok, bad),
       el("span", { class: "count" }, p.trials_done + "/" + p.trials_total));
     if (p.trials_failed) progress.append(el("span", { class: "failed" }, " · " + p.trials_failed + " failed"));
+    const status = el("td", {}, el("a", {
+      class: "status " + s.status, href: pageUrl({ status: s.status, owner: f.owner }), "data-nav": true,
+      title: "show only " + s.status + " studies",
+    }, s.status));
+    if (s.status === "queued" && s.waiting_reason) {
+      status.append(el("small", { class: "waiting", title: s.waiting_reason }, s.waiting_reason));
+    }
+    const task = el("td", {}, String(s.spec.task || ""));
+    const needs = pluginNote(s.plugins);
+    if (needs) task.append(el("small", { class: "plugins", title: needs.title }, needs.text));
     return el("tr", { "data-id": s.id },
       el("td", { class: "name" }, el("input", {
         type: "checkbox", class: "pick", value: s.id, autocomplete: "off", "aria-label": "pick for compare", checked: picked.has(s.id),
       }), " ", el("a", { href: "/ui/studies/" + encodeURIComponent(s.id) }, s.name)),
-      el("td", {}, el("a", {
-        class: "status " + s.status, href: pageUrl({ status: s.status, owner: f.owner }), "data-nav": true,
-        title: "show only " + s.status + " studies",
-      }, s.status)),
+      status,
       progress,
       el("td", {}, el("a", {
         class: "owner", href: pageUrl({ status: f.status, owner: s.owner }), "data-nav": true,
         title: "show only studies of " + s.owner,
       }, s.owner)),
-      el("td", {}, String(s.spec.task || "")),
+      task,
       el("td", {}, el("time", { datetime: s.created_at, title: utc(s.created_at) }, age(s.created_at))),
       el("td", { class: "links" },
         el("a", { href: base + "/report.html", "data-open": "tab" }, "report"), " · ",

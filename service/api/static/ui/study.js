@@ -97,6 +97,13 @@
       ["epochs", String(spec.epochs || "")],
       ["seeds", Array.isArray(spec.seeds) ? spec.seeds.join(", ") : JSON.stringify(spec.seeds)],
     ];
+    // As `decouple status` prints them: each installed plugin the study names, and why a queued
+    // study waits (no worker with those plugins has claimed it).
+    for (const key of Object.keys(s.plugins || {}).sort()) {
+      const dist = s.plugins[key];
+      facts.push(["plugin", key.replace(":", " ") + " from " + dist.distribution + " " + dist.version]);
+    }
+    if (s.status === "queued" && s.waiting_reason) facts.push(["waiting", s.waiting_reason]);
     $("facts").replaceChildren(...facts.map(([k, v]) => el("span", { class: "fact" }, el("b", {}, k + " "), v)));
     const p = s.progress;
     $("bar-ok").style.width = (100 * p.trials_done / Math.max(p.trials_total, 1)).toFixed(1) + "%";
