@@ -57,7 +57,38 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     # A long-running service: say what it claims and finishes (stderr, with times).
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("workers").setLevel(logging.INFO)
-    return run_worker(once=args.once, ray_address=args.ray_address)
+    if args.study is None:
+        return run_worker(once=args.once, ray_address=args.ray_address)
+    return _run_one_study(args.study, args.ray_address)
+
+
+def _run_one_study(study_id: str, ray_address: str | None) -> int:
+    """``decouple worker --study ID``: claim that study alone, run it, exit. When it cannot be
+    claimed, say why: no such study, already finished or running elsewhere, or (queued) the
+    reason the claim recorded, e.g. a plugin this machine lacks."""
+    from service import store
+    from service.config import get_settings
+    from service.db import make_engine, session_scope
+    from workers.worker import run_worker
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        with session_scope(engine) as s:
+            status = store.get_study(s, study_id).status  # NotFound: "decouple: no study 'ID'"
+        if status in ("done", "failed", "cancelled"):  # before starting Ray for nothing
+            raise CliError(f"study {study_id} was not claimed, it is {status}")
+        ran: list[str] = []
+        code = run_worker(once=True, ray_address=ray_address, only=study_id, on_study_start=ran.append)
+        with session_scope(engine) as s:
+            study = store.get_study(s, study_id)
+            status, reason = study.status, study.waiting_reason
+    finally:
+        engine.dispose()
+    if ran:
+        print(f"study {study_id}: {status}")
+        return code
+    why = f": {reason}" if status == "queued" and reason else ""
+    raise CliError(f"study {study_id} was not claimed, it is {status}{why}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -136,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="claim queued studies and run them on Ray")
     p.add_argument("--once", action="store_true", help="exit when the queue is empty")
     p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: RAY_ADDRESS, else a local one)")
+    p.add_argument("--study", default=None, metavar="ID",
+                   help="claim this study and no other, run it and exit (says why when it cannot)")
     p.set_defaults(func=_cmd_worker)
 
     client_args = argparse.ArgumentParser(add_help=False)

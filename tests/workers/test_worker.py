@@ -215,6 +215,42 @@ def status_counts(engine, study_id: str) -> dict[str, int]:
 
 # The team case (PostgreSQL, row locks); the lease logic itself is the same on SQLite.
 @pytest.mark.parametrize("empty_db_url", [pytest.param("postgresql", marks=pytest.mark.pg)], indirect=True)
+def test_worker_study_runs_that_study_alone_and_says_why_it_cannot(client, settings, engine, local_ray,
+                                                                   monkeypatch, capsys):
+    """``decouple worker --study ID``: that study is claimed and run, an older queued one is left
+    alone; a finished, an unknown and a plugin study this machine cannot run each get one line."""
+    from service.cli import main
+    from service.config import get_settings
+    from tests.service.test_plugins import plugin_spec
+
+    monkeypatch.setenv("DECOUPLE_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("DECOUPLE_DATA_DIR", str(settings.data_dir))
+    get_settings.cache_clear()
+    older = submit(client, synthetic_spec("older", 2))
+    mine = submit(client, synthetic_spec("mine", 2))
+    try:
+        assert main(["worker", "--study", mine]) == 0
+        assert capsys.readouterr().out == f"study {mine}: done\n"
+        assert client.get(f"/studies/{older}").json()["status"] == "queued"
+
+        assert main(["worker", "--study", mine]) == 2
+        assert capsys.readouterr().err == f"decouple: study {mine} was not claimed, it is done\n"
+        unknown = "0" * 32
+        assert main(["worker", "--study", unknown]) == 2
+        assert capsys.readouterr().err == f"decouple: no study '{unknown}'\n"
+
+        wine = submit(client, plugin_spec(name="wine"))
+        monkeypatch.setattr("workers.worker.installed_plugins", dict)  # a machine without the plugin
+        assert main(["worker", "--study", wine]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"decouple: study {wine} was not claimed, it is queued: no worker with the "
+                              "plugins it needs has claimed it (")
+        assert "task wine_mlp from decouple-plugin-example 0.1.0 is not installed" in err
+        assert client.get(f"/studies/{older}").json()["status"] == "queued"
+    finally:
+        get_settings.cache_clear()
+
+
 def test_killed_worker_study_is_finished_by_another_without_rerunning(
     client, engine, db_url, tmp_path
 ):
