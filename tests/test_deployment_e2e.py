@@ -279,7 +279,7 @@ def test_a_new_user_submits_the_demo_study_to_the_team_deployment(deployment: De
     made = d.cli("token", "create", "newuser", env={"DECOUPLE_DATABASE_URL": d.db_url})
     assert made.returncode == 0, made.stderr
     token = made.stdout.splitlines()[0]
-    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token) and made.stderr.startswith("created token for 'newuser'")
+    assert re.fullmatch(r"dl_[A-Za-z0-9_-]{43}", token) and made.stderr.startswith("created token for 'newuser'")
 
     # Without the token the API refuses, and the CLI says why in one line.
     refused = d.cli("submit", str(spec_file))

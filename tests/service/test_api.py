@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -331,7 +332,7 @@ def test_token_create_cli_prints_a_working_token_once(settings, engine, monkeypa
         get_settings.cache_clear()
     out = capsys.readouterr()
     token = out.out.strip()
-    assert len(token) == 43 and "\n" not in token
+    assert re.fullmatch(r"dl_[A-Za-z0-9_-]{43}", token)  # the prefix and 256 bits
     assert "shown only this once" in out.err and token not in out.err
     with TestClient(create_app(settings.model_copy(update={"auth": "required"}))) as c:
         sid = c.post("/studies", json=make_spec(), headers={"Authorization": f"Bearer {token}"}).json()["id"]
