@@ -356,10 +356,14 @@ def test_stack_update_follows_apply_update_config_by_config(optimizer):
     torch.testing.assert_close(stack.p, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("per_row", [True, False], ids=["per-row", "buffer"])
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "adamw_torch"])
-def test_fused_adam_direction_equals_the_eager_formula(optimizer, monkeypatch):
-    """torch._fused_adam_ on a zeroed buffer (the fast path) against the eager passes it replaces."""
+def test_fused_adam_equals_the_eager_formula(optimizer, per_row, monkeypatch):
+    """Both fused paths against the eager passes they replace: torch._fused_adam_ once per row on
+    the parameters with the row's lr (the CPU's), and once on a zeroed buffer with lr = 1, then an
+    axpy (CUDA's, run here on the CPU)."""
     K, steps = 4, 25
+    monkeypatch.setattr(packed, "_FUSED_ADAM_PER_ROW", frozenset({"cpu"} if per_row else ()))
 
     def run(fused: bool) -> torch.Tensor:
         monkeypatch.setattr(packed, "_fused_adam_available", lambda device: fused)
