@@ -96,3 +96,15 @@ def test_mnist5k_resnet_optima_lie_inside_the_default_grids():
             step = (np.log10(ax.max) - np.log10(ax.min)) / (ax.num - 1)
             assert np.log10(ax.min) + step <= np.log10(best) + 1e-9, (e["name"], key, best, ax)
             assert np.log10(best) <= np.log10(ax.max) - step + 1e-9, (e["name"], key, best, ax)
+
+
+@pytest.mark.parametrize("path", [p for p in FILES if p.stem not in NOT_RUN],
+                         ids=[p.stem for p in FILES if p.stem not in NOT_RUN])
+def test_results_md_holds_each_studys_section_as_its_report_prints_it(path):
+    """RESULTS.md's "### NAME" section is ``scripts/results-section NAME`` on ``results/``: run,
+    ranking, measures, verdicts, curves and warnings as the committed report has them (a re-run
+    without ``--update`` fails here)."""
+    script = runpy.run_path(str(ROOT / "scripts" / "results-section"), run_name="not_main")
+    section = script["section"](path.stem, ROOT / "results")
+    assert section.startswith(f"### {path.stem}\n") and "Verdicts (`service.analysis.decide`" in section
+    assert section in (ROOT / "RESULTS.md").read_text()
