@@ -63,16 +63,18 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _run_one_study(study_id: str, ray_address: str | None) -> int:
-    """``decouple worker --study ID``: claim that study alone, run it, exit. When it cannot be
-    claimed, say why: no such study, already finished or running elsewhere, or (queued) the
+    """``decouple worker --study ID``: claim that study alone, run it, exit: 0 when it is done,
+    1 when it ended otherwise (failed, or still running after the database was lost). When it
+    cannot be claimed, exit 2 and say why: no such study, already finished or running elsewhere, or (queued) the
     reason the claim recorded, e.g. a plugin this machine lacks."""
     from service import store
     from service.config import get_settings
-    from service.db import make_engine, session_scope
+    from service.db import check_schema_current, make_engine, session_scope
     from workers.worker import run_worker
 
     engine = make_engine(get_settings().database_url)
     try:
+        check_schema_current(engine)  # an old schema: the one-line message, not a traceback
         with session_scope(engine) as s:
             status = store.get_study(s, study_id).status  # NotFound: "decouple: no study 'ID'"
         if status in ("done", "failed", "cancelled"):  # before starting Ray for nothing
@@ -86,7 +88,7 @@ def _run_one_study(study_id: str, ray_address: str | None) -> int:
         engine.dispose()
     if ran:
         print(f"study {study_id}: {status}")
-        return code
+        return code or (0 if status == "done" else 1)
     why = f": {reason}" if status == "queued" and reason else ""
     raise CliError(f"study {study_id} was not claimed, it is {status}{why}")
 
@@ -208,23 +210,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _join_token(argv: Sequence[str]) -> list[str]:
-    """``--token VALUE`` as ``--token=VALUE``: argparse takes a value that starts with ``-`` for an
-    option and stops with "expected one argument". Tokens made now start with ``dl_``, but one in
-    64 of those made before (bare ``token_urlsafe``) starts with ``-`` and must still work."""
-    out: list[str] = []
-    it = iter(argv)
-    for arg in it:
-        if arg == "--token":
-            value = next(it, None)
-            out.append("--token" if value is None else f"--token={value}")
-        else:
-            out.append(arg)
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string of ``parser`` and of its subcommands' parsers."""
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _option_strings(sub)
+    return found
+
+
+def _join_token(argv: Sequence[str], options: set[str]) -> list[str]:
+    """``--token VALUE`` as ``--token=VALUE`` when VALUE starts with ``-``: argparse takes such a
+    value for an option and stops with "expected one argument". Tokens made now start with
+    ``dl_``, but one in 64 of those made before (bare ``token_urlsafe``) starts with ``-`` and must
+    still work. A VALUE that is one of the CLI's own options (or an abbreviation of one), or
+    anything after ``--``, is left to argparse, so ``--token --wait`` still says the token is
+    missing."""
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--":
+            break
+        value = out[i + 1]
+        own = value in options or (value.startswith("--") and any(o.startswith(value) for o in options))
+        if arg == "--token" and value.startswith("-") and value != "--" and not own:
+            return out[:i] + [f"--token={value}"] + _join_token(out[i + 2:], options)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_join_token(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(_join_token(sys.argv[1:] if argv is None else argv, _option_strings(parser)))
     try:
         return int(args.func(args) or 0)
     except CliError as exc:

@@ -108,3 +108,14 @@ def test_results_md_holds_each_studys_section_as_its_report_prints_it(path):
     section = script["section"](path.stem, ROOT / "results")
     assert section.startswith(f"### {path.stem}\n") and "Verdicts (`service.analysis.decide`" in section
     assert section in (ROOT / "RESULTS.md").read_text()
+
+
+def test_results_section_formats_what_decide_could_not_give():
+    script = runpy.run_path(str(ROOT / "scripts" / "results-section"), run_name="not_main")
+    regret, slope = script["regret_text"], script["slope_text"]
+    assert regret(None) == "–" and regret({"max": None}) == "–"  # not_enough_data
+    assert regret({"max": 0.0123, "max_in_seed_sd": 1.156, "max_in_samples": 12.3}) == "0.0123 (1.16, 12)"
+    assert regret({"max": 0.5, "max_in_seed_sd": None, "max_in_samples": None}) == "0.5000 (–, –)"
+    assert slope({"ridge_slope": None}) == "–"
+    assert slope({"ridge_slope": -1.16, "ridge_slope_ci": [None, None]}) == "-1.16 [±∞, ±∞]"
+    assert slope({"ridge_slope": 0.5, "ridge_slope_ci": [0.106, 1.19]}) == "+0.50 [+0.11, +1.19]"

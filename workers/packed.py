@@ -466,14 +466,14 @@ class StackOptimizer:
         if l2:
             self._l2_and_decay(stack, lr, wd, eta)
         g, m, v = stack.g, self.state["exp_avg"], self.state["exp_avg_sq"]
-        if self._buf is None or self._buf.shape != v.shape:
-            self._buf = torch.empty_like(v)
         fused = _fused_adam_available(v.device) and all(x.is_contiguous() for x in (stack.p, g, m, v))
         if fused and v.device.type in _FUSED_ADAM_PER_ROW:
             if not l2:
                 self._l2_and_decay(stack, lr, wd, eta)
             self._adam_rows_fused(stack.p, g, m, v, t, lr)
             return
+        if self._buf is None or self._buf.shape != v.shape:
+            self._buf = torch.empty_like(v)
         if fused:
             d = self._adam_direction_fused(g, m, v, t)
             if not l2:

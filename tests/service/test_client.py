@@ -169,9 +169,12 @@ def test_a_token_that_starts_with_a_dash_is_a_value_not_an_option(api, capsys, t
     code, out, err = run(capsys, "submit", str(spec_file), "--api-url", api.url, "--token", dashed)
     assert code == 0, err
     assert api.get(f"/studies/{queued_id(out)}").json()["owner"] == "dash"
-    with pytest.raises(SystemExit) as exited:  # no value at all: argparse's own usage error
-        main(["status", "x", "--api-url", api.url, "--token"])
-    assert exited.value.code == 2 and "--token: expected one argument" in capsys.readouterr().err
+    # No value, or one of the CLI's own options where the value should be (an empty $TOKEN):
+    # argparse's own usage error, never the option taken for the token.
+    for tail in (["--token"], ["--token", "--json"], ["--token", "--js"]):
+        with pytest.raises(SystemExit) as exited:
+            main(["status", "x", "--api-url", api.url, *tail])
+        assert exited.value.code == 2 and "--token: expected one argument" in capsys.readouterr().err
 
 
 def test_submit_json_spec_with_url_and_token_from_the_environment(api, capsys, tmp_path, monkeypatch):

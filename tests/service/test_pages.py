@@ -461,8 +461,10 @@ def test_a_waiting_plugin_study_in_chromium(browser, tmp_path):
         w = watch(context)
         page = context.new_page()
         page.goto(server.url + "/")
-        with page.expect_response(lambda r: r.url.startswith(server.url + "/studies?")):
-            pass  # the script's first poll re-renders the rows
+        assert page.locator("#rows").get_attribute("data-rendered") == "server"
+        page.evaluate("""() => document.querySelectorAll('#rows tr').forEach(r => r.dataset.stale = '1')""")
+        # The script's first poll replaces the server's rows with its own: check those.
+        expect(page.locator("#rows tr[data-stale]")).to_have_count(0, timeout=15_000)
         waiting = row(page, sid).locator("small.waiting")
         expect(waiting).to_contain_text("no worker with the plugins it needs has claimed it (w-bare: ")
         assert waiting.get_attribute("title") == httpx.get(f"{server.url}/studies/{sid}").json()["waiting_reason"]
