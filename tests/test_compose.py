@@ -44,6 +44,7 @@ from sqlalchemy.engine import make_url
 
 from service.cli import build_parser
 from service.config import Settings
+from tests.reliability.servers import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_BIN = Path(compose.__file__).parent / "docker-compose"
@@ -466,12 +467,6 @@ def test_migrate_stores_the_first_admin_token_once_and_respects_its_revocation(t
 # --- the worker entrypoint on a real Ray cluster (loopback) --------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def stop_group(proc: subprocess.Popen) -> None:
     """End a process started in its own session, and every Ray daemon it left in that group."""
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
@@ -529,10 +524,10 @@ def test_worker_entrypoint_joins_the_head_with_the_token_and_claims_a_free_gpu(m
     venv_bin = str(Path(sys.executable).parent)
     token = uuid.uuid4().hex
     base_env = {"PATH": f"{venv_bin}:/usr/bin:/bin", "HOME": str(ray_dir)}
-    port, dash = free_port(), free_port()
+    port, dash, agent = free_ports(3)
     head_cmd = [a.replace("6379", str(port)).replace("0.0.0.0", "127.0.0.1").replace("8265", str(dash))
                 for a in s["ray-head"]["command"]]
-    head_cmd += [f"--temp-dir={ray_dir}", f"--dashboard-agent-listen-port={free_port()}"]
+    head_cmd += [f"--temp-dir={ray_dir}", f"--dashboard-agent-listen-port={agent}"]
     ray_env = {k: v for k, v in env_of(s["ray-head"]).items() if k.startswith("RAY_")}
     # The token from a file, as the stack's `secrets` volume gives it (no trailing newline).
     assert ray_env["RAY_AUTH_TOKEN_PATH"] == f"{SECRETS_DIR}/ray-auth-token"

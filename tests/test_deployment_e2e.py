@@ -47,7 +47,8 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from tests.conftest import PG_URL
-from tests.test_compose import ROOT, VARIANTS, env_of, free_port, resolved
+from tests.reliability.servers import free_port, free_ports
+from tests.test_compose import ROOT, VARIANTS, env_of, resolved
 from workers.demo import demo_spec
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow, pytest.mark.pg]
@@ -209,7 +210,7 @@ def deployment(services, database) -> Iterator[Deployment]:
         assert migrate.returncode == 0, migrate.stdout + migrate.stderr
 
         # api and ray-head start side by side, as Compose would start them.
-        api_port, gcs_port, dash_port = free_port(), free_port(), free_port()
+        api_port, gcs_port, dash_port, agent_port = free_ports(4)
         api_cmd = [a.replace("0.0.0.0", "127.0.0.1").replace("8000", str(api_port))
                    for a in services["api"]["command"]]
         assert api_cmd[:2] == ["decouple", "serve"]
@@ -217,7 +218,7 @@ def deployment(services, database) -> Iterator[Deployment]:
         head_cmd = [a.replace("6379", str(gcs_port)).replace("0.0.0.0", "127.0.0.1").replace("8265", str(dash_port))
                     for a in services["ray-head"]["command"]]
         assert head_cmd[:4] == ["ray", "start", "--head", "--block"] and "--num-cpus=0" in head_cmd
-        head_cmd += [f"--temp-dir={home / 'ray'}", f"--dashboard-agent-listen-port={free_port()}"]
+        head_cmd += [f"--temp-dir={home / 'ray'}", f"--dashboard-agent-listen-port={agent_port}"]
         head_env = env_for("ray-head")
         assert head_env["RAY_AUTH_MODE"] == "token" and head_env["RAY_USAGE_STATS_ENABLED"] == "0"
         head = start("ray-head", head_cmd, head_env)

@@ -10,6 +10,7 @@ on a free port, with its socket in that directory.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -30,9 +31,19 @@ PYTHON = sys.executable
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` different TCP ports on 127.0.0.1 nobody listens on right now. They are bound all at
+    once: ports asked for one at a time can repeat (the kernel hands out a port again once its
+    socket is closed), and a Ray head given the same port twice refuses to start (CI saw
+    ``metrics_export is trying to use a port number 51305 that is used by other components``)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def wait_for(what: str, predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
@@ -238,14 +249,11 @@ class RayHead:
 
     def __init__(self, temp_dir: Path, *, num_cpus: int, log: Path) -> None:
         self.temp_dir = temp_dir
-        self.port = free_port()
+        self.port, *others = free_ports(6)
         self.address = f"127.0.0.1:{self.port}"
         self.token = secrets_token()
-        ports = {
-            "--dashboard-port": free_port(),
-            "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
-            "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port(),
-        }
+        ports = dict(zip(("--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                          "--runtime-env-agent-port", "--metrics-export-port"), others, strict=True))
         args = [
             str(Path(PYTHON).with_name("ray")), "start", "--head", "--block", f"--port={self.port}",
             "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--num-gpus=0",
