@@ -40,9 +40,10 @@ esac
 [ -w "$dir" ] || { echo "decouple-secrets: $dir is not writable" >&2; exit 1; }
 
 # put NAME GIVEN MAKE [sticky]: write GIVEN if not empty and different, else keep the file, else
-# the value of the Python expression MAKE. Prints "new" when it wrote the file. A sticky secret is never replaced once written:
-# PostgreSQL takes its password when it creates its data folder, so a new value in the file would
-# lock every service out of the existing database (change it with ALTER USER, then in the file).
+# the value of the Python expression MAKE. Prints "new" when it wrote the file. A sticky secret is
+# never replaced once written: PostgreSQL takes its password when it creates its data folder, so a
+# new value in the file would lock every service out of the existing database (change it with
+# ALTER USER, then in the file).
 put() {
   name=$1 given=$2 make=$3 sticky=${4:-}
   if [ -n "$given" ]; then

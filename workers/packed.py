@@ -350,11 +350,12 @@ class StackOptimizer:
 
     - Adam, per step on the CPU: decay, then ``torch._fused_adam_`` per row on the parameters
       with that row's lr (moments, bias corrections and step in one pass, torch.optim.Adam's
-      formula: :meth:`_adam_rows_fused`): 2 passes. On CUDA: zero the buffer, the fused kernel
-      on it with lr = 1 (:meth:`_adam_direction_fused`), decay, axpy with the per-config lr: 4
-      passes in 4 launches, where the eager formula (still the fallback where torch has no fused kernel for the device) makes 8:
-      lerp (m), mul + addcmul (v), sqrt into the buffer, + eps, m / buffer, decay, axpy, with
-      m / (sqrt(v)/s + eps) computed as s * m / (sqrt(v) + s*eps), s = sqrt(1 - beta2^t).
+      formula: :meth:`_adam_rows_fused`): 2 passes. On CUDA: decay, zero the buffer, the fused
+      kernel on it with lr = 1 (:meth:`_adam_direction_fused`), axpy with the per-config lr: 4
+      passes in 4 launches, where the eager formula (still the fallback where torch has no fused
+      kernel for the device) makes 8: decay, lerp (m), mul + addcmul (v), sqrt into the buffer,
+      + eps, m / buffer, axpy, with m / (sqrt(v)/s + eps) computed as s * m / (sqrt(v) + s*eps),
+      s = sqrt(1 - beta2^t).
     - SGD, per step: b <- g + 0.9 b in one ``torch.add`` (``apply_update``: mul_ then add_; the
       CPU kernel may round the multiply-add once where those round twice, a last-bit difference
       the comparisons with the reference absorb), decay or L2, axpy.
@@ -462,31 +463,24 @@ class StackOptimizer:
         beta1, beta2 = ADAM_BETAS
         eps = _ADAM_EPS
         t = self.steps + 1
-        l2 = self.variant.decay == "l2"
-        if l2:
-            self._l2_and_decay(stack, lr, wd, eta)
+        # L2 goes into the gradient before the moments read it; the decoupled decay scales only the
+        # parameters, which no path below reads before its final step on them, so it goes first too.
+        self._l2_and_decay(stack, lr, wd, eta)
         g, m, v = stack.g, self.state["exp_avg"], self.state["exp_avg_sq"]
         fused = _fused_adam_available(v.device) and all(x.is_contiguous() for x in (stack.p, g, m, v))
         if fused and v.device.type in _FUSED_ADAM_PER_ROW:
-            if not l2:
-                self._l2_and_decay(stack, lr, wd, eta)
             self._adam_rows_fused(stack.p, g, m, v, t, lr)
             return
         if self._buf is None or self._buf.shape != v.shape:
             self._buf = torch.empty_like(v)
         if fused:
-            d = self._adam_direction_fused(g, m, v, t)
-            if not l2:
-                self._l2_and_decay(stack, lr, wd, eta)
-            stack.p.addcmul_(d, lr)
+            stack.p.addcmul_(self._adam_direction_fused(g, m, v, t), lr)
             return
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         s = math.sqrt(1 - beta2**t)
         d = torch.sqrt(v, out=self._buf).add_(s * eps)
         torch.div(m, d, out=d)
-        if not l2:
-            self._l2_and_decay(stack, lr, wd, eta)
         stack.p.addcmul_(d, lr * (s / (1 - beta1**t)), value=-1.0)
 
     def _row_lists(self, tensors: tuple[torch.Tensor, ...]) -> list[list[torch.Tensor]]:
