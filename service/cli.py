@@ -70,17 +70,28 @@ def _run_one_study(study_id: str, ray_address: str | None) -> int:
     from service import store
     from service.config import get_settings
     from service.db import check_schema_current, make_engine, session_scope
-    from workers.worker import run_worker
+    from workers.worker import installed_plugins, new_worker_id, run_worker
 
     engine = make_engine(get_settings().database_url)
+    worker_id = new_worker_id()
     try:
         check_schema_current(engine)  # an old schema: the one-line message, not a traceback
+        # What would refuse the claim is checked before Ray starts for nothing: a finished study,
+        # or plugins this machine lacks (recorded on the study, as a claim that passed it over would).
         with session_scope(engine) as s:
-            status = store.get_study(s, study_id).status  # NotFound: "decouple: no study 'ID'"
-        if status in ("done", "failed", "cancelled"):  # before starting Ray for nothing
+            study = store.get_study(s, study_id)  # NotFound: "decouple: no study 'ID'"
+            status = study.status
+            missing = store.missing_plugins(study.plugins, installed_plugins()) if status == "queued" else None
+            if missing:
+                store.record_waiting(study, worker_id, missing)
+                reason = study.waiting_reason
+        if status in ("done", "failed", "cancelled"):
             raise CliError(f"study {study_id} was not claimed, it is {status}")
+        if missing:
+            raise CliError(f"study {study_id} was not claimed, it is queued: {reason}")
         ran: list[str] = []
-        code = run_worker(once=True, ray_address=ray_address, only=study_id, on_study_start=ran.append)
+        code = run_worker(once=True, ray_address=ray_address, only=study_id, on_study_start=ran.append,
+                          worker_id=worker_id)
         with session_scope(engine) as s:
             study = store.get_study(s, study_id)
             status, reason = study.status, study.waiting_reason
@@ -227,14 +238,16 @@ def _join_token(argv: Sequence[str], options: set[str]) -> list[str]:
     ``dl_``, but one in 64 of those made before (bare ``token_urlsafe``) starts with ``-`` and must
     still work. A VALUE that is one of the CLI's own options (or an abbreviation of one), or
     anything after ``--``, is left to argparse, so ``--token --wait`` still says the token is
-    missing."""
+    missing. ``--tok VALUE`` (argparse's abbreviation, when no other option starts so) is joined
+    the same way."""
     out = list(argv)
     for i, arg in enumerate(out[:-1]):
         if arg == "--":
             break
         value = out[i + 1]
         own = value in options or (value.startswith("--") and any(o.startswith(value) for o in options))
-        if arg == "--token" and value.startswith("-") and value != "--" and not own:
+        token = arg == "--token" or (len(arg) > 2 and [o for o in options if o.startswith(arg)] == ["--token"])
+        if token and value.startswith("-") and value != "--" and not own:
             return out[:i] + [f"--token={value}"] + _join_token(out[i + 2:], options)
     return out
 

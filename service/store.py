@@ -604,6 +604,14 @@ def missing_plugins(needed: dict[str, Any] | None, installed: dict[str, Any] | N
     return "; ".join(problems) or None
 
 
+def record_waiting(study: Study, worker_id: str, missing: str) -> None:
+    """Record on a queued ``study`` that ``worker_id`` passed it over for the plugins it lacks
+    (``missing``, from :func:`missing_plugins`): the reason the API, the pages and the CLI show."""
+    reason = f"no worker with the plugins it needs has claimed it ({worker_id}: {missing})"
+    if study.waiting_reason != reason[:10_000]:
+        study.waiting_reason = reason[:10_000]
+
+
 def claim_study(
     session: Session, worker_id: str, lease_seconds: float, *, only: str | None = None,
     installed: dict[str, Any] | None = None,
@@ -642,9 +650,7 @@ def claim_study(
             study = candidate
             break
         passed_over += 1
-        reason = f"no worker with the plugins it needs has claimed it ({worker_id}: {reason})"
-        if candidate.waiting_reason != reason:
-            candidate.waiting_reason = reason[:10_000]
+        record_waiting(candidate, worker_id, reason)
     if study is None and passed_over == CLAIM_WINDOW:
         # The whole window needs plugins this worker lacks: a study of built-ins only, further
         # back in the queue, must not wait behind them.

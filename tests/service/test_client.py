@@ -169,6 +169,9 @@ def test_a_token_that_starts_with_a_dash_is_a_value_not_an_option(api, capsys, t
     code, out, err = run(capsys, "submit", str(spec_file), "--api-url", api.url, "--token", dashed)
     assert code == 0, err
     assert api.get(f"/studies/{queued_id(out)}").json()["owner"] == "dash"
+    code, out, err = run(capsys, "submit", str(spec_file), "--api-url", api.url, "--tok", dashed)
+    assert code == 0, err  # argparse's abbreviation of --token, joined the same way
+    assert api.get(f"/studies/{queued_id(out)}").json()["owner"] == "dash"
     # No value, or one of the CLI's own options where the value should be (an empty $TOKEN):
     # argparse's own usage error, never the option taken for the token.
     for tail in (["--token"], ["--token", "--json"], ["--token", "--js"]):

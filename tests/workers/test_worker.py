@@ -241,11 +241,18 @@ def test_worker_study_runs_that_study_alone_and_says_why_it_cannot(client, setti
 
         wine = submit(client, plugin_spec(name="wine"))
         monkeypatch.setattr("workers.worker.installed_plugins", dict)  # a machine without the plugin
+
+        def no_ray(*args, **kwargs):
+            raise AssertionError("Ray started for a study this machine cannot claim")
+
+        monkeypatch.setattr("workers.ray_adapter.ensure_ray", no_ray)
         assert main(["worker", "--study", wine]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"decouple: study {wine} was not claimed, it is queued: no worker with the "
                               "plugins it needs has claimed it (")
         assert "task wine_mlp from decouple-plugin-example 0.1.0 is not installed" in err
+        # recorded on the study, as a worker's claim that passed it over records it
+        assert err.rstrip("\n").endswith(client.get(f"/studies/{wine}").json()["waiting_reason"])
         assert client.get(f"/studies/{older}").json()["status"] == "queued"
     finally:
         get_settings.cache_clear()
