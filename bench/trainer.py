@@ -80,6 +80,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench._cpu import cpu_model  # noqa: E402  (re-exported: the other benchmarks import it from here)
 from service.domain.catalog import DEFAULT_GRIDS, default_grid  # noqa: E402
 from service.domain.conventions import BASES  # noqa: E402
 from workers.packed import CPU_THREADS, TrialConfig, train_block  # noqa: E402
@@ -134,20 +135,6 @@ def executed_flops(n_configs: int, epochs: int, n_train: int, n_val: int) -> tup
     executed = n_configs * epochs * (n_train * per_sample_train + n_val * per_sample_eval)
     mfu = n_configs * epochs * (n_train * 6 * weights + n_val * per_sample_eval)
     return float(executed), float(mfu)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
 
 
 def model_flops(task: str) -> tuple[float, float]:

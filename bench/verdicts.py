@@ -27,26 +27,17 @@ the default runs it ``--reps 3`` times with fresh draws.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._cpu import cpu_model  # noqa: E402
+
 BOUNDS = {"p_coupled_s0": ("<=", 0.05), "p_separable_s_ge_075": ("<=", 0.05), "coverage": (">=", 0.85),
           "p_coupled_nuisance_s0": ("<=", 0.05), "p_right_3seeds": (">=", 0.90),
           "p_wrong_3seeds_flat": ("<=", 0.05)}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timing(n: int = 40) -> tuple[float, float]:
