@@ -68,6 +68,13 @@ class _Wide(nn.Module):
 
 
 class WideConv2d(_Wide):
+    """A convolution of K configs as one grouped convolution (``groups`` = K x the layer's own).
+
+    Every layer, the first one (one input channel per config) included, is oneDNN's grouped
+    kernel on the channels-last batch: an unfolded matmul for the first layer was faster only
+    in NCHW, and cost a layout copy once the batch went channels-last (``docs/design-notes.md``).
+    """
+
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
@@ -77,30 +84,9 @@ class WideConv2d(_Wide):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.tensors["weight"]
         b = self.tensors.get("bias")
-        if w.shape[2] == 1 and self.groups == 1 and not x.is_cuda and not is_channels_last(x):
-            return self._one_input_channel(x, w, b)
         w = w.reshape(self.K * w.shape[1], *w.shape[2:])
         return F.conv2d(x, w, None if b is None else b.reshape(-1), self.stride, self.padding,
                         self.dilation, self.groups * self.K)
-
-
-    def _one_input_channel(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        """A layer that reads one channel per config (an image network's first layer) as one
-        batched matmul over (sample, config): oneDNN's grouped kernel for one input channel per
-        group is slow (mnist5k_cnn's first layer, 2 configs x 64 samples, one thread: 8.6 ms forward
-        and weight gradient, against 3.9 ms unfolded; equal to ~1e-6 relative)."""
-        n, K, cout = x.shape[0], self.K, w.shape[1]
-        kh, kw = w.shape[-2:]
-        cols = F.unfold(x, (kh, kw), self.dilation, self.padding, self.stride)  # (n, K*kh*kw, L)
-        L = cols.shape[-1]
-        h = (x.shape[2] + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        wk = w.reshape(1, K, cout, kh * kw).expand(n, K, cout, kh * kw).reshape(n * K, cout, kh * kw)
-        cols = cols.view(n * K, kh * kw, L)
-        if b is None:
-            out = torch.bmm(wk, cols)
-        else:
-            out = torch.baddbmm(b.reshape(1, K, cout, 1).expand(n, K, cout, 1).reshape(n * K, cout, 1), wk, cols)
-        return out.view(n, K * cout, h, L // h)
 
 
 class WideBatchNorm(_Wide):
