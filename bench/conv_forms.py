@@ -1,7 +1,7 @@
 """Which form of a packed convolution is fastest on this CPU: oneDNN's grouped convolution (what
 ``workers.wide`` runs) against an im2col + batched matmul, on the conv layers of the conv tasks.
 
-    .venv/bin/python bench/conv_forms.py [--repeats N]
+    .venv/bin/python bench/conv_forms.py [--repeats N] [--quick]
 
 Each layer is run as the wide engine runs it: a chunk of 4 configs (``workers.packed.WIDE_CHUNK``)
 x batch 64, channels-last, one torch thread, denormals flushed; forward, then the weight gradient
@@ -116,7 +116,10 @@ def best(fn, repeats: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="best of 3 instead of --repeats")
     args = ap.parse_args()
+    if args.quick:
+        args.repeats = 3
     K = WIDE_CHUNK or 4
     gen = torch.Generator().manual_seed(0)
     total = {"grouped": 0.0, "im2col": 0.0}

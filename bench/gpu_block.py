@@ -1,6 +1,6 @@
 """The packed trainer on a GPU: the largest block that fits, against the GPU's own matmul peak.
 
-    .venv/bin/python bench/gpu_block.py [--epochs N]
+    .venv/bin/python bench/gpu_block.py [--epochs N] [--quick]
 
 Without CUDA it prints why and exits 0 (``make gpu-check`` runs it on any machine). With CUDA,
 per task (digits_mlp, mnist5k_cnn, mnist5k_resnet): the block size ``auto_block_size`` gives for
@@ -31,7 +31,10 @@ TASKS = ("digits_mlp", "mnist5k_cnn", "mnist5k_resnet")
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="one epoch (what make bench-quick passes)")
     args = ap.parse_args()
+    if args.quick:
+        args.epochs = 1
     if not torch.cuda.is_available():
         print("gpu-check: skipped, no CUDA device here (torch.cuda.is_available() is False; "
               f"torch {torch.__version__}, CUDA build {torch.version.cuda})")
