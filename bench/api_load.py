@@ -325,7 +325,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--atlas-only", action="store_true", help="time GET /atlas only (no load, no storm)")
     args = parser.parse_args()
-    from bench.trainer import cpu_model
+    from bench._cpu import cpu_model
 
     print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs")
     seconds = args.seconds or (15.0 if args.quick else 60.0)

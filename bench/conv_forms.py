@@ -37,7 +37,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.trainer import cpu_model, matmul_peak  # noqa: E402
+from bench._cpu import cpu_model  # noqa: E402
+from bench.trainer import matmul_peak  # noqa: E402
 from workers.packed import WIDE_CHUNK, cpu_training  # noqa: E402
 
 #: (name, Cin, Cout, H = W of the input, stride, first layer?) of mnist5k_cnn and mnist5k_resnet.

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.trainer import cpu_model  # noqa: E402
+from bench._cpu import cpu_model  # noqa: E402
 
 
 def main() -> int:

@@ -80,7 +80,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench._cpu import cpu_model  # noqa: E402  (re-exported: the other benchmarks import it from here)
+from bench._cpu import cpu_model  # noqa: E402
 from service.domain.catalog import DEFAULT_GRIDS, default_grid  # noqa: E402
 from service.domain.conventions import BASES  # noqa: E402
 from workers.packed import CPU_THREADS, TrialConfig, train_block  # noqa: E402
