@@ -160,7 +160,8 @@ def main() -> int:
         r = res[name] = run_setting(env, args.steps, args.repeats)
         print(f"{name:15s} {r['aten_capability']:>8s} {r['mnist5k_cnn']:8.3f} {r['mnist5k_resnet']:9.3f}  "
               f"{' '.join(r['kernels'])}", flush=True)
-    errors = [f"{n}: oneDNN still ran {k}" for n in CAPPED if "ONEDNN_MAX_CPU_ISA" in dict(SETTINGS)[n]
+    envs = dict(SETTINGS)
+    errors = [f"{n}: oneDNN still ran {k}" for n in CAPPED if "ONEDNN_MAX_CPU_ISA" in envs[n]
               for k in res[n]["kernels"] if "avx512" in k]
     sig = {n: (r["aten_capability"], tuple(r["kernels"])) for n, r in res.items()}
     # A cap that left ATen's capability and oneDNN's kernels as they were cannot change the speed:
@@ -174,13 +175,14 @@ def main() -> int:
         errors.append(f"the SSE4.1 control was not slower ({control:.2f}x the default): the caps were not honoured")
     print(f"{len(same)} runs of the default kernels ({', '.join(same)}) spread by {spread:.1%}: "
           f"a gain within that is noise")
-    best = {t: min(changed, key=lambda n, t=t: res[n][t]) if changed else "none" for t in TASKS}
-    gain = {t: base[t] / res[best[t]][t] if changed else 1.0 for t in TASKS}
-    if not changed:
-        print("every AVX2 cap left the kernels as they were (this CPU has nothing above AVX2): nothing to gain here")
-    for t in TASKS:
-        if changed:
+    if changed:
+        best = {t: min(changed, key=lambda n, t=t: res[n][t]) for t in TASKS}
+        gain = {t: base[t] / res[best[t]][t] for t in TASKS}
+        for t in TASKS:
             print(f"{t}: best cap {best[t]}, default / capped = {gain[t]:.3f}")
+    else:
+        best, gain = dict.fromkeys(TASKS, "none"), dict.fromkeys(TASKS, 1.0)
+        print("every AVX2 cap left the kernels as they were (this CPU has nothing above AVX2): nothing to gain here")
     print(f"RESULT cnn_default_vs_best={gain['mnist5k_cnn']:.3f} resnet_default_vs_best={gain['mnist5k_resnet']:.3f} "
           f"cnn_best={best['mnist5k_cnn']} resnet_best={best['mnist5k_resnet']} default_spread={spread:.3f} "
           f"control_slowdown={control:.2f}")
