@@ -149,9 +149,9 @@ OnEpoch = Callable[[int, list[EpochMetrics]], "bool | None"]
 
 
 #: Configs per chunk of a wide (conv net) step (``workers.wide``; the last chunk is padded, so a
-#: block of fewer configs pays for ``WIDE_CHUNK``). Measured on mnist5k_cnn, 32 configs, batch 64,
-#: one thread: chunks of 4, 8 and 16 within noise of each other, the whole block at once 10-40 %
-#: slower; 4 wastes least on small blocks.
+#: block of fewer configs pays for the chunk) for tasks that name none (``Task.wide_chunk``).
+#: Measured on mnist5k_cnn, 32 configs, batch 64, one thread: the whole block at once 10-40 %
+#: slower than chunks of 4; 4 wastes least on small blocks.
 WIDE_CHUNK: int | None = 4
 
 #: Configs per chunk of :meth:`MLPEngine.evaluate` (its docstring has the measurement).
@@ -898,12 +898,14 @@ def _loss_and_errors(logits: torch.Tensor, y: torch.Tensor, reduce: bool = True)
     return ce_sum, wrong.double()
 
 
-def make_engine(template: nn.Module, batch_size: int, input_shape: tuple[int, ...] = ()):
-    """The fastest engine that runs ``template``: MLP, then wide (``workers.wide``), then vmap."""
+def make_engine(template: nn.Module, batch_size: int, input_shape: tuple[int, ...] = (),
+                wide_chunk: int | None = None):
+    """The fastest engine that runs ``template``: MLP, then wide (``workers.wide``, in chunks of
+    ``wide_chunk`` or ``WIDE_CHUNK`` configs), then vmap."""
     if MLPEngine.supports(template):
         return MLPEngine(template)
     eval_batch = max(4 * batch_size, 256)
-    wide = WideEngine.build(template, tuple(input_shape), eval_batch, chunk=WIDE_CHUNK)
+    wide = WideEngine.build(template, tuple(input_shape), eval_batch, chunk=wide_chunk or WIDE_CHUNK)
     if wide is not None:
         return wide
     return FuncEngine(template, eval_batch=eval_batch)
@@ -935,7 +937,8 @@ class PackedRun:
         self.template = models[0].to(device)
         decayed = decayed_parameter_names(self.template, spec.decay_on)
         self.stack = Stack(models, decayed, device)
-        self.engine = make_engine(self.template, spec.batch_size, tuple(data.x_train.shape[1:]))
+        self.engine = make_engine(self.template, spec.batch_size, tuple(data.x_train.shape[1:]),
+                                  getattr(task, "wide_chunk", None))
         self.engine.bind(self.stack)
         self.opt = make_stack_optimizer(spec.optimizer, self.stack, self.template, params)
         self.gens = [task.data_generator(c.seed) for c in self.configs]

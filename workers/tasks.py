@@ -43,6 +43,7 @@ from torch import nn
 from service.domain import conventions
 from service.domain.catalog import TASK_INFO, TaskInfo, default_grid
 from service.domain.rules import DECAY
+from workers.cpu_kernels import MaxPool2ChannelsLast
 from workers.plugins import REFUSED, PluginFailure, describe, task_module
 from workers.wide import is_channels_last
 
@@ -218,44 +219,22 @@ def digits_mlp(hidden: int = 128, batchnorm: bool = False) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-class _MaxPool2(torch.autograd.Function):
-    """``F.max_pool2d(x, 2)`` with its forward run channels-last: the same values, indices and
-    gradients (the window's first maximum wins in both layouts), at ~4x less cost on the CPU.
+def max_pool2(x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    """2x2 max pooling, stride 2, equal to ``F.max_pool2d(x, 2)`` (values and gradients); with
+    ``relu``, equal to ``F.relu(F.max_pool2d(x, 2))``.
 
-    PyTorch's NCHW max pooling on the CPU is a scalar loop (8.6 ms for a (64, 32, 28, 28) batch on
-    this AVX-512 Xeon, one thread), its channels-last kernel vectorizes over channels (2.4 ms with
-    both layout copies). An NCHW input (the single-config trainer) is pooled channels-last and
-    handed back NCHW, and its backward, a scatter that is fast in NCHW (2.5 ms), stays there. A
-    channels-last input (the wide engine, ``workers.wide``, which runs channels-last throughout)
-    stays channels-last both ways, with no layout copy at all.
+    On the CPU, :class:`workers.cpu_kernels.MaxPool2ChannelsLast`: PyTorch's NCHW max pooling
+    there is a scalar loop (8.6 ms for a (64, 32, 28, 28) batch on an AVX-512 Xeon, one thread),
+    its channels-last kernels zero-fill the input gradient before scattering into it, and a ReLU
+    after them is one more pass each way. The wide engine's batches are channels-last already; an
+    NCHW batch (the single-config trainer) is pooled channels-last and handed back NCHW.
     """
-
-    @staticmethod
-    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        if is_channels_last(x):
-            return torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
-        nhwc = x.contiguous(memory_format=torch.channels_last)
-        out, idx = torch.ops.aten.max_pool2d_with_indices(nhwc, [2, 2], [2, 2])
-        return out.contiguous(), idx.contiguous()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def, override]
-        ctx.save_for_backward(inputs[0], output[1])
-        ctx.mark_non_differentiable(output[1])
-
-    @staticmethod
-    def backward(ctx, grad, _grad_idx):  # type: ignore[no-untyped-def, override]
-        x, idx = ctx.saved_tensors
-        fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-        return torch.ops.aten.max_pool2d_with_indices_backward(
-            grad.contiguous(memory_format=fmt), x, [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
-
-
-def max_pool2(x: torch.Tensor) -> torch.Tensor:
-    """2x2 max pooling, stride 2, equal to ``F.max_pool2d(x, 2)`` (values and gradients)."""
     if x.dim() != 4 or x.is_cuda or torch._C._functorch.is_functorch_wrapped_tensor(x):
-        return F.max_pool2d(x, 2)  # on GPUs, and under vmap (FuncEngine), the plain op
-    return _MaxPool2.apply(x)[0]
+        out = F.max_pool2d(x, 2)  # on GPUs, and under vmap (FuncEngine), the plain ops
+        return F.relu(out) if relu else out
+    if is_channels_last(x):
+        return MaxPool2ChannelsLast.apply(x, relu)
+    return MaxPool2ChannelsLast.apply(x.contiguous(memory_format=torch.channels_last), relu).contiguous()
 
 
 class SmallCNN(nn.Module):
@@ -272,9 +251,10 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # relu(max_pool(.)) is max_pool(relu(.)) exactly, values and gradients (ReLU is monotone, so
-        # the window's first maximum is the same element), on a quarter of the elements.
-        x = F.relu(max_pool2(self.bn1(self.conv1(x))))
-        x = F.relu(max_pool2(self.bn2(self.conv2(x))))
+        # the window's first maximum is the same element), on a quarter of the elements, and on
+        # the CPU it is one kernel with the pooling.
+        x = max_pool2(self.bn1(self.conv1(x)), relu=True)
+        x = max_pool2(self.bn2(self.conv2(x)), relu=True)
         return self.fc(x.flatten(1))
 
 
@@ -337,6 +317,10 @@ class Task:
     augment: CropFlip | None = None
     #: Shape of one input sample (for sizing blocks without loading the data).
     input_shape: tuple[int, ...] = ()
+    #: Configs per chunk of a wide conv-net step (``workers.wide``), or None for
+    #: ``workers.packed.WIDE_CHUNK``. Part of a config's numbers: oneDNN picks its kernels, and so
+    #: their rounding, by the chunk's group count.
+    wide_chunk: int | None = None
 
     def __init__(self, info: TaskInfo) -> None:
         self.info = info
@@ -395,6 +379,9 @@ class DigitsTask(Task):
 
 class Mnist5kTask(Task):
     input_shape = (1, 28, 28)
+    #: SmallCNN's first activations are 3.2 MB per config (64 x 16 x 28 x 28 floats): in chunks of
+    #: 2 a 32-config step took 231 ms of CPU, in chunks of 4 253, of 8 299 (AVX-512 Xeon, one thread).
+    wide_chunk = 2
 
     def _load(self) -> TaskData:
         return _mnist5k()
@@ -410,6 +397,10 @@ class Mnist5kResNetTask(Mnist5kTask):
     per step than at 28x28 (32-config wide steps, one thread: 413 against 1,415 ms of CPU time),
     which is what lets a 6x6 x 3-seed study of six optimizers train several epochs on two cores.
     """
+
+    #: Its activations are 8x smaller than SmallCNN's: chunks of 4 and 8 took 202 and 201 ms a
+    #: 32-config step, of 2 224, of 16 205 (same machine).
+    wide_chunk = 4
 
     def _model(self) -> nn.Module:
         return ResNetCifar(n=1, width=8, in_channels=1, stem_stride=2)

@@ -24,7 +24,7 @@ engine is built only if the wide model reproduces two configs' own outputs on a 
 Layout: on the CPU the wide batch is channels-last from the input on (:func:`widen_input`); a
 32-config mnist5k_cnn step took 376 ms of CPU NCHW and ~300 ms channels-last (one thread,
 AVX-512 Xeon), the BatchNorm being this module's own precise one (see
-:class:`_BatchNormChannelsLast` and ``docs/design-notes.md``).
+:class:`workers.cpu_kernels.BatchNormChannelsLast` and ``docs/design-notes.md``).
 
 Parameters are copied from their rows of the (K, P) stack into contiguous (K, *shape) leaves at
 every step and the gradients copied back (two passes over 4*K*P bytes, a few MB against the
@@ -48,6 +48,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from workers.cpu_kernels import BatchNormChannelsLast
 
 #: Layers without parameters that act per channel (or per sample) and so need no widening.
 _CHANNELWISE = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity, nn.Flatten)
@@ -103,80 +105,7 @@ class WideBatchNorm(_Wide):
         w, b = t["weight"].reshape(-1), t["bias"].reshape(-1)
         if not (self.training and is_channels_last(x)) or x.is_cuda:
             return F.batch_norm(x, rm, rv, w, b, self.training, self.momentum, self.eps)
-        return _BatchNormChannelsLast.apply(x, w, b, rm, rv, self.momentum, self.eps)
-
-
-class _BatchNormChannelsLast(torch.autograd.Function):
-    """Training-mode BatchNorm of a channels-last batch, as precise as the NCHW kernel, and faster.
-
-    PyTorch's channels-last CPU kernels reduce each channel with one running float sum over all
-    N*H*W positions: the variance in one pass (E[x^2] - E[x]^2), the backward's sum(dy) and
-    sum(dy * (x - mean)) likewise. On conv-net activations those sums cancel heavily (a conv bias
-    over MNIST's constant background puts channel means several standard deviations from 0, and
-    the backward's dx is a small residual of dy's projection): against a float64 reference,
-    mnist5k_cnn's conv1 gradient came out 5.8e-3 off (relative), 2e-5 in BatchNorm's own output,
-    where the NCHW kernel (its sums in double) is 4e-6 and 2e-7 off. Here every per-channel sum
-    is a cascade sum (``Tensor.sum``: 2e-7 relative) and the variance is two-pass, on the
-    (N*H*W, C) matrix a channels-last batch is in memory:
-
-    - forward: mean; xc = x - mean and sum(xc^2) a block of rows at a time (each block's xc read
-      back from the cache); y = xc * (weight * invstd) + bias; running buffers as ``F.batch_norm``
-      updates them (unbiased variance);
-    - backward: sum(dy); sum(dy * xc) a block at a time; dx = dy*k - k*mean(dy) - xc *
-      k*invstd^2*mean(dy*xc) (k = weight * invstd) in two fused passes per block.
-
-    Measured (one thread, (64 x 64 x 28 x 28) activations, this project's AVX-512 Xeon): native
-    channels-last 1.9 ms forward + 3.4 backward, NCHW 4.4 + 4.6, this 4.0 + 4.1 (blocks of 2,048
-    rows of 64 channels: 512 KiB, half of the core's L2; whole-tensor passes were 6.1 + 5.5).
-    Against float64 on the one-step test's batches: conv1's gradient 1.7e-6 off (NCHW 3.6e-6).
-    """
-
-    #: Bytes of one block of rows (per-channel values of several positions) kept in the cache.
-    BLOCK_BYTES = 512 * 1024
-
-    @staticmethod
-    def _rows(C: int) -> int:
-        """Rows of C float32 channels in one block of :attr:`BLOCK_BYTES`."""
-        return max(1, _BatchNormChannelsLast.BLOCK_BYTES // (4 * C))
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):  # type: ignore[no-untyped-def, override]
-        n, C, h, w = x.shape
-        m = n * h * w
-        x2 = x.permute(0, 2, 3, 1).reshape(m, C)  # a view: channels-last memory is (N*H*W, C)
-        mean = x2.view(n, h * w, C).sum(1).sum(0).div_(m)
-        rows = _BatchNormChannelsLast._rows(C)
-        xc2 = torch.empty_like(x2)
-        sq = x2.new_empty(min(rows, m), C)
-        parts = []
-        for r in range(0, m, rows):
-            xr = torch.sub(x2[r:r + rows], mean, out=xc2[r:r + rows])
-            parts.append(torch.mul(xr, xr, out=sq[:xr.shape[0]]).sum(0))
-        var = torch.stack(parts).sum(0).div_(m)
-        invstd = (var + eps).rsqrt_()
-        out = torch.addcmul(bias, xc2, weight * invstd)
-        running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-        running_var.mul_(1 - momentum).add_(var, alpha=momentum * m / max(m - 1, 1))
-        ctx.save_for_backward(xc2, weight, invstd)
-        return out.view(n, h, w, C).permute(0, 3, 1, 2)
-
-    @staticmethod
-    def backward(ctx, dy):  # type: ignore[no-untyped-def, override]
-        xc2, weight, invstd = ctx.saved_tensors
-        n, C, h, w = dy.shape
-        m = n * h * w
-        dy2 = dy.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(m, C)
-        rows = _BatchNormChannelsLast._rows(C)
-        sum_dy = dy2.view(n, h * w, C).sum(1).sum(0)
-        buf = dy2.new_empty(min(rows, m), C)
-        sum_dyxc = torch.stack([torch.mul(dy2[r:r + rows], xc2[r:r + rows], out=buf[:min(rows, m - r)]).sum(0)
-                                for r in range(0, m, rows)]).sum(0)
-        k = weight * invstd
-        shift, slope = (k * sum_dy).div_(-m), (k * invstd * invstd * sum_dyxc).div_(-m)
-        dx2 = torch.empty_like(dy2)
-        for r in range(0, m, rows):
-            torch.addcmul(shift, xc2[r:r + rows], slope, out=dx2[r:r + rows]).addcmul_(dy2[r:r + rows], k)
-        return dx2.view(n, h, w, C).permute(0, 3, 1, 2), sum_dyxc * invstd, sum_dy, None, None, None, None
+        return BatchNormChannelsLast.apply(x, w, b, rm, rv, self.momentum, self.eps)
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
@@ -248,7 +177,7 @@ def widen_input(x: torch.Tensor) -> torch.Tensor:
 
     Images come out channels-last on the CPU: oneDNN's convolutions then stay channels-last, max
     pooling vectorizes over channels (``workers.tasks.max_pool2``) and BatchNorm takes
-    :class:`_BatchNormChannelsLast`; no layer copies between layouts (the flatten before a linear
+    :class:`workers.cpu_kernels.BatchNormChannelsLast`; no layer copies between layouts (the flatten before a linear
     layer excepted). On CUDA the batch stays NCHW.
     """
     K, b = x.shape[:2]

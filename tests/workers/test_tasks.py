@@ -220,19 +220,34 @@ def test_synthetic_offgrid_optimum_lies_outside_the_default_grid():
         assert lr_c < grid["lr"].min and wd_c > grid["wd"].max
 
 
-def test_max_pool2_equals_max_pool2d_in_values_indices_and_gradients():
-    """The channels-last forward of ``max_pool2`` (workers.tasks) picks the same element of every
-    window as ``F.max_pool2d``, ties included: inputs rounded to one decimal have many ties, and
-    values, gradients (float32 and float64) and the vmap fallback are compared exactly."""
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", [(4, 6, 10, 12), (3, 5, 7, 9)])
+def test_max_pool2_equals_max_pool2d_in_values_and_gradients(relu, shape):
+    """``max_pool2`` (workers.tasks; numba's kernel on the CPU) picks the same element of every
+    window as ``F.max_pool2d``, ties included: inputs rounded to one decimal have many ties (and
+    zeros, where ReLU's gradient is 0), and values, gradients (float32 and float64, NCHW and
+    channels-last, odd sizes whose last row and column are never pooled, NaNs) and the vmap
+    fallback are compared exactly; with ``relu``, against ``F.relu(F.max_pool2d(x, 2))``."""
     from workers.tasks import max_pool2
 
+    def ref_of(x):
+        out = F.max_pool2d(x, 2)
+        return F.relu(out) if relu else out
+
     gen = torch.Generator().manual_seed(0)
+    n, c, h, w = shape
     for dtype in (torch.float32, torch.float64):
-        x = torch.randn(4, 6, 10, 12, generator=gen, dtype=dtype).round(decimals=1).requires_grad_()
-        g = torch.randn(4, 6, 5, 6, generator=gen, dtype=dtype)
-        ref = F.max_pool2d(x, 2)
-        out = max_pool2(x)
-        assert torch.equal(out, ref) and out.is_contiguous()
-        assert torch.equal(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
-        batched = torch.func.vmap(max_pool2)(x.detach().view(2, 2, 6, 10, 12))
-        assert torch.equal(batched.reshape(4, 6, 5, 6), ref.detach())
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x0 = torch.randn(n, c, h, w, generator=gen, dtype=dtype).round(decimals=1)
+            x0[0, 0, 0, 1] = x0[1, 1, 2, 2] = x0[1, 1, 3, 3] = float("nan")
+            x = x0.contiguous(memory_format=layout).requires_grad_()
+            g = torch.randn(n, c, h // 2, w // 2, generator=gen, dtype=dtype)
+            ref = ref_of(x)
+            out = max_pool2(x, relu=relu)
+            assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().any()
+            assert torch.equal(out.nan_to_num(7.0), ref.nan_to_num(7.0))
+            assert out.is_contiguous(memory_format=layout)
+            got, want = torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0]
+            assert torch.equal(got, want) and (got == 0).sum() > got.numel() // 2
+            batched = torch.func.vmap(lambda t: max_pool2(t, relu=relu))(x0.view(1, n, c, h, w))
+            assert torch.equal(batched[0].nan_to_num(7.0), ref.detach().nan_to_num(7.0))
