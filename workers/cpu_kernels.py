@@ -235,4 +235,49 @@ class MaxPool2ChannelsLast(torch.autograd.Function):
         return dx, None
 
 
-__all__ = ["BatchNormChannelsLast", "MaxPool2ChannelsLast"]
+@njit(**_JIT)
+def _bias_relu(h, b, relu):  # type: ignore[no-untyped-def]
+    """h += b[..., None], then ReLU if ``relu``, in place on (K, features, samples): the values
+    of ``h.add_(b.unsqueeze(2)).relu_()`` (a negative sum gives 0, -0 and NaN stay)."""
+    K, n_out, S = h.shape
+    zero = h.dtype.type(0)
+    for k in range(K):
+        for o in range(n_out):
+            bo = b[k, o]
+            if relu:
+                for s in range(S):
+                    v = h[k, o, s] + bo
+                    h[k, o, s] = zero if v < 0 else v
+            else:
+                for s in range(S):
+                    h[k, o, s] += bo
+
+
+@njit(fastmath={"reassoc", "nsz"}, **_JIT)
+def _relu_backward_sum(d, a, gb):  # type: ignore[no-untyped-def]
+    """d *= (a > 0) in place (ReLU's backward: a NaN activation passes its gradient, as ATen's
+    ``threshold_backward``), and gb = d.sum(samples), summed in float64."""
+    K, n_out, S = d.shape
+    zero = d.dtype.type(0)
+    for k in range(K):
+        for o in range(n_out):
+            acc = zero
+            for s in range(S):
+                v = zero if a[k, o, s] <= 0 else d[k, o, s]
+                d[k, o, s] = v
+                acc += v
+            gb[k, o] = acc
+
+
+def bias_relu_(h: torch.Tensor, b: torch.Tensor, relu: bool) -> None:
+    """The packed MLP's bias and ReLU in one pass over h (K, features, samples); b (K, features)."""
+    _bias_relu(h.numpy(), b.numpy(), relu)
+
+
+def relu_backward_sum_(d: torch.Tensor, a: torch.Tensor, gb: torch.Tensor) -> None:
+    """ReLU's backward on d (K, features, samples), in place, given the activations a, and the
+    bias gradient gb (K, features) of the layer below, in one pass."""
+    _relu_backward_sum(d.numpy(), a.numpy(), gb.numpy())
+
+
+__all__ = ["BatchNormChannelsLast", "MaxPool2ChannelsLast", "bias_relu_", "relu_backward_sum_"]

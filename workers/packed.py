@@ -76,6 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.cpu_kernels import bias_relu_, relu_backward_sum_
 from workers.optim import (
     ADAM_BETAS,
     DECAY_ON,
@@ -792,9 +793,12 @@ class MLPEngine:
                 h = torch.mm(w.reshape(K * o, inp), x.t()).view(K, o, x.shape[0])
             else:
                 h = torch.bmm(w, x.transpose(1, 2), out=dst)
-            h.add_(b.unsqueeze(2))
-            if relu:
-                h = h.relu_()
+            if h.is_cuda:
+                h.add_(b.unsqueeze(2))
+                if relu:
+                    h = h.relu_()
+            else:
+                bias_relu_(h, b, relu)  # one pass, not two
             acts.append(h)
         return acts
 
@@ -809,6 +813,7 @@ class MLPEngine:
         d = torch.softmax(logits, dim=1)
         d.scatter_add_(1, yi, torch.full(yi.shape, -1.0, device=d.device))
         d.mul_(1.0 / y.shape[1])
+        summed = None  # the bias gradient the ReLU backward already wrote, if any
         for i in range(len(self.linears) - 1, -1, -1):
             name, a_in = self.linears[i], acts[i]
             gw, gb, w = g[f"{name}.weight"], g[f"{name}.bias"], p[f"{name}.weight"]
@@ -819,11 +824,16 @@ class MLPEngine:
                 gw.copy_(torch.bmm(a_in, d.transpose(1, 2)).transpose(1, 2))
             else:
                 torch.bmm(d, a_in.transpose(1, 2), out=gw)
-            torch.sum(d, dim=2, out=gb)
+            if summed is not gb:
+                torch.sum(d, dim=2, out=gb)
             if i == 0:
                 break  # the input needs no gradient (it would be the step's largest bmm)
             d = torch.bmm(w.transpose(1, 2), d, out=grads_buf[i - 1])
-            torch.ops.aten.threshold_backward.grad_input(d, a_in, 0.0, grad_input=d)
+            if d.is_cuda:
+                torch.ops.aten.threshold_backward.grad_input(d, a_in, 0.0, grad_input=d)
+            else:  # ReLU's backward and the next layer's bias gradient in one pass
+                summed = g[f"{self.linears[i - 1]}.bias"]
+                relu_backward_sum_(d, a_in, summed)
         return loss
 
     @torch.no_grad()
