@@ -3,7 +3,8 @@
 
     .venv/bin/python bench/conv_forms.py [--repeats N] [--quick]
 
-Each layer is run as the wide engine runs it: a chunk of 4 configs (``workers.packed.WIDE_CHUNK``)
+Each layer is run as the wide engine runs it: a chunk of 4 configs (``workers.packed.WIDE_CHUNK``;
+mnist5k_cnn itself now runs in chunks of 2, ``Task.wide_chunk``)
 x batch 64, channels-last, one torch thread, denormals flushed; forward, then the weight gradient
 and (except for a first layer, whose input needs none) the input gradient.
 

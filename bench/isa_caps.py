@@ -15,7 +15,7 @@ process:
 
 MKL's sgemm (the linear layers, the peak) reads neither. So each setting below runs in a child
 process of its own: it times the wide engine's training steps, 32 AdamW configs x batch 64 of
-mnist5k_cnn and of mnist5k_resnet, in chunks of ``WIDE_CHUNK`` (``PackedRun.train_epoch`` over
+mnist5k_cnn and of mnist5k_resnet, in each task's chunks (``Task.wide_chunk``; ``PackedRun.train_epoch`` over
 ``--steps`` batches, after one warm-up epoch; best of ``--repeats``, the process's CPU time with one
 torch thread, denormals flushed), and prints which kernels oneDNN chose, under the same thread
 setting, for one grouped convolution with a bias (its verbose log: e.g. ``brg_conv_fwd:avx2``).

@@ -23,8 +23,8 @@ engine is built only if the wide model reproduces two configs' own outputs on a 
 
 Layout: on the CPU the wide batch is channels-last from the input on (:func:`widen_input`); a
 32-config mnist5k_cnn step took 376 ms of CPU NCHW and ~300 ms channels-last (one thread,
-AVX-512 Xeon), the BatchNorm being this module's own precise one (see
-:class:`workers.cpu_kernels.BatchNormChannelsLast` and ``docs/design-notes.md``).
+AVX-512 Xeon) with a precise BatchNorm of eager ops, and 231 ms with BatchNorm and pooling as
+compiled loops (:mod:`workers.cpu_kernels`) in chunks of 2 (``docs/design-notes.md``).
 
 Parameters are copied from their rows of the (K, P) stack into contiguous (K, *shape) leaves at
 every step and the gradients copied back (two passes over 4*K*P bytes, a few MB against the
@@ -36,7 +36,8 @@ of its block: oneDNN chooses its convolution kernel, and so the order of its flo
 group count (measured: mnist5k_cnn configs trained in a block of 4 and alone differed by up to
 0.16 in val loss after one AdamW epoch; padded to fixed chunks they are bit-identical). It pays
 for speed too: a 32-config mnist5k step in one chunk allocates activations of ~100 MB each, far
-out of the cache; chunks of 4 or 8 ran 10-40 % faster (``docs/design-notes.md``).
+out of the cache; chunks of 4 or 8 ran 10-40 % faster (``docs/design-notes.md``). The chunk is
+the task's (``Task.wide_chunk``: mnist5k_cnn 2, else ``workers.packed.WIDE_CHUNK``).
 """
 
 from __future__ import annotations
