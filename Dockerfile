@@ -79,6 +79,10 @@ RUN useradd --create-home --uid 1000 decouple \
     && chown decouple:decouple /data /run/decouple-secrets \
     && chmod 0755 /run/decouple-secrets
 USER decouple
+# The numba kernels of the packed engines (workers/cpu_kernels.py) compiled once, as this user,
+# into its cache folder: containers start with the machine code instead of compiling it.
+ENV NUMBA_CACHE_DIR=/home/decouple/.cache/numba
+RUN python -c "import workers.cpu_kernels"
 
 # Reads the deployment's secrets from files (POSTGRES_PASSWORD_FILE) before any command.
 ENTRYPOINT ["decouple-entrypoint"]

@@ -16,28 +16,59 @@ These loops, compiled by numba, make the fewest passes the computation allows:
   elements it was (one byte); backward writes every input-gradient element once (no zero fill,
   then scatter).
 
-Each channel's values are reduced sequentially and the inner loops run over channels, so vector
-width never changes the order of a sum: results do not depend on the CPU's instruction set, and
-config k's numbers depend only on its own channels (the wide engine's reproducibility rests on
-that). Measured on a 2-core AVX-512 Xeon, one thread, (64, 64, 28, 28): BatchNorm forward 3.4 ->
-1.7 ms, backward 6.7 -> 2.4 ms against the eager-op version; pooling 1.0 -> 0.6 ms forward, 1.3
--> 0.6 ms backward against ATen's channels-last kernels (``docs/design-notes.md``).
+In BatchNorm and pooling each channel's values are reduced sequentially and the inner loops run
+over channels, so vector width never changes the order of a sum: their results do not depend on
+the CPU's instruction set, and config k's numbers depend only on its own channels (the wide
+engine's reproducibility rests on that). The MLP's bias gradient is a float32 sum in the vector
+loop's order, which, like ``torch.sum``'s, depends on the vector width.
 
-Compiled on first use and cached on disk (numba's ``cache=True``: next to this file, or in the
-user's cache folder where the package is read-only), so a worker process pays about a second
-once, and later processes load the machine code.
+Measured on a 2-core AVX-512 Xeon, one thread, (64, 64, 28, 28): BatchNorm forward 3.4 -> 1.7 ms,
+backward 6.7 -> 2.4 ms against the eager-op version; pooling 1.0 -> 0.6 ms forward, 1.3 -> 0.6 ms
+backward against ATen's channels-last kernels (``docs/design-notes.md``).
+
+Every kernel is compiled for fixed signatures when this module is imported (about 2 s on a cold
+cache) and cached on disk (numba's ``cache=True``: next to this file, or in the user's cache
+folder where the package is read-only; without a writable one, compiled in every process): later
+processes load the machine code (~0.3 s). Fixed signatures, not numba's lazy specialization, so
+that two processes starting on a cold cache write the same entries (numba's cache index has no
+lock, and two different specializations saved at once can swap their files), and an argument of
+another layout or dtype is a TypeError instead of a silent copy or a new specialization. The
+Docker image compiles them at build time, as its user.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from numba import njit
 
-_JIT = {"cache": True, "nogil": True, "boundscheck": False}
+
+def _jit(*signatures: str, fastmath: Any = False) -> Callable[[Callable[..., Any]], Any]:
+    """``njit`` for exactly ``signatures``, compiled now and cached on disk where a cache folder
+    is writable (numba raises at decoration when none is: then compiled without a cache)."""
+    def wrap(fn: Callable[..., Any]) -> Any:
+        opts = {"nogil": True, "boundscheck": False, "fastmath": fastmath}
+        try:
+            return njit(list(signatures), cache=True, **opts)(fn)
+        except RuntimeError:
+            return njit(list(signatures), **opts)(fn)
+    return wrap
 
 
-@njit(**_JIT)
+def _for_floats(template: str) -> list[str]:
+    """``template`` with F as float32 and as float64."""
+    return [template.replace("F", t) for t in ("float32", "float64")]
+
+
+#: 2-d (rows, channels) matrices and 1-d per-channel vectors of the BatchNorm kernels (float32:
+#: the wide engine's dtype); per-channel vectors may be strided.
+_M, _V = "float32[:, ::1]", "float32[:]"
+
+
+@_jit(f"UniTuple(float64[::1], 2)({_M})")
 def _bn_stats(x):  # type: ignore[no-untyped-def]
     """Per-column mean and (biased) variance of the (m, C) matrix ``x``, in float64."""
     m, C = x.shape
@@ -60,7 +91,7 @@ def _bn_stats(x):  # type: ignore[no-untyped-def]
     return mean, var
 
 
-@njit(**_JIT)
+@_jit(f"void({_M}, {_V}, {_V}, {_V}, {_M})")
 def _bn_normalize(x, mean, k, b, out):  # type: ignore[no-untyped-def]
     """out = (x - mean) * k + b, per column."""
     m, C = x.shape
@@ -69,7 +100,7 @@ def _bn_normalize(x, mean, k, b, out):  # type: ignore[no-untyped-def]
             out[r, c] = (x[r, c] - mean[c]) * k[c] + b[c]
 
 
-@njit(**_JIT)
+@_jit(f"UniTuple(float64[::1], 2)({_M}, {_M}, {_V})")
 def _bn_backward_sums(dy, x, mean):  # type: ignore[no-untyped-def]
     """Per column, in float64: sum(dy) and sum(dy * (x - mean)), with x - mean in x's precision
     (the centred value the forward normalized)."""
@@ -84,7 +115,7 @@ def _bn_backward_sums(dy, x, mean):  # type: ignore[no-untyped-def]
     return s1, s2
 
 
-@njit(**_JIT)
+@_jit(f"void({_M}, {_M}, {_V}, {_V}, {_V}, {_V}, {_M})")
 def _bn_backward_dx(dy, x, mean, k, shift, slope, dx):  # type: ignore[no-untyped-def]
     """dx = dy * k + shift + (x - mean) * slope, per column."""
     m, C = x.shape
@@ -94,9 +125,10 @@ def _bn_backward_dx(dy, x, mean, k, shift, slope, dx):  # type: ignore[no-untype
 
 
 def _rows(t: torch.Tensor) -> np.ndarray:
-    """A channels-last (N, C, H, W) tensor's memory as the (N*H*W, C) matrix it is (a view)."""
+    """A channels-last (N, C, H, W) tensor's memory as the (N*H*W, C) matrix it is: a view
+    (``view`` raises where ``reshape`` would copy, so a kernel never writes into a temporary)."""
     n, C, h, w = t.shape
-    return t.detach().permute(0, 2, 3, 1).reshape(n * h * w, C).numpy()
+    return t.detach().permute(0, 2, 3, 1).view(n * h * w, C).numpy()
 
 
 class BatchNormChannelsLast(torch.autograd.Function):
@@ -148,7 +180,7 @@ class BatchNormChannelsLast(torch.autograd.Function):
         return dx, sum_dyxc * invstd, sum_dy, None, None, None, None
 
 
-@njit(**_JIT)
+@_jit(*_for_floats("void(F[:, :, :, ::1], F[:, :, :, ::1], uint8[:, :, :, ::1], boolean)"))
 def _pool_forward(x, out, idx, relu):  # type: ignore[no-untyped-def]
     """2x2/2 max pooling of an (N, H, W, C) array; idx: which window element won (0-3, row-major).
 
@@ -187,7 +219,7 @@ def _pool_forward(x, out, idx, relu):  # type: ignore[no-untyped-def]
                     idx[i, ho, wo, c] = j
 
 
-@njit(**_JIT)
+@_jit(*_for_floats("void(F[:, :, :, ::1], uint8[:, :, :, ::1], F[:, :, :, ::1])"))
 def _pool_backward(dy, idx, dx):  # type: ignore[no-untyped-def]
     """dx of 2x2/2 max pooling: dy at each window's winner, 0 elsewhere (every element written once)."""
     n, H, W, C = dx.shape
@@ -208,7 +240,8 @@ def _pool_backward(dy, idx, dx):  # type: ignore[no-untyped-def]
 
 
 def _nhwc(t: torch.Tensor) -> np.ndarray:
-    """A channels-last (N, C, H, W) tensor's memory as the (N, H, W, C) array it is (a view)."""
+    """A channels-last (N, C, H, W) tensor's memory as the (N, H, W, C) array it is (a view; a
+    tensor of another layout gives a strided array, which the kernels' signatures refuse)."""
     return t.detach().permute(0, 2, 3, 1).numpy()
 
 
@@ -235,7 +268,7 @@ class MaxPool2ChannelsLast(torch.autograd.Function):
         return dx, None
 
 
-@njit(**_JIT)
+@_jit("void(float32[:, :, ::1], float32[:, :], boolean)")
 def _bias_relu(h, b, relu):  # type: ignore[no-untyped-def]
     """h += b[..., None], then ReLU if ``relu``, in place on (K, features, samples): the values
     of ``h.add_(b.unsqueeze(2)).relu_()`` (a negative sum gives 0, -0 and NaN stay)."""
@@ -253,10 +286,11 @@ def _bias_relu(h, b, relu):  # type: ignore[no-untyped-def]
                     h[k, o, s] += bo
 
 
-@njit(fastmath={"reassoc", "nsz"}, **_JIT)
+@_jit("void(float32[:, :, ::1], float32[:, :, ::1], float32[:, :])", fastmath={"reassoc", "nsz"})
 def _relu_backward_sum(d, a, gb):  # type: ignore[no-untyped-def]
     """d *= (a > 0) in place (ReLU's backward: a NaN activation passes its gradient, as ATen's
-    ``threshold_backward``), and gb = d.sum(samples), summed in float64."""
+    ``threshold_backward``), and gb = d.sum(samples) in float32, in the vector loop's order
+    (numba's ``fastmath`` reassociation below; like ``torch.sum``'s, it depends on the vector width)."""
     K, n_out, S = d.shape
     zero = d.dtype.type(0)
     for k in range(K):

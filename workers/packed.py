@@ -829,6 +829,8 @@ class MLPEngine:
             if i == 0:
                 break  # the input needs no gradient (it would be the step's largest bmm)
             d = torch.bmm(w.transpose(1, 2), d, out=grads_buf[i - 1])
+            if not self.relu_after[i - 1]:  # Linear -> Linear: no ReLU to take back
+                continue
             if d.is_cuda:
                 torch.ops.aten.threshold_backward.grad_input(d, a_in, 0.0, grad_input=d)
             else:  # ReLU's backward and the next layer's bias gradient in one pass
@@ -963,8 +965,9 @@ class PackedRun:
         self.template = models[0].to(device)
         decayed = decayed_parameter_names(self.template, spec.decay_on)
         self.stack = Stack(models, decayed, device)
-        self.engine = make_engine(self.template, spec.batch_size, tuple(data.x_train.shape[1:]),
-                                  getattr(task, "wide_chunk", None))
+        # The task's chunk was measured on CPUs; on a GPU every task keeps WIDE_CHUNK.
+        chunk = getattr(task, "wide_chunk", None) if device.type == "cpu" else None
+        self.engine = make_engine(self.template, spec.batch_size, tuple(data.x_train.shape[1:]), chunk)
         self.engine.bind(self.stack)
         self.opt = make_stack_optimizer(spec.optimizer, self.stack, self.template, params)
         self.gens = [task.data_generator(c.seed) for c in self.configs]

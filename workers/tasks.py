@@ -317,9 +317,9 @@ class Task:
     augment: CropFlip | None = None
     #: Shape of one input sample (for sizing blocks without loading the data).
     input_shape: tuple[int, ...] = ()
-    #: Configs per chunk of a wide conv-net step (``workers.wide``), or None for
-    #: ``workers.packed.WIDE_CHUNK``. Part of a config's numbers: oneDNN picks its kernels, and so
-    #: their rounding, by the chunk's group count.
+    #: Configs per chunk of a wide conv-net step on the CPU (``workers.wide``), or None for
+    #: ``workers.packed.WIDE_CHUNK`` (also what every task uses on a GPU). Part of a config's
+    #: numbers: oneDNN picks its kernels, and so their rounding, by the chunk's group count.
     wide_chunk: int | None = None
 
     def __init__(self, info: TaskInfo) -> None:

@@ -389,14 +389,27 @@ def test_fused_adam_equals_the_eager_formula(optimizer, per_row, monkeypatch):
     torch.testing.assert_close(fused, eager, rtol=2e-6, atol=1e-7)
 
 
-def test_mlp_engine_gradients_and_evaluation_equal_autograd():
+@pytest.mark.parametrize("relu_between", [(True, True), (False, True)])
+def test_mlp_engine_gradients_and_evaluation_equal_autograd(relu_between):
     """The hand-written forward/backward (activations kept features x samples) against autograd on
-    each config's own nn.Module, and evaluate's loss and errors against F.cross_entropy and argmax."""
+    each config's own nn.Module, and evaluate's loss and errors against F.cross_entropy and argmax.
+    With a Linear -> Linear pair too (``supports`` takes it): no ReLU backward there (it used to
+    mask the gradient by a > 0 wherever a ReLU was or was not)."""
     K, b = 5, 7
     torch.manual_seed(3)
-    models = [nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 4))
-              for _ in range(K)]
-    stack = Stack(models, {"0.weight", "2.weight", "4.weight"}, torch.device("cpu"))
+
+    def model() -> nn.Sequential:
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate([(6, 8), (8, 5)]):
+            layers.append(nn.Linear(n_in, n_out))
+            if relu_between[i]:
+                layers.append(nn.ReLU())
+        return nn.Sequential(*layers, nn.Linear(5, 4))
+
+    models = [model() for _ in range(K)]
+    assert MLPEngine.supports(models[0])
+    weights = {n for n, _ in models[0].named_parameters() if n.endswith("weight")}
+    stack = Stack(models, weights, torch.device("cpu"))
     engine = MLPEngine(models[0])
     engine.bind(stack)
     x, y = torch.randn(K, b, 6), torch.randint(0, 4, (K, b))
