@@ -143,7 +143,8 @@ class BatchNormChannelsLast(torch.autograd.Function):
     in double) is 4e-6 off. Here the sums are float64 (the module docstring). The running buffers
     are updated as ``F.batch_norm`` updates them (the unbiased variance, ``momentum``).
 
-    The forward saves its input, not the centred copy: the backward recomputes x - mean on the fly.
+    The forward saves its input, not the centred copy (the backward recomputes x - mean on the
+    fly), and weight * invstd, which is all the backward needs of the weight.
     """
 
     @staticmethod
@@ -160,12 +161,12 @@ class BatchNormChannelsLast(torch.autograd.Function):
         _bn_normalize(x2, mean.numpy(), k.numpy(), bias.detach().numpy(), _rows(out))
         running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
         running_var.mul_(1 - momentum).add_(var, alpha=momentum * m / max(m - 1, 1))
-        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.save_for_backward(x, k, mean, invstd)
         return out
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[no-untyped-def, override]
-        x, weight, mean, invstd = ctx.saved_tensors
+        x, k, mean, invstd = ctx.saved_tensors
         n, C, h, w = x.shape
         m = n * h * w
         dy = dy.contiguous(memory_format=torch.channels_last)
@@ -173,7 +174,6 @@ class BatchNormChannelsLast(torch.autograd.Function):
         s1, s2 = _bn_backward_sums(dy2, x2, mean.numpy())
         sum_dy = torch.from_numpy(s1).to(x.dtype)
         sum_dyxc = torch.from_numpy(s2).to(x.dtype)
-        k = (weight * invstd).detach()
         shift, slope = (k * sum_dy).div_(-m), (k * invstd * invstd * sum_dyxc).div_(-m)
         dx = torch.empty_like(x)
         _bn_backward_dx(dy2, x2, mean.numpy(), k.numpy(), shift.numpy(), slope.numpy(), _rows(dx))

@@ -37,7 +37,7 @@ group count (measured: mnist5k_cnn configs trained in a block of 4 and alone dif
 0.16 in val loss after one AdamW epoch; padded to fixed chunks they are bit-identical). It pays
 for speed too: a 32-config mnist5k step in one chunk allocates activations of ~100 MB each, far
 out of the cache; chunks of 4 or 8 ran 10-40 % faster (``docs/design-notes.md``). The chunk is
-the task's (``Task.wide_chunk``: mnist5k_cnn 2, else ``workers.packed.WIDE_CHUNK``).
+the task's on the CPU (``Task.wide_chunk``: mnist5k_cnn 2), else ``workers.packed.WIDE_CHUNK``.
 """
 
 from __future__ import annotations
